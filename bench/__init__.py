@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (not tests). Run with `make bench` or `python -m bench.<name>`."""

@@ -1,0 +1,330 @@
+"""SSE fan-out: N concurrent clients on loopback while events are committed at R/s.
+
+The daemon runs as separate processes (`--role api` serving the streams, `--role
+worker` running the sequencer); a producer process commits one event per
+transaction at the target rate, stamping each with its wall-clock time just
+before COMMIT; this process holds the N clients. Reported:
+
+- delivered events/s over all clients (expected: N x R when every client sees every event),
+- commit-to-client latency p50/p99, measured on `--probes` clients that parse every
+  frame (the others only count frames, so the load generator stays light),
+- the API process's RSS (peak of samples) and CPU share,
+- the replay rate: events/s one client receives when it resumes from an id far back
+  (the log is prefilled with `--prefill` events first).
+
+    python -m bench.sse [--clients 1000] [--rate 100] [--duration 10] [--tenants 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import re
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from bench.harness import Result, report
+from bench.services import bench_services, daemon_env, free_port, spawn, wait_http
+from gateway import db
+from gateway.tenants.service import create_key, create_tenant
+
+_T = re.compile(rb'"t":([0-9.]+)')
+
+
+@dataclass
+class Client(asyncio.Protocol):
+    """One SSE client on a raw socket (HTTP/1.0: the body is the bare event stream)."""
+
+    probe: bool
+    counting: bool = False
+    events: int = 0
+    latencies: list[float] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _tail: bytes = b""
+    _headers_done: bool = False
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self._headers_done:
+            data = self._tail + data
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._tail = data
+                return
+            if not data.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                raise RuntimeError(data[:200].decode(errors="replace"))
+            self._headers_done = True
+            self.connected.set()
+            data = data[end + 4 :]
+            self._tail = b""
+        if self.probe:
+            buf = self._tail + data
+            *frames, self._tail = buf.split(b"\n\n")
+            for frame in frames:
+                if frame.startswith(b"id:"):
+                    if self.counting:
+                        self.events += 1
+                        m = _T.search(frame)
+                        if m:
+                            self.latencies.append((now - float(m.group(1))) * 1000)
+        else:
+            # Every frame has exactly one "\nevent: " line; keep a tail for split matches.
+            buf = self._tail[-8:] + data
+            if self.counting:
+                self.events += buf.count(b"\nevent: ")
+            self._tail = buf[-8:] if not buf.endswith(b"\nevent: ") else b""
+
+    def connection_lost(self, exc) -> None:  # type: ignore[override]
+        self.closed.set()
+
+
+async def connect(port: int, token: str, probe: bool, last_event_id: int | None = None) -> Client:
+    loop = asyncio.get_running_loop()
+    client = Client(probe=probe)
+    await loop.create_connection(lambda: client, "127.0.0.1", port)
+    extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id is not None else ""
+    client.transport.write(
+        f"GET /v1/events HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+        f"Accept: text/event-stream\r\n{extra}\r\n".encode()
+    )
+    return client
+
+
+# --- producer (its own process, so client load cannot slow the commit rate) ------------
+
+
+def producer(database_url: str, tenants: list[str], rate: float, seconds: float) -> None:
+    async def run() -> None:
+        pool = await db.create_pool(database_url, min_size=4, max_size=8)
+        ids = [uuid.UUID(t) for t in tenants]
+        start = time.perf_counter()
+        n = 0
+        inflight: set[asyncio.Task[None]] = set()
+
+        async def one(i: int) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO events (tenant_id, type, subject, data) "
+                    "VALUES ($1, 'bench.tick', $2, $3)",
+                    ids[i % len(ids)],
+                    f"tick-{i}",
+                    {"t": time.time()},
+                )
+                await conn.execute("SELECT pg_notify('trunkline_events', '')")
+
+        while (elapsed := time.perf_counter() - start) < seconds:
+            while n < int(elapsed * rate) + 1:  # catch up if a sleep overran
+                task = asyncio.create_task(one(n))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                n += 1
+            await asyncio.sleep(max(0.0005, n / rate - (time.perf_counter() - start)))
+        if inflight:
+            await asyncio.gather(*inflight)
+        await pool.close()
+
+    asyncio.run(run())
+
+
+# --- setup ------------------------------------------------------------------------------
+
+
+async def provision(database_url: str, tenants: int, prefill: int) -> tuple[list[str], list[str]]:
+    pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    tokens, ids = [], []
+    try:
+        for i in range(tenants):
+            await create_tenant(pool, f"bench{i}")
+            tokens.append((await create_key(pool, f"bench{i}", ["events:read"])).token)
+            ids.append(
+                str(await pool.fetchval("SELECT id FROM tenants WHERE name = $1", f"bench{i}"))
+            )
+        batch = 5000
+        for start in range(0, prefill, batch):
+            n = min(batch, prefill - start)
+            await pool.execute(
+                """
+                INSERT INTO events (tenant_id, type, subject, data)
+                SELECT $1, 'bench.prefill', 'prefill-' || g, '{"prefill": true}'
+                FROM generate_series(1, $2) g
+                """,
+                uuid.UUID(ids[0]),
+                n,
+            )
+    finally:
+        await pool.close()
+    return tokens, ids
+
+
+async def wait_sequenced(database_url: str, timeout: float = 120) -> int:
+    conn = await db.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT count(*) FROM events WHERE seq IS NULL"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("events were not sequenced")
+            await asyncio.sleep(0.1)
+        return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+    finally:
+        await conn.close()
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the measurement --------------------------------------------------------------------
+
+
+async def measure_replay(port: int, token: str, expected: int) -> Result:
+    client = await connect(port, token, probe=False, last_event_id=0)
+    client.counting = True
+    await asyncio.wait_for(client.connected.wait(), 30)
+    started = time.perf_counter()
+    while client.events < expected:
+        await asyncio.sleep(0.01)
+        if time.perf_counter() - started > 300:
+            raise TimeoutError(f"replay got {client.events} of {expected}")
+    elapsed = time.perf_counter() - started
+    client.transport.close()
+    return Result("replay from the log (one client)", client.events, elapsed)
+
+
+async def measure_live(
+    args, port: int, api_pid: int, worker_pid: int, tokens: list[str], database_url: str, ids
+):
+    clients: list[Client] = []
+    probes = min(args.probes, args.clients)
+    t0 = time.perf_counter()
+    for i in range(args.clients):
+        clients.append(await connect(port, tokens[i % len(tokens)], probe=i < probes))
+        if i % 100 == 99:
+            await asyncio.gather(*(c.connected.wait() for c in clients))
+    await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
+    connect_s = time.perf_counter() - t0
+    rss_idle = rss_mb(api_pid)
+
+    total = args.warmup + args.duration
+    proc = multiprocessing.get_context("spawn").Process(
+        target=producer, args=(database_url, ids, args.rate, total)
+    )
+    proc.start()
+    await asyncio.sleep(args.warmup)
+    for c in clients:
+        c.counting = True
+    cpu0, rss_peak = cpu_seconds(api_pid), 0.0
+    own0, worker0 = cpu_seconds(os.getpid()), cpu_seconds(worker_pid)
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < args.duration:
+        rss_peak = max(rss_peak, rss_mb(api_pid))
+        await asyncio.sleep(min(0.5, args.duration - elapsed))
+    for c in clients:
+        c.counting = False
+    elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(api_pid) - cpu0
+    own = cpu_seconds(os.getpid()) - own0
+    worker_cpu = cpu_seconds(worker_pid) - worker0
+    await asyncio.to_thread(proc.join)
+    dropped = sum(1 for c in clients if c.closed.is_set())
+    for c in clients:
+        c.transport.close()
+    delivered = sum(c.events for c in clients)
+    latencies = [x for c in clients[:probes] for x in c.latencies]
+    return Result(
+        f"live: {args.clients} clients x {args.rate:g} ev/s",
+        delivered,
+        elapsed,
+        latencies,
+        extra={
+            "expected_per_s": args.clients * args.rate / max(1, args.tenants),
+            "connect_s": round(connect_s, 2),
+            "api_rss_mb_idle": round(rss_idle, 1),
+            "api_rss_mb_peak": round(rss_peak, 1),
+            "api_cpu_share": round(cpu / elapsed, 2),
+            "worker_cpu_share": round(worker_cpu / elapsed, 2),
+            "load_generator_cpu_share": round(own / elapsed, 2),
+            "clients_cut_off": dropped,
+            "latency_probes": probes,
+        },
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0, help="events committed per second")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--tenants", type=int, default=1, help="clients and events spread over")
+    parser.add_argument("--probes", type=int, default=100, help="clients that measure latency")
+    parser.add_argument("--prefill", type=int, default=100_000, help="events for the replay run")
+    parser.add_argument(
+        "--flush-interval", type=float, default=None, help="events.sse_flush_interval (s)"
+    )
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(soft, min(hard, args.clients * 2 + 1024)), hard)
+    )
+
+    with bench_services() as services:
+        tokens, ids = asyncio.run(provision(services.database_url, args.tenants, args.prefill))
+        port = free_port()
+        extra = {}
+        if args.flush_interval is not None:
+            extra["TRUNKLINE_EVENTS__SSE_FLUSH_INTERVAL"] = str(args.flush_interval)
+        env = daemon_env(services, port, **extra)
+        worker = spawn(["-m", "gateway.cli", "run", "--role", "worker"], env)
+        api = spawn(["-m", "gateway.cli", "run", "--role", "api"], env)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+            asyncio.run(wait_sequenced(services.database_url))
+
+            async def run() -> list[Result]:
+                replay = await measure_replay(port, tokens[0], args.prefill)
+                live = await measure_live(
+                    args, port, api.pid, worker.pid, tokens, services.database_url, ids
+                )
+                return [replay, live]
+
+            replay, live = asyncio.run(run())
+        finally:
+            for proc in (api, worker):
+                proc.terminate()
+            for proc in (api, worker):
+                proc.wait(30)
+    expected = live.extra["expected_per_s"]
+    report(
+        f"SSE: {args.clients} clients, {args.rate:g} events/s, {args.tenants} tenant(s), "
+        f"{args.duration:g}s on {os.cpu_count()} cores",
+        [replay, live],
+        delivered_per_s=round(live.rate, 1),
+        delivered_ratio=round(live.rate / expected, 3) if expected else None,
+        p50_ms=round(live.pct(50) or 0, 1),
+        p99_ms=round(live.pct(99) or 0, 1),
+        replay_events_per_s=round(replay.rate, 1),
+        **{k: v for k, v in live.extra.items() if k != "expected_per_s"},
+        latency="stamped just before COMMIT -> frame parsed by a probe client",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Outbound campaigns: prospects, pacing, retries, DID selection and DID health."""

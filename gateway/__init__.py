@@ -1,0 +1,1 @@
+"""The Trunkline daemon: CLI, settings, HTTP API, pipeline, providers, events and webhooks."""

@@ -1,0 +1,197 @@
+"""The aiohttp application factory: wiring only.
+
+The app's cleanup context owns everything with a lifecycle — the PostgreSQL
+pool, the Redis client and (for worker roles) the supervised background tasks
+— so one `AppRunner.setup()`/`cleanup()` pair starts and stops a process of
+any role.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+from aiohttp import web
+
+from gateway import queue
+from gateway.calls.http import routes as call_routes
+from gateway.deadletters.http import routes as dead_letter_routes
+from gateway.dnc import inbound as dnc_inbound
+from gateway.dnc.http import routes as dnc_routes
+from gateway.events.http import routes as event_routes
+from gateway.events.tasks import event_tasks
+from gateway.http import idempotency
+from gateway.http.metrics import Registry
+from gateway.http.middleware import METRICS, context_middleware
+from gateway.http.routing import RouteTable, openapi_document
+from gateway.limits.http import routes as limit_routes
+from gateway.logs import get_logger
+from gateway.messages.http import routes as message_routes
+from gateway.messages.inbound import register_inbound_hook
+from gateway.messages.service import apply_report
+from gateway.ops.http import OPENAPI
+from gateway.ops.http import routes as ops_routes
+from gateway.pipeline.accept import DISPATCH_QUEUE, MessagePipeline
+from gateway.pipeline.calls import VOICE, VoiceRuntime, call_tasks
+from gateway.pipeline.dispatch import MessageDispatcher
+from gateway.pipeline.wiring import CHAIN, PIPELINE, PROVIDERS
+from gateway.providers.health import ProviderHealth
+from gateway.providers.registry import ProviderRegistry
+from gateway.providers.twilio.http import routes as twilio_routes
+from gateway.providers.twilio.voice_http import routes as twilio_voice_routes
+from gateway.resources import RESOURCES, Resources, open_resources
+from gateway.settings import GUARDRAIL_CHECKS, Settings
+from gateway.supervisor import Supervisor, TaskFactory, periodic
+from gateway.tenants.http import routes as tenant_routes
+from gateway.webhooks.http import routes as webhook_routes
+from gateway.webhooks.tasks import webhook_tasks
+from guardrails.chain import GuardrailChain
+from guardrails.checks import build_checks
+from guardrails.policy import GuardrailPolicy
+
+log = get_logger(__name__)
+Role = Literal["api", "worker", "all"]
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+ROUTE_TABLES: list[RouteTable] = [
+    ops_routes,
+    tenant_routes,
+    message_routes,
+    dead_letter_routes,
+    event_routes,
+    webhook_routes,
+    twilio_routes,
+    call_routes,
+    twilio_voice_routes,
+    dnc_routes,
+    limit_routes,
+]
+
+
+def build_chain(res: Resources) -> GuardrailChain:
+    """The guardrail chain every outbound action passes, and the inbound keyword hook it relies on.
+
+    Suppression (DNC + opt-outs) → content → calling hours → rate limits; see guardrails/checks.py.
+    """
+    policy = GuardrailPolicy.from_settings(res.settings)
+    if len(policy.checks) < len(GUARDRAIL_CHECKS):
+        log.warning(
+            "guardrail checks disabled by configuration",
+            disabled=[c for c in GUARDRAIL_CHECKS if c not in policy.checks],
+        )
+    dnc_inbound.configure(policy, max_attempts=res.settings.messaging.max_attempts)
+    register_inbound_hook(dnc_inbound.keyword_hook)
+    checks = build_checks(
+        policy, res.db, res.redis, redis_slots=max(1, res.settings.redis.max_connections // 2)
+    )
+    return GuardrailChain(checks, policy=policy)
+
+
+def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
+    """Every background task a worker process runs, by name."""
+    res = app[RESOURCES]
+    settings = res.settings
+    health = ProviderHealth(res.redis, res.db, settings.providers.breaker)
+    dispatcher = MessageDispatcher(res.db, app[CHAIN], app[PROVIDERS], health)
+    dispatch = queue.Worker(
+        db=res.db,
+        database_url=settings.database_url(),
+        queue=DISPATCH_QUEUE,
+        handler=dispatcher,
+        on_dead=dispatcher.on_dead,
+        concurrency=settings.messaging.dispatch_concurrency,
+        lease=settings.messaging.lease_seconds,
+    )
+    return (
+        {
+            "dispatch": dispatch.run,
+            "idempotency-janitor": lambda stopping: periodic(
+                stopping, 300, lambda: idempotency.purge_expired(res.db)
+            ),
+        }
+        | event_tasks(res)
+        | webhook_tasks(res)
+        | call_tasks(app, res, health, app[CHAIN])
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trunkline")
+    except (
+        importlib.metadata.PackageNotFoundError
+    ):  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    role: Role = "all",
+    extra_tasks: Callable[[web.Application], dict[str, TaskFactory]] | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[context_middleware], client_max_size=settings.http.max_body_bytes
+    )
+    registry = Registry()
+    app[METRICS] = registry
+    for table in ROUTE_TABLES:
+        table.install(app)
+    app[OPENAPI] = openapi_document(ROUTE_TABLES, title="Trunkline API", version=_version())
+
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_resources(settings) as res:
+            app[RESOURCES] = res
+            registry.gauge(
+                "trunkline_db_pool_connections",
+                "PostgreSQL pool connections by state",
+                lambda: {
+                    (("state", "open"),): float(res.db.get_size()),
+                    (("state", "idle"),): float(res.db.get_idle_size()),
+                },
+            )
+            yield
+
+    async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+        res = app[RESOURCES]
+        registry = ProviderRegistry.from_settings(
+            settings, res.redis, lambda report: apply_report(res.db, report)
+        )
+        await registry.start()
+        chain = build_chain(res)
+        app[PROVIDERS] = registry
+        app[CHAIN] = chain
+        app[PIPELINE] = MessagePipeline(res.db, chain, registry, settings)
+        try:
+            yield
+        finally:
+            await registry.close()
+
+    async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+        sup = Supervisor(backoff_max=settings.worker.restart_backoff_max)
+        tasks = worker_tasks(app) | (extra_tasks(app) if extra_tasks else {})
+        for name, factory in tasks.items():
+            sup.add(name, factory)
+        app[SUPERVISOR] = sup
+        sup.start()
+        yield
+        await sup.stop(settings.http.shutdown_timeout)
+
+    async def voice_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Pools, voice/agent adapters; AMI connections and call tracking in worker roles only.
+        res = app[RESOURCES]
+        runtime = await VoiceRuntime.open(
+            settings, res, app[PROVIDERS], app[CHAIN], track=role in ("worker", "all")
+        )
+        app[VOICE] = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app.cleanup_ctx.append(resources_ctx)
+    app.cleanup_ctx.append(pipeline_ctx)
+    app.cleanup_ctx.append(voice_ctx)
+    if role in ("worker", "all"):
+        app.cleanup_ctx.append(workers_ctx)
+    return app

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from gateway.calls.schemas import BridgeCall, Call, CallDetail, PlaceCall, Pools
+from gateway.core.errors import NotFound
+from gateway.http import idempotency
+from gateway.http.auth import principal_of
+from gateway.http.middleware import TRACE_ID
+from gateway.http.routing import RAW_BODY, RouteTable, json_response
+from gateway.pipeline.calls import VOICE
+
+routes = RouteTable(tag="calls")
+
+
+def _uuid(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound("no such call", code="call_not_found") from None
+
+
+@routes.post(
+    "/v1/calls",
+    summary="Place a call (202: durably queued). 429 pool_exhausted with Retry-After when the "
+    "pool has no free channel; send Idempotency-Key to retry safely",
+    scope="calls:write",
+    body=PlaceCall,
+    response=Call,
+    status=202,
+    errors=(409, 422, 429, 503),
+)
+async def place_call(request: web.Request, body: PlaceCall) -> web.Response:
+    principal = principal_of(request)
+    key = request.headers.get(idempotency.HEADER)
+    digest = b""
+    if key is not None:
+        key = idempotency.validate_key(key)
+        digest = idempotency.request_hash("POST", "/v1/calls", request[RAW_BODY])
+    outcome = await request.app[VOICE].pipeline.accept(
+        principal.tenant_id,
+        principal.key_id,
+        body,
+        trace_id=request[TRACE_ID],
+        idempotency_key=key,
+        request_digest=digest,
+    )
+    ctype = "application/problem+json" if outcome.status >= 400 else "application/json"
+    return web.json_response(
+        outcome.body, status=outcome.status, content_type=ctype, headers=outcome.headers
+    )
+
+
+@routes.get(
+    "/v1/calls/{call_id}",
+    summary="A call: status, pool, provider, channel ids, hangup cause, durations, attempts "
+    "and its full timeline",
+    scope="calls:read",
+    response=CallDetail,
+    errors=(404,),
+)
+async def get_call(request: web.Request) -> CallDetail:
+    return await request.app[VOICE].service.get_call(
+        principal_of(request).tenant_id, _uuid(request.match_info["call_id"])
+    )
+
+
+@routes.post(
+    "/v1/calls/{call_id}/hangup",
+    summary="Hang up a call (202); a call not dialled yet is canceled, an ended one is unchanged",
+    scope="calls:write",
+    response=Call,
+    status=202,
+    errors=(404,),
+)
+async def hangup_call(request: web.Request) -> web.Response:
+    call = await request.app[VOICE].service.request_hangup(
+        principal_of(request).tenant_id, _uuid(request.match_info["call_id"])
+    )
+    return json_response(call, 202)
+
+
+@routes.post(
+    "/v1/calls/{call_id}/bridge",
+    summary="Bridge two answered calls on the same provider (202; call.bridged follows)",
+    scope="calls:write",
+    body=BridgeCall,
+    response=Call,
+    status=202,
+    errors=(404, 409),
+)
+async def bridge_call(request: web.Request, body: BridgeCall) -> web.Response:
+    call = await request.app[VOICE].service.request_bridge(
+        principal_of(request).tenant_id, _uuid(request.match_info["call_id"]), body.call_id
+    )
+    return json_response(call, 202)
+
+
+@routes.get(
+    "/v1/pools",
+    summary="The SIP trunk's channel pools: size, channels in use, callers waiting",
+    scope="calls:read",
+    response=Pools,
+)
+async def get_pools(request: web.Request) -> Pools:
+    return await request.app[VOICE].service.pool_states()

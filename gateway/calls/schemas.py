@@ -1,0 +1,161 @@
+"""The calls API's request and response bodies."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.core.phone import E164
+from gateway.messages.schemas import TimelineEntry
+
+SIP_URI = r"^sips?:[^\s<>\"]{1,250}$"
+
+
+class AgentSpec(BaseModel):
+    """An AI agent session to bridge the answered call to (Ultravox-style)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str | None = Field(
+        default=None, max_length=128, description="a stored agent at the provider"
+    )
+    system_prompt: str | None = Field(default=None, max_length=20000)
+    voice: str | None = Field(default=None, max_length=128)
+    greeting: str | None = Field(
+        default=None, max_length=2000, description="what the agent says first"
+    )
+    provider: str | None = Field(
+        default=None, max_length=64, description="agent provider; default: agents.provider"
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+
+class OnAnswer(BaseModel):
+    """What happens once the called party answers: bridge to a SIP URI or to a new agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bridge_to: str | None = Field(
+        default=None, pattern=SIP_URI, description="a SIP URI, e.g. sip:agent@ultravox"
+    )
+    agent: AgentSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> OnAnswer:
+        if (self.bridge_to is None) == (self.agent is None):
+            raise ValueError("give exactly one of bridge_to or agent")
+        return self
+
+
+class PlaceCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: E164
+    from_: E164 | None = Field(
+        default=None, alias="from", description="caller id; chosen by the router when omitted"
+    )
+    pool: str = Field(
+        default="api",
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="trunk channel pool the call takes a channel from",
+    )
+    on_answer: OnAnswer | None = None
+    amd: bool = Field(
+        default=False, description="run answering-machine detection; on_answer waits for it"
+    )
+    on_machine: Literal["continue", "hangup"] = Field(
+        default="continue", description="with amd: what to do when a machine answers"
+    )
+    ring_timeout: int = Field(default=30, ge=5, le=120, description="seconds to let it ring")
+    purpose: Literal["marketing", "transactional"] = "marketing"
+    when_closed: Literal["deny", "defer"] = Field(
+        default="defer",
+        description="outside calling hours: refuse now, or call at the next opening",
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+
+class BridgeCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: uuid.UUID = Field(description="the other answered call to join this one with")
+
+
+class Durations(BaseModel):
+    ring_seconds: float | None = Field(description="from dialing to answer (or to the end)")
+    talk_seconds: float | None = Field(description="from answer to hangup (so far, if live)")
+    total_seconds: float | None = Field(description="from dialing to hangup (so far, if live)")
+
+
+class Call(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    id: uuid.UUID
+    trace_id: str
+    direction: Literal["outbound", "inbound"]
+    to: str
+    from_: str | None = Field(alias="from")
+    purpose: str
+    status: str
+    pool: str
+    provider: str | None
+    provider_call_id: str | None = Field(
+        description="Asterisk ChannelId (= Uniqueid, Linkedid) or Twilio CallSid"
+    )
+    channel: str | None = Field(description="Asterisk channel name of the called party's leg")
+    ring_timeout: int
+    on_answer: dict[str, Any] | None
+    amd: bool
+    on_machine: str
+    amd_result: str | None
+    amd_detail: str | None
+    agent: dict[str, Any] | None = Field(description="the AI-agent leg: session, SIP URI, state")
+    bridged_with: uuid.UUID | None
+    hangup_cause: int | None = Field(description="Q.850 cause")
+    hangup_cause_text: str | None
+    sip_code: int | None
+    error_code: str | None
+    error_detail: str | None
+    send_at: datetime | None
+    metadata: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    dialing_at: datetime | None
+    ringing_at: datetime | None
+    answered_at: datetime | None
+    bridged_at: datetime | None
+    ended_at: datetime | None
+    durations: Durations
+
+
+class CallAttempt(BaseModel):
+    n: int
+    provider: str
+    attempt_key: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    latency_ms: float | None
+    provider_call_id: str | None
+
+
+class CallDetail(Call):
+    attempts: list[CallAttempt]
+    timeline: list[TimelineEntry]
+
+
+class PoolState(BaseModel):
+    name: str
+    trunk: str
+    size: int
+    in_use: int
+    waiting: int
+    free: int
+
+
+class Pools(BaseModel):
+    pools: list[PoolState]

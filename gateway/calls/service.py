@@ -1,0 +1,589 @@
+"""Call logic that is not the originate path: provider reports, reconcile, hangup, bridge, reads.
+
+Everything a provider says about a call arrives here as a ``CallReport`` (AMI events through
+``sip.calls.CallTracker``, Twilio callbacks, the sandbox) and is applied in one transaction:
+the status moves forward or the report is recorded as a no-op, the event is written beside the
+change, and follow-up work (bridge the agent, hang up, fail over) is queued in the same commit.
+A pool permit is released right after the commit that ends the call.
+
+Failover: an unanswered end marked ``failover`` (carrier congestion, 408, unreachable — never
+busy, declined, not found or no answer) does not end the call while an untried provider is
+left: the attempt is closed as ``failed_over`` and the call is dispatched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from gateway import queue
+from gateway.calls import repo
+from gateway.calls.schemas import (
+    Call,
+    CallAttempt,
+    CallDetail,
+    Durations,
+    Pools,
+    PoolState,
+)
+from gateway.calls.states import FINAL, LIVE
+from gateway.core.errors import Conflict, NotFound
+from gateway.events.outbox import NewEvent, emit
+from gateway.logs import get_logger
+from gateway.messages.schemas import TimelineEntry
+from gateway.providers.contracts import CallReport
+from gateway.providers.registry import ProviderRegistry
+from gateway.settings import Settings
+from sip.calls import LiveLeg
+from sip.pools import PermitLost, PoolExhausted, TrunkPools, UnknownPool
+
+log = get_logger(__name__)
+
+CALL_DISPATCH_QUEUE = "calls"
+CALL_CONTROL_QUEUE = "call_control"
+After = list[Callable[[], Awaitable[object]]]
+
+
+def event(call: asyncpg.Record | dict[str, Any], kind: str, data: dict[str, Any]) -> NewEvent:
+    return NewEvent(call["tenant_id"], f"call.{kind}", str(call["id"]), call["trace_id"], data)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None:
+        return None
+    return round(((end or datetime.now(UTC)) - start).total_seconds(), 3)
+
+
+def call_from_row(row: asyncpg.Record | dict[str, Any]) -> Call:
+    data = dict(row)
+    start = data.get("dialing_at") or data.get("created_at")
+    answered, ended = data.get("answered_at"), data.get("ended_at")
+    durations = Durations(
+        ring_seconds=_seconds(start, answered or ended) if data.get("dialing_at") else None,
+        talk_seconds=_seconds(answered, ended),
+        total_seconds=_seconds(data.get("dialing_at"), ended),
+    )
+    return Call.model_validate(data | {"durations": durations})
+
+
+@dataclass
+class CallService:
+    db: asyncpg.Pool
+    pools: TrunkPools
+    registry: ProviderRegistry
+    settings: Settings
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_call(self, tenant_id: uuid.UUID, call_id: uuid.UUID) -> CallDetail:
+        row = await repo.call_detail(self.db, tenant_id, call_id)
+        if row is None:
+            raise NotFound("no such call", code="call_not_found")
+        data = dict(row)
+        attempts = [CallAttempt.model_validate(a) for a in data.pop("attempts")]
+        timeline = [TimelineEntry.model_validate(e) for e in data.pop("timeline")]
+        return CallDetail(**call_from_row(data).model_dump(), attempts=attempts, timeline=timeline)
+
+    async def pool_states(self) -> Pools:
+        stats = await self.pools.stats()
+        return Pools(
+            pools=[
+                PoolState(
+                    name=s.pool,
+                    trunk=s.trunk,
+                    size=s.size,
+                    in_use=s.in_use,
+                    waiting=s.waiting,
+                    free=s.free,
+                )
+                for s in stats.values()
+            ]
+        )
+
+    # -- permits ----------------------------------------------------------------------------
+
+    async def release_permit(self, call_id: uuid.UUID | str, pool: str) -> None:
+        try:
+            await self.pools.get(pool).release(str(call_id))
+        except UnknownPool:
+            pass
+        except Exception as exc:  # the lease frees it anyway; reconcile too
+            log.warning("pool permit not released", call_id=str(call_id), error=repr(exc))
+
+    async def renew_permits(self) -> None:
+        """Extend the leases of every live call's permit (a dead worker's calls lapse)."""
+        rows = await repo.live_calls(self.db)
+
+        async def renew(row: asyncpg.Record) -> None:
+            try:
+                pool = self.pools.get(row["pool"])
+            except UnknownPool:
+                return
+            try:
+                await pool.renew(str(row["id"]))
+            except PermitLost:
+                try:  # lapsed (a stalled worker, a reconcile): take it back if there is room
+                    await pool.try_acquire(str(row["id"]))
+                except PoolExhausted:
+                    log.warning("a live call lost its pool permit", call_id=str(row["id"]))
+                    async with self.db.acquire() as conn, conn.transaction():
+                        await emit(conn, event(row, "permit_lost", {"pool": row["pool"]}))
+
+        await asyncio.gather(*(renew(r) for r in rows), return_exceptions=True)
+
+    # -- reports ----------------------------------------------------------------------------
+
+    async def report_many(self, reports: list[CallReport]) -> None:
+        """The tracker's sink (sip.calls.CallSink): reports of one call, one transaction."""
+        await self.apply_reports(reports)
+
+    async def apply_report(self, r: CallReport) -> None:
+        await self.apply_reports([r])
+
+    async def apply_reports(self, reports: list[CallReport]) -> None:
+        """Apply in one transaction; a deadlock victim is re-run, never dropped, because
+        a provider does not resend a status callback we answered with an error."""
+        for tries in range(1, 4):
+            after: After = []
+            try:
+                async with self.db.acquire() as conn, conn.transaction():
+                    for r in reports:
+                        await self._apply(conn, r, after)
+                break
+            except asyncpg.DeadlockDetectedError:
+                if tries == 3:
+                    raise
+                log.warning("call report deadlocked; re-applying", tries=tries)
+        for work in after:
+            await work()
+
+    async def _apply(self, conn: asyncpg.Connection, r: CallReport, after: After) -> None:
+        found = await repo.call_by_attempt_key(conn, r.attempt_key)
+        if found is None:
+            log.info("call report for an unknown attempt", attempt_key=r.attempt_key)
+            return
+        call, n = found
+        if r.leg == "agent":
+            await self._agent_report(conn, call, r)
+            return
+        if n != call["attempt_n"]:
+            if r.status is not None:
+                reason = f"attempt {n} was superseded by {call['attempt_n']}"
+                await emit(
+                    conn,
+                    event(
+                        call,
+                        "status_noop",
+                        {
+                            "reported": r.status,
+                            "current": call["status"],
+                            "source": r.source,
+                            "reason": reason,
+                        },
+                    ),
+                )
+            return
+        if r.channel and r.channel != call["channel"]:
+            await repo.update_call(conn, call["id"], channel=r.channel)
+        if r.amd is not None and call["amd_result"] is None:
+            call = await self._amd(conn, call, r)
+        if r.fact in ("bridged", "unbridged"):
+            await self._bridge_fact(conn, call, r)
+        if r.status is not None:
+            await self._status(conn, call, n, r, after)
+
+    async def _status(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, n: int, r: CallReport, after: After
+    ) -> None:
+        new, current = r.status, call["status"]
+        assert new is not None
+        if (
+            r.failover
+            and new in ("failed", "no_answer", "busy")
+            and current not in FINAL
+            and current != "answered"
+            and call["hangup_requested_at"] is None
+        ):
+            target = await self._failover_target(conn, call)
+            if target is not None:
+                detail = f"{r.error_code}: cause {r.hangup_cause}, SIP {r.sip_code}"
+                await repo.close_attempt(conn, call["id"], n, "failed_over", error=detail)
+                await emit(
+                    conn,
+                    event(
+                        call,
+                        "attempt_failed",
+                        {"n": n, "provider": call["provider"], **_cause(r), "transient": True},
+                    ),
+                    event(
+                        call,
+                        "failover",
+                        {"n": n, "from": call["provider"], "to": target, "reason": r.error_code},
+                    ),
+                )
+                await queue.enqueue(
+                    conn,
+                    CALL_DISPATCH_QUEUE,
+                    {"call_id": str(call["id"]), "failover_to": target},
+                    tenant_id=call["tenant_id"],
+                    trace_id=call["trace_id"],
+                    max_attempts=self.settings.calls.max_attempts,
+                )
+                return
+        moved = await repo.move_status(
+            conn,
+            call["id"],
+            new,
+            provider_call_id=None if call["provider_call_id"] else r.provider_call_id,
+            hangup_cause=r.hangup_cause,
+            hangup_cause_text=r.hangup_cause_text,
+            sip_code=r.sip_code,
+            error_code=r.error_code if new in FINAL else None,
+        )
+        if moved is None:
+            if new != current:
+                await emit(
+                    conn,
+                    event(
+                        call,
+                        "status_noop",
+                        {"reported": new, "current": current, "source": r.source},
+                    ),
+                )
+            return
+        await emit(conn, event(moved, new, {"source": r.source, "n": n, **_cause(r)}))
+        if new == "answered":
+            await self._answered(conn, moved)
+        if new in FINAL:
+            await self._ended(conn, moved, n, after)
+
+    async def _ended(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, n: int, after: After
+    ) -> None:
+        await repo.close_attempt(conn, call["id"], n, "originated", only_open=True)
+        await emit(conn, event(call, "permit_released", {"pool": call["pool"]}))
+        call_id, pool = call["id"], call["pool"]
+        after.append(lambda: self.release_permit(call_id, pool))
+        agent = call["agent"] or {}
+        if agent.get("state") in ("dialing", "answered"):
+            await self._control(conn, call, "hangup_agent")
+        if agent.get("session_id"):
+            await self._control(conn, call, "end_agent_session")
+
+    async def _answered(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
+        if call["amd"] and call["amd_result"] is None:
+            return  # the verdict decides what happens next (_amd)
+        await self._after_verdict(conn, call)
+
+    async def _after_verdict(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
+        if call["amd"] and call["amd_result"] == "machine" and call["on_machine"] == "hangup":
+            await self._request_hangup(conn, call, reason="answering_machine")
+            return
+        if call["on_answer"] and not call["agent"]:
+            await self._control(conn, call, "connect")
+
+    async def _amd(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport
+    ) -> asyncpg.Record:
+        await repo.update_call(conn, call["id"], amd_result=r.amd, amd_detail=r.amd_detail)
+        await emit(
+            conn, event(call, "amd", {"result": r.amd, "detail": r.amd_detail, "source": r.source})
+        )
+        fresh = await repo.get_call(conn, call["id"])
+        assert fresh is not None
+        if fresh["status"] == "answered" and fresh["amd"]:
+            await self._after_verdict(conn, fresh)
+        return fresh
+
+    async def _bridge_fact(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport
+    ) -> None:
+        if r.fact == "bridged":
+            await repo.update_call(conn, call["id"], bridged_at=repo.NOW)
+            with_ = str(call["bridged_with"]) if call["bridged_with"] else "agent"
+            await emit(
+                conn,
+                event(
+                    call, "bridged", {"bridge_id": r.bridge_id, "with": with_, "source": r.source}
+                ),
+            )
+        else:
+            await emit(
+                conn, event(call, "unbridged", {"bridge_id": r.bridge_id, "source": r.source})
+            )
+
+    async def record_bridged(self, call_id: uuid.UUID, *, with_: str, source: str) -> None:
+        """For providers that do not report bridges themselves (Twilio)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            call = await repo.get_call(conn, call_id, lock=True)
+            if call is None:
+                return
+            await repo.update_call(conn, call_id, bridged_at=repo.NOW)
+            if call["agent"] and with_ == "agent":
+                await repo.update_call(conn, call_id, agent=call["agent"] | {"state": "bridged"})
+            await emit(conn, event(call, "bridged", {"with": with_, "source": source}))
+
+    async def _agent_report(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport
+    ) -> None:
+        agent = dict(call["agent"] or {})
+        state = agent.get("state")
+        changed: dict[str, Any] = {}
+        events: list[NewEvent] = []
+        if r.channel and agent.get("channel") != r.channel:
+            changed["channel"] = r.channel
+        if r.fact == "bridged" and state in ("dialing", "answered"):
+            changed["state"] = "bridged"
+        if r.status == "answered" and state in (None, "requested", "dialing"):
+            changed["state"] = "answered"
+            events.append(event(call, "agent_answered", {"source": r.source}))
+        elif (
+            r.status in ("completed", "busy", "no_answer", "failed", "canceled")
+            and state != "ended"
+        ):
+            changed |= {"state": "ended", "end_status": r.status}
+            events.append(
+                event(call, "agent_ended", {"status": r.status, **_cause(r), "source": r.source})
+            )
+        if changed:
+            await repo.update_call(conn, call["id"], agent=agent | changed)
+        await emit(conn, *events)
+        if changed.get("state") == "answered" and call["status"] == "answered":
+            await self._control(conn, call, "bridge_legs")
+        elif changed.get("state") == "answered" and call["status"] in FINAL:
+            await self._control(conn, call, "hangup_agent")  # the call ended while it rang
+        if changed.get("state") == "ended" and call["status"] in LIVE:
+            await self._request_hangup(conn, call, reason="agent_left")
+
+    async def _failover_target(self, conn: asyncpg.Connection, call: asyncpg.Record) -> str | None:
+        tried = {a["provider"] for a in await repo.attempts(conn, call["id"])}
+        for candidate in self.candidates(call, first=None):
+            if candidate not in tried:
+                return candidate
+        return None
+
+    def candidates(self, call: asyncpg.Record, *, first: str | None) -> list[str]:
+        """Providers for a call in order: the one routing chose, then the voice fallback."""
+        route = self.registry.route("voice")
+        out: list[str] = []
+        for name in (first or call["provider"] or route.primary, route.fallback):
+            if name and name not in out and self.registry.has_voice(name):
+                out.append(name)
+        return out
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _control(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, op: str, **extra: Any
+    ) -> None:
+        await queue.enqueue(
+            conn,
+            CALL_CONTROL_QUEUE,
+            {"op": op, "call_id": str(call["id"]), **extra},
+            tenant_id=call["tenant_id"],
+            trace_id=call["trace_id"],
+            max_attempts=self.settings.calls.max_attempts + 2,
+        )
+
+    async def _request_hangup(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, *, reason: str
+    ) -> None:
+        if call["hangup_requested_at"] is not None:
+            return
+        await repo.update_call(conn, call["id"], hangup_requested_at=repo.NOW)
+        await emit(conn, event(call, "hangup_requested", {"reason": reason}))
+        await self._control(conn, call, "hangup")
+
+    async def request_hangup(self, tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
+        release: tuple[uuid.UUID, str] | None = None
+        async with self.db.acquire() as conn, conn.transaction():
+            call = await repo.get_call(conn, call_id, tenant_id=tenant_id, lock=True)
+            if call is None:
+                raise NotFound("no such call", code="call_not_found")
+            if call["status"] in FINAL:
+                return call_from_row(call)  # hanging up an ended call changes nothing
+            attempts = await repo.attempts(conn, call_id)
+            in_flight = bool(attempts) and attempts[-1]["outcome"] in (None, "originated")
+            if call["status"] in ("queued", "scheduled") and not in_flight:
+                moved = await repo.move_status(
+                    conn,
+                    call_id,
+                    "canceled",
+                    error_code="canceled",
+                    error_detail="hung up before it was dialled",
+                )
+                assert moved is not None
+                events = [
+                    event(call, "hangup_requested", {"reason": "api"}),
+                    event(moved, "canceled", {"source": "api"}),
+                ]
+                if call["status"] == "queued":  # a scheduled call holds no channel yet
+                    events.append(event(moved, "permit_released", {"pool": call["pool"]}))
+                    release = (call_id, call["pool"])
+                await emit(conn, *events)
+            else:
+                await self._request_hangup(conn, call, reason="api")
+            row = await repo.get_call(conn, call_id)
+        if release is not None:
+            await self.release_permit(*release)
+        assert row is not None
+        return call_from_row(row)
+
+    async def request_bridge(
+        self, tenant_id: uuid.UUID, call_id: uuid.UUID, other_id: uuid.UUID
+    ) -> Call:
+        if call_id == other_id:
+            raise Conflict("a call cannot be bridged with itself", code="not_bridgeable")
+        async with self.db.acquire() as conn, conn.transaction():
+            rows = {}
+            for cid in sorted((call_id, other_id)):  # lock in id order: no deadlock
+                row = await repo.get_call(conn, cid, tenant_id=tenant_id, lock=True)
+                if row is None:
+                    raise NotFound("no such call", code="call_not_found")
+                rows[cid] = row
+            a, b = rows[call_id], rows[other_id]
+            for row in (a, b):
+                if row["status"] != "answered":
+                    raise Conflict(
+                        f"call {row['id']} is {row['status']}; only answered calls can be bridged",
+                        code="call_not_answered",
+                    )
+                if row["bridged_with"] is not None or row["bridged_at"] is not None:
+                    raise Conflict(f"call {row['id']} is already bridged", code="already_bridged")
+            if a["provider"] != b["provider"]:
+                raise Conflict(
+                    "the calls are on different providers and cannot be joined",
+                    code="provider_mismatch",
+                )
+            await repo.update_call(conn, call_id, bridged_with=other_id)
+            await repo.update_call(conn, other_id, bridged_with=call_id)
+            await emit(
+                conn,
+                event(a, "bridge_requested", {"with": str(other_id)}),
+                event(b, "bridge_requested", {"with": str(call_id)}),
+            )
+            await self._control(conn, a, "bridge", other=str(other_id))
+            row = await repo.get_call(conn, call_id)
+        assert row is not None
+        return call_from_row(row)
+
+    # -- reconcile (after an AMI reconnect) ---------------------------------------------------
+
+    async def reconcile(
+        self, provider: str, live: Sequence[LiveLeg], channel_ids: Sequence[str] = ()
+    ) -> list[LiveLeg]:
+        """Asterisk's channel list is the truth. Calls it no longer has are closed (the end was
+        not observed), live ones are adopted (PostgreSQL catches up with their state), our
+        channels no call wants are returned to be hung up, and pool permits held for calls
+        that are over are released."""
+        min_age = self.settings.pools.reconcile_min_age
+        customer = {leg.key.attempt_key: leg for leg in live if leg.key.leg == "customer"}
+        agents = {leg.key.attempt_key: leg for leg in live if leg.key.leg == "agent"}
+        now = datetime.now(UTC)
+        closed = adopted = 0
+        for row in await repo.live_on_provider(self.db, provider):
+            leg = customer.get(row["attempt_key"])
+            if leg is not None:
+                adopted += 1
+                await self._adopt(row, leg)
+            elif row["status"] != "queued" and (
+                (now - row["attempt_started_at"]).total_seconds() >= min_age
+            ):
+                closed += await self._close_unobserved(row)
+        orphans: list[LiveLeg] = []
+        for key, leg in [*customer.items(), *agents.items()]:
+            async with self.db.acquire() as conn:
+                found = await conn.fetchrow(
+                    """
+                    SELECT c.status, c.attempt_n, a.n FROM call_attempts a
+                    JOIN calls c ON c.id = a.call_id WHERE a.attempt_key = $1
+                    """,
+                    key,
+                )
+            if found is None or found["status"] in FINAL or found["n"] != found["attempt_n"]:
+                orphans.append(leg)
+        holders = set(await repo.unfinished_call_ids(self.db)) | set(channel_ids)
+        released = await self.pools.reconcile(holders, min_age=min_age)
+        log.info(
+            "reconciled calls",
+            provider=provider,
+            adopted=adopted,
+            closed=closed,
+            orphans=len(orphans),
+            permits_released=sum(len(v) for v in released.values()),
+        )
+        return orphans
+
+    async def _adopt(self, row: asyncpg.Record, leg: LiveLeg) -> None:
+        async with self.db.acquire() as conn, conn.transaction():
+            await emit(
+                conn,
+                event(
+                    row,
+                    "adopted",
+                    {
+                        "channel": leg.channel,
+                        "channel_state": leg.state,
+                        "provider": row["provider"],
+                    },
+                ),
+            )
+        status = "answered" if leg.state == 6 else ("ringing" if leg.state == 5 else None)
+        if status is not None or leg.channel != row["channel"]:
+            await self.apply_report(
+                CallReport(
+                    provider=row["provider"],
+                    attempt_key=row["attempt_key"],
+                    status=status,  # type: ignore[arg-type]
+                    channel=leg.channel,
+                    source="reconcile",
+                )
+            )
+        try:
+            await self.pools.get(row["pool"]).acquire(str(row["id"]), timeout=0)  # renew/refresh
+        except (PoolExhausted, UnknownPool):
+            log.warning("an adopted call has no pool permit", call_id=str(row["id"]))
+
+    async def _close_unobserved(self, row: asyncpg.Record) -> int:
+        async with self.db.acquire() as conn, conn.transaction():
+            call = await repo.get_call(conn, row["id"], lock=True)
+            if call is None or call["status"] not in LIVE or call["attempt_n"] != row["attempt_n"]:
+                return 0
+            final = "completed" if call["status"] == "answered" else "failed"
+            moved = await repo.move_status(
+                conn,
+                call["id"],
+                final,
+                error_code=None if final == "completed" else "ended_unobserved",
+                error_detail="the call ended while the AMI connection was down",
+            )
+            if moved is None:
+                return 0
+            await repo.close_attempt(
+                conn, call["id"], call["attempt_n"], "originated", only_open=True
+            )
+            await emit(
+                conn,
+                event(moved, "reconciled", {"action": "closed", "was": call["status"]}),
+                event(moved, final, {"source": "reconcile", "n": call["attempt_n"]}),
+                event(moved, "permit_released", {"pool": call["pool"]}),
+            )
+        await self.release_permit(call["id"], call["pool"])
+        return 1
+
+
+def _cause(r: CallReport) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("hangup_cause", "hangup_cause_text", "sip_code", "error_code"):
+        value = getattr(r, name)
+        if value is not None:
+            out[name] = value
+    if r.failover:
+        out["failover"] = True
+    return out

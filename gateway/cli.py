@@ -1,0 +1,349 @@
+"""The `trunkline` command. Exit codes: 0 ok, 2 bad usage or configuration, 1 runtime failure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateway import db
+from gateway.app import Role, create_app
+from gateway.core.errors import Problem
+from gateway.devservices import DevServiceError, PrivatePostgres, PrivateRedis
+from gateway.logs import configure_logging, get_logger
+from gateway.settings import ConfigError, Settings, load_settings
+
+log = get_logger("trunkline")
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+async def serve(settings: Settings, role: Role, app: web.Application | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight work, close."""
+    app = app if app is not None else create_app(settings, role=role)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout, access_log=None
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runner.setup()
+    try:
+        if role != "worker":
+            site = web.TCPSite(runner, settings.http.host, settings.http.port)
+            await site.start()
+            log.info("listening", url=site.name, role=role)
+        else:
+            log.info("worker started", role=role)
+        await stop.wait()
+        log.info("shutting down", deadline_s=settings.http.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+async def _with_pool(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    pool = await db.create_pool(settings.database_url(), min_size=1, max_size=2)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(serve(settings, args.role))
+    return EXIT_OK
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    applied = asyncio.run(db.migrate(settings.database_url()))
+    if applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("database is up to date")
+    return EXIT_OK
+
+
+def _cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.tenants.service import create_tenant
+
+    tenant_id = asyncio.run(_with_pool(settings, lambda pool: create_tenant(pool, args.name)))
+    print(f"created tenant {args.name} ({tenant_id})")
+    return EXIT_OK
+
+
+def _print_key(issued: Any) -> None:
+    print(f"API key for tenant {issued.tenant} (key id {issued.key_id}); it is shown only once:")
+    print(f"  {issued.token}")
+    print(f"  scopes: {' '.join(issued.scopes)}")
+
+
+def _cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.tenants.service import create_key
+
+    scopes = [s for s in (args.scopes or "").replace(",", " ").split() if s] or None
+    try:
+        issued = asyncio.run(
+            _with_pool(settings, lambda pool: create_key(pool, args.tenant, scopes, args.name))
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _print_key(issued)
+    return EXIT_OK
+
+
+def _cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.tenants.service import revoke_key
+
+    asyncio.run(_with_pool(settings, lambda pool: revoke_key(pool, args.key_id)))
+    print(f"revoked {args.key_id}")
+    return EXIT_OK
+
+
+def _cmd_dnc_import(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime
+
+    from gateway.dnc.importer import ImportFailed, ImportRejected, ProgressBar, import_file
+
+    expires_at = None
+    if args.expires_at:
+        try:
+            expires_at = datetime.fromisoformat(args.expires_at)
+        except ValueError:
+            print(
+                f"error: --expires-at {args.expires_at!r} is not an ISO 8601 time", file=sys.stderr
+            )
+            return EXIT_USAGE
+        if expires_at.tzinfo is None:
+            print(
+                "error: --expires-at needs a time zone (e.g. 2027-01-01T00:00:00Z)", file=sys.stderr
+            )
+            return EXIT_USAGE
+    if args.file != "-" and not os.path.isfile(args.file):
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = asyncio.run(
+            _with_pool(
+                settings,
+                lambda pool: import_file(
+                    pool,
+                    args.file,
+                    source=args.source,
+                    tenant=args.tenant,
+                    expires_at=expires_at,
+                    note=args.note,
+                    progress=None if args.quiet else ProgressBar(sys.stderr),
+                ),
+            )
+        )
+    except ImportRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ImportFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    scope = f"tenant {args.tenant}" if args.tenant else "the global list"
+    print(
+        f"imported {report.lines} numbers into {scope} as {args.source} in {report.seconds:.1f} s "
+        f"({report.rate:,.0f}/s): {report.inserted} new, {report.updated} updated, "
+        f"{report.unchanged} already listed or repeated"
+    )
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.redacted(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """Zero-setup: private PostgreSQL/Redis when no URL is given, a dev tenant and key, then serve."""
+    from gateway.tenants.service import create_key, create_tenant
+
+    data_dir = settings.dev.data_dir.resolve()
+    started: list[PrivatePostgres | PrivateRedis] = []
+    try:
+        if settings.database.url is None:
+            pg = PrivatePostgres(data_dir / "pg")
+            print(f"starting private PostgreSQL in {pg.data_dir} …", flush=True)
+            url = pg.start()
+            started.append(pg)
+            settings.database = settings.database.model_copy(update={"url": SecretStr(url)})
+        if settings.redis.url is None:
+            rd = PrivateRedis(data_dir / "redis")
+            print(f"starting private Redis in {rd.data_dir} …", flush=True)
+            url = rd.start()
+            started.append(rd)
+            settings.redis = settings.redis.model_copy(update={"url": SecretStr(url)})
+
+        async def main() -> None:
+            await db.migrate(settings.database_url())
+
+            async def provision(pool: Any) -> Any:
+                try:
+                    await create_tenant(pool, settings.dev.tenant)
+                except Problem as exc:
+                    if exc.code != "tenant_exists":
+                        raise
+                return await create_key(pool, settings.dev.tenant, None, "dev")
+
+            issued = await _with_pool(settings, provision)
+            base = f"http://{settings.http.host}:{settings.http.port}"
+            print()
+            _print_key(issued)
+            print(f'  try: curl -H "Authorization: Bearer {issued.token}" {base}/v1/whoami')
+            print(f"       curl {base}/readyz      docs: {base}/docs")
+            print(flush=True)
+            await serve(settings, args.role)
+
+        asyncio.run(main())
+    finally:
+        for server in reversed(started):
+            server.stop()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trunkline",
+        description="Trunkline telephony gateway daemon.",
+        epilog="Configuration: defaults < TOML file (--config or TRUNKLINE_CONFIG) < TRUNKLINE_* environment.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file (default: $TRUNKLINE_CONFIG)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, func: Callable[..., int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    roles = ("api", "worker", "all")
+    p = add("run", "Serve the API and/or run background workers.", _cmd_run)
+    p.add_argument(
+        "--role",
+        choices=roles,
+        default="all",
+        help="api: HTTP only; worker: background jobs only; all: both (default)",
+    )
+    add(
+        "migrate",
+        "Apply pending database migrations (safe to run from many processes at once).",
+        _cmd_migrate,
+    )
+    add(
+        "check-config",
+        "Print the effective configuration with secrets redacted.",
+        _cmd_check_config,
+    )
+    p = add(
+        "dev",
+        "Zero-setup mode: private PostgreSQL/Redis when no URL is set, a dev key, then serve.",
+        _cmd_dev,
+    )
+    p.add_argument("--role", choices=roles, default="all", help="as for run (default: all)")
+
+    tenants = sub.add_parser("tenants", help="Manage tenants.", description="Manage tenants.")
+    tsub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    p = tsub.add_parser("create", help="Create a tenant.", description="Create a tenant.")
+    p.add_argument("name", help="lowercase name: letters, digits, '-' and '_'")
+    p.set_defaults(func=_cmd_tenants_create)
+
+    keys = sub.add_parser("keys", help="Manage API keys.", description="Manage API keys.")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ksub.add_parser(
+        "create",
+        help="Create an API key (printed once).",
+        description="Create an API key; it is printed once and stored only as a hash.",
+    )
+    p.add_argument("--tenant", required=True, help="tenant name")
+    p.add_argument(
+        "--scopes", help="comma- or space-separated scopes (default: all except admin); '*' for all"
+    )
+    p.add_argument("--name", default="", help="a label for the key")
+    p.set_defaults(func=_cmd_keys_create)
+    p = ksub.add_parser(
+        "revoke", help="Revoke an API key at once.", description="Revoke an API key at once."
+    )
+    p.add_argument("key_id", help="the key id (or the whole key)")
+    p.set_defaults(func=_cmd_keys_revoke)
+
+    dnc = sub.add_parser(
+        "dnc", help="Manage do-not-contact lists.", description="Manage do-not-contact lists."
+    )
+    dsub = dnc.add_subparsers(dest="dnc_command", required=True, metavar="ACTION")
+    p = dsub.add_parser(
+        "import",
+        help="Bulk-import numbers (all or nothing).",
+        description="Import a plain list (one number per line) or a CSV whose first field is the "
+        "number — millions of lines through PostgreSQL COPY, in one transaction: a line that is "
+        "not a phone number is reported with its line number and nothing is imported. "
+        "Re-importing a file changes nothing.",
+    )
+    p.add_argument("file", help="the file ('-' for stdin)")
+    p.add_argument(
+        "--source",
+        required=True,
+        choices=(
+            "internal",
+            "national_registry",
+            "state_registry",
+            "litigator",
+            "consumer_opt_out",
+        ),
+        help="national_registry/state_registry block marketing only; the others every purpose",
+    )
+    p.add_argument("--tenant", help="tenant name (default: the global list, for every tenant)")
+    p.add_argument(
+        "--expires-at",
+        help="ISO 8601 time the entries stop applying, also for numbers already listed "
+        "(default: new entries never expire, listed ones keep theirs)",
+    )
+    p.add_argument("--note", help="a note stored with every entry")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_cmd_dnc_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log.level, settings.log.format)
+    try:
+        return args.func(args, settings)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except Problem as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except (DevServiceError, db.MigrationError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("fatal error")
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

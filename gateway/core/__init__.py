@@ -1,0 +1,1 @@
+"""The shared vocabulary: ids, phone numbers, errors, and (later) actions, verdicts and events."""

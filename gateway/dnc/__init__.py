@@ -1,0 +1,1 @@
+"""DNC lists and consumer opt-outs: the API, the bulk importer and the inbound keyword hook."""

@@ -1,0 +1,76 @@
+"""DNC routes: /v1/dnc (scope dnc:manage)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic_core import PydanticCustomError
+
+from gateway.core.errors import ValidationFailed
+from gateway.core.phone import normalize_e164
+from gateway.dnc import service
+from gateway.dnc.schemas import DncDeleteQuery, DncEntryIn, DncStatus
+from gateway.http import idempotency
+from gateway.http.auth import principal_of
+from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.resources import RESOURCES
+
+routes = RouteTable(tag="dnc")
+SCOPE = "dnc:manage"
+
+
+def _number(request: web.Request) -> str:
+    try:
+        return normalize_e164(request.match_info["number"])
+    except PydanticCustomError as exc:
+        raise ValidationFailed(f"number: {exc}", code="invalid_phone_number") from None
+
+
+@routes.post(
+    "/v1/dnc",
+    summary="Add (or update) a number on your do-not-contact list; returns what now applies to it",
+    scope=SCOPE,
+    body=DncEntryIn,
+    response=DncStatus,
+    errors=(409,),
+)
+async def add_entry(request: web.Request, body: DncEntryIn) -> web.Response:
+    key = request.headers.get(idempotency.HEADER)
+    digest = b""
+    if key is not None:
+        key = idempotency.validate_key(key)
+        digest = idempotency.request_hash("POST", "/v1/dnc", request[RAW_BODY])
+    status, out = await service.add(
+        request.app[RESOURCES].db,
+        principal_of(request).tenant_id,
+        body,
+        idempotency_key=key,
+        request_digest=digest,
+    )
+    return web.json_response(out, status=status)
+
+
+@routes.get(
+    "/v1/dnc/{number}",
+    summary="Every active entry (yours and global) for a number, and what it blocks",
+    scope=SCOPE,
+    response=DncStatus,
+    errors=(404,),
+)
+async def get_entry(request: web.Request) -> DncStatus:
+    return await service.lookup(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, _number(request)
+    )
+
+
+@routes.delete(
+    "/v1/dnc/{number}",
+    summary="Remove your entries for a number (all sources, or ?source=); returns what still applies",
+    scope=SCOPE,
+    query=DncDeleteQuery,
+    response=DncStatus,
+    errors=(404,),
+)
+async def delete_entry(request: web.Request, query: DncDeleteQuery) -> DncStatus:
+    return await service.remove(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, _number(request), query.source
+    )

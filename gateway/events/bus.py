@@ -1,0 +1,39 @@
+"""The Redis side of the event bus: one pub/sub channel per tenant.
+
+The sequencer publishes each event after the transaction that gave it its
+seq has committed, in seq order, so a subscriber of the pattern sees the
+global seq increasing. Pub/sub is lossy (a reconnect drops messages), which is
+why every subscriber can fill a gap from the log in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from gateway.events.model import event_json
+
+CHANNEL_PREFIX = "trunkline:events:"
+PATTERN = CHANNEL_PREFIX + "*"
+
+
+def channel(tenant_id: uuid.UUID | str) -> str:
+    return f"{CHANNEL_PREFIX}{tenant_id}"
+
+
+def tenant_of(channel_name: bytes | str) -> str:
+    name = channel_name.decode() if isinstance(channel_name, bytes) else channel_name
+    return name[len(CHANNEL_PREFIX) :]
+
+
+async def publish(redis: aioredis.Redis, rows: Sequence[asyncpg.Record]) -> None:
+    """Publish sequenced rows (in seq order) with one round trip."""
+    if not rows:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for row in rows:
+            pipe.publish(channel(row["tenant_id"]), event_json(row))
+        await pipe.execute()

@@ -1,0 +1,97 @@
+"""Reading the event log (SQL only).
+
+Only sequenced rows are ever read: the sequencer makes a seq visible only
+after every lower seq has committed, so `seq > N ORDER BY seq` is a gap-free
+continuation of whatever a reader saw up to N.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from gateway.events.model import COLUMNS, TypeFilter
+
+Db = asyncpg.Pool | asyncpg.Connection
+
+
+async def tenant_page(
+    db: Db, tenant_id: uuid.UUID, after: int, limit: int, types: TypeFilter
+) -> list[asyncpg.Record]:
+    """The tenant's events with seq > after, in seq order."""
+    return await db.fetch(
+        f"""
+        SELECT {COLUMNS} FROM events
+        WHERE tenant_id = $1 AND seq > $2 AND ($4::text[] IS NULL OR type LIKE ANY ($4))
+        ORDER BY seq LIMIT $3
+        """,
+        tenant_id,
+        after,
+        limit,
+        types.like_patterns(),
+    )
+
+
+async def global_range(db: Db, after: int, before: int | None, limit: int) -> list[asyncpg.Record]:
+    """Every tenant's events with after < seq < before (None: no upper bound), in seq order."""
+    return await db.fetch(
+        f"""
+        SELECT {COLUMNS} FROM events
+        WHERE seq > $1 AND ($2::bigint IS NULL OR seq < $2)
+        ORDER BY seq LIMIT $3
+        """,
+        after,
+        before,
+        limit,
+    )
+
+
+async def max_seq(db: Db) -> int:
+    return await db.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+
+
+async def pruned_through(db: Db) -> int:
+    return await db.fetchval("SELECT pruned_through FROM event_retention") or 0
+
+
+async def prune(db: asyncpg.Pool, older_than: float, batch: int) -> int:
+    """Delete sequenced events older than `older_than` seconds, oldest seq first, in batches.
+
+    Deleting by seq (up to the newest seq among expired rows) keeps the log a
+    clean suffix: everything <= pruned_through is gone, everything above stays.
+    """
+    cutoff = await db.fetchval(
+        "SELECT max(seq) FROM events WHERE created_at < now() - make_interval(secs => $1)",
+        older_than,
+    )
+    if cutoff is None:
+        return 0
+    total = 0
+    while True:
+        async with db.acquire() as conn, conn.transaction():
+            n = await conn.fetchval(
+                """
+                WITH doomed AS (
+                    SELECT id, seq FROM events WHERE seq <= $1 ORDER BY seq LIMIT $2
+                ), gone AS (
+                    DELETE FROM events e USING doomed d WHERE e.id = d.id RETURNING e.seq
+                ), mark AS (
+                    UPDATE event_retention
+                    SET pruned_through = greatest(pruned_through, (SELECT max(seq) FROM gone)),
+                        pruned_at = now()
+                    WHERE (SELECT count(*) FROM gone) > 0
+                )
+                SELECT count(*) FROM gone
+                """,
+                cutoff,
+                batch,
+            )
+        total += n
+        if n < batch:
+            # Nothing at or below the cutoff is left; record it even if holes made it sparse.
+            await db.execute(
+                "UPDATE event_retention SET pruned_through = greatest(pruned_through, $1), pruned_at = now()",
+                cutoff,
+            )
+            return total

@@ -1,0 +1,49 @@
+"""Sleep until a PostgreSQL NOTIFY, a safety timeout or shutdown (never a busy loop)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+
+class Wakeup:
+    """Wakes a loop on NOTIFY `channel` received by `conn` (which must stay open)."""
+
+    def __init__(self, conn: asyncpg.Connection, channel: str) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.event = asyncio.Event()
+
+    async def listen(self) -> None:
+        await self.conn.add_listener(self.channel, self._notified)
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.event.set()
+
+    def clear(self) -> None:
+        self.event.clear()
+
+    async def wait(self, stopping: asyncio.Event, timeout: float, settle: float = 0.0) -> None:
+        """Return on NOTIFY (after `settle` more seconds, to batch a burst), stop or timeout.
+
+        Raises if the listening connection died (the supervisor restarts the task).
+        """
+        if self.conn.is_closed():
+            raise ConnectionError(f"the LISTEN {self.channel} connection was closed")
+        await sleep_until(stopping, self.event, timeout)
+        if self.conn.is_closed():
+            raise ConnectionError(f"the LISTEN {self.channel} connection was closed")
+        if settle > 0 and self.event.is_set() and not stopping.is_set():
+            await sleep_until(stopping, None, settle)
+
+
+async def sleep_until(stopping: asyncio.Event, event: asyncio.Event | None, timeout: float) -> None:
+    waiters = {asyncio.ensure_future(stopping.wait())}
+    if event is not None:
+        waiters.add(asyncio.ensure_future(event.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

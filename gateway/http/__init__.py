@@ -1,0 +1,1 @@
+"""Cross-cutting HTTP: routing with OpenAPI, auth, problem+json, request context, metrics."""

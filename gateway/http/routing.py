@@ -1,0 +1,246 @@
+"""Declared routes: one decorator gives a handler its auth, body/query parsing and OpenAPI entry.
+
+Handlers receive validated pydantic models and return pydantic models (or an
+aiohttp response for streams). Because the OpenAPI document is generated from
+the same declarations, it cannot drift from the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.core.errors import Problem, ValidationFailed
+from gateway.http.auth import authenticate
+
+Handler = Callable[..., Awaitable[Any]]
+RAW_BODY = web.RequestKey("raw_body", bytes)
+# pydantic custom error types that are also stable API error codes.
+CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number"})
+_PATH_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+
+def validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
+    errors = [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or where,
+            "message": e["msg"],
+            "type": e["type"],
+        }
+        for e in exc.errors(include_url=False)
+    ]
+    first = errors[0]
+    code = first["type"] if first["type"] in CUSTOM_ERROR_CODES else None
+    return ValidationFailed(f"{first['field']}: {first['message']}", code=code, errors=errors)
+
+
+def json_response(model: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> web.Response:
+    if isinstance(model, BaseModel):
+        body = model.model_dump_json(by_alias=True)
+    else:
+        body = json.dumps(model, default=str)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    scope: str | None
+    public: bool
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    errors: tuple[int, ...]
+    stream: str | None
+
+    @property
+    def operation_id(self) -> str:
+        words = re.sub(r"[^a-zA-Z0-9]+", "_", self.path).strip("_")
+        return f"{self.method.lower()}_{words}"
+
+    def as_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self(request)
+
+        handle.__name__ = self.handler.__name__
+        return handle
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        kwargs: dict[str, Any] = {}
+        if not self.public:
+            await authenticate(request, self.scope)
+        if self.query is not None:
+            try:
+                kwargs["query"] = self.query.model_validate(dict(request.query))
+            except ValidationError as exc:
+                raise validation_problem(exc, "query") from None
+        if self.body is not None:
+            raw = await request.read()
+            try:
+                kwargs["body"] = self.body.model_validate_json(raw or b"{}")
+            except ValidationError as exc:
+                if any(e["type"] == "json_invalid" for e in exc.errors()):
+                    raise Problem("The body is not valid JSON", code="invalid_json") from None
+                raise validation_problem(exc, "body") from None
+            request[RAW_BODY] = raw
+        result = await self.handler(request, **kwargs)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return json_response(result, self.status)
+
+
+@dataclass
+class RouteTable:
+    """The routes of one feature package, installed by the app factory."""
+
+    tag: str
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        scope: str | None = None,
+        public: bool = False,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        errors: tuple[int, ...] = (),
+        stream: str | None = None,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(
+                Endpoint(
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    self.tag,
+                    scope,
+                    public,
+                    body,
+                    query,
+                    response,
+                    status,
+                    errors,
+                    stream,
+                )
+            )
+            return handler
+
+        return register
+
+    def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kw)
+
+    def install(self, app: web.Application) -> None:
+        for ep in self.endpoints:
+            app.router.add_route(ep.method, ep.path, ep.as_handler(), name=ep.operation_id)
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "description": "stable machine-readable error code"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+
+
+def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> dict[str, Any]:
+    """OpenAPI 3.1 built from the route declarations and their pydantic models."""
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Problem": _PROBLEM_SCHEMA}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas[name] = sub
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for table in tables:
+        for ep in table.endpoints:
+            op: dict[str, Any] = {
+                "summary": ep.summary,
+                "operationId": ep.operation_id,
+                "tags": [ep.tag],
+                "responses": {},
+            }
+            params = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PATH_PARAM.findall(ep.path)
+            ]
+            if ep.query is not None:
+                qschema = ep.query.model_json_schema()
+                required = set(qschema.get("required", []))
+                for name, prop in qschema.get("properties", {}).items():
+                    params.append(
+                        {"name": name, "in": "query", "required": name in required, "schema": prop}
+                    )
+            if params:
+                op["parameters"] = params
+            if ep.body is not None:
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(ep.body)}},
+                }
+            if ep.stream is not None:
+                op["responses"][str(ep.status)] = {
+                    "description": "stream",
+                    "content": {ep.stream: {"schema": {"type": "string"}}},
+                }
+            elif ep.response is not None:
+                op["responses"][str(ep.status)] = {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": ref(ep.response)}},
+                }
+            else:
+                op["responses"][str(ep.status)] = {"description": "OK"}
+            codes = set(ep.errors)
+            if not ep.public:
+                codes |= {401, 403}
+            if ep.body is not None or ep.query is not None:
+                codes |= {400, 422}
+            for code in sorted(codes):
+                op["responses"][str(code)] = {"description": "error", "content": problem}
+            if not ep.public:
+                op["security"] = [{"bearer": []}]
+            paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "tk_…"}
+            },
+        },
+    }

@@ -1,0 +1,1 @@
+"""Messages: SMS and WhatsApp, outbound and inbound, with their status and timeline."""

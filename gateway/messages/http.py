@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from gateway.core.errors import NotFound
+from gateway.http import idempotency
+from gateway.http.auth import principal_of
+from gateway.http.middleware import TRACE_ID
+from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.messages import repo, service
+from gateway.messages.schemas import (
+    Message,
+    MessageDetail,
+    SendMessage,
+    Template,
+    TemplateIn,
+    Trace,
+    Usage,
+    UsageQuery,
+)
+from gateway.pipeline.wiring import PIPELINE
+from gateway.resources import RESOURCES
+
+routes = RouteTable(tag="messages")
+
+
+def _uuid(raw: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound(f"no such {what}", code=f"{what}_not_found") from None
+
+
+@routes.post(
+    "/v1/messages",
+    summary="Send an SMS or WhatsApp message (202: durably queued; send Idempotency-Key to retry safely)",
+    scope="messages:write",
+    body=SendMessage,
+    response=Message,
+    status=202,
+    errors=(409, 429, 503),
+)
+async def send_message(request: web.Request, body: SendMessage) -> web.Response:
+    principal = principal_of(request)
+    key = request.headers.get(idempotency.HEADER)
+    digest = b""
+    if key is not None:
+        key = idempotency.validate_key(key)
+        digest = idempotency.request_hash("POST", "/v1/messages", request[RAW_BODY])
+    outcome = await request.app[PIPELINE].accept(
+        principal, body, trace_id=request[TRACE_ID], idempotency_key=key, request_digest=digest
+    )
+    ctype = "application/problem+json" if outcome.status >= 400 else "application/json"
+    return web.json_response(
+        outcome.body, status=outcome.status, content_type=ctype, headers=outcome.headers
+    )
+
+
+@routes.get(
+    "/v1/messages/{message_id}",
+    summary="A message with its attempts and full timeline",
+    scope="messages:read",
+    response=MessageDetail,
+    errors=(404,),
+)
+async def get_message(request: web.Request) -> MessageDetail:
+    message_id = _uuid(request.match_info["message_id"], "message")
+    return await service.get_message(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, message_id
+    )
+
+
+@routes.get(
+    "/v1/traces/{trace_id}",
+    summary="Everything that happened under one trace id",
+    scope="messages:read",
+    response=Trace,
+    errors=(404,),
+)
+async def get_trace(request: web.Request) -> Trace:
+    trace_id = request.match_info["trace_id"]
+    if len(trace_id) > 64:
+        raise NotFound("no such trace", code="trace_not_found")
+    return await service.get_trace(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, trace_id
+    )
+
+
+@routes.post(
+    "/v1/templates",
+    summary="Create or replace a message template ({{ name }} placeholders)",
+    scope="messages:write",
+    body=TemplateIn,
+    response=Template,
+)
+async def put_template(request: web.Request, body: TemplateIn) -> Template:
+    row = await repo.upsert_template(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, body.name, body.body
+    )
+    return service.template_from_row(row)
+
+
+@routes.get(
+    "/v1/templates/{name}",
+    summary="A message template and the variables it needs",
+    scope="messages:read",
+    response=Template,
+    errors=(404,),
+)
+async def get_template(request: web.Request) -> Template:
+    row = await repo.get_template(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, request.match_info["name"]
+    )
+    if row is None:
+        raise NotFound("no such template", code="template_not_found")
+    return service.template_from_row(row)
+
+
+@routes.get(
+    "/v1/usage",
+    summary="Metered usage (SMS segments, WhatsApp messages) in [from, to)",
+    scope="usage:read",
+    query=UsageQuery,
+    response=Usage,
+)
+async def get_usage(request: web.Request, query: UsageQuery) -> Usage:
+    return await service.usage(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, query.from_, query.to
+    )

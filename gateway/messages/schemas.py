@@ -1,0 +1,127 @@
+"""The messaging API's request and response bodies."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.core.phone import E164
+
+
+class SendMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    channel: Literal["sms", "whatsapp"] = "sms"
+    to: E164
+    from_: E164 | None = Field(
+        default=None, alias="from", description="sender; chosen by the router when omitted"
+    )
+    body: str | None = Field(default=None, min_length=1, max_length=1600)
+    template: str | None = Field(
+        default=None, description="name of a stored template, instead of body"
+    )
+    variables: dict[str, str | int | float] = Field(default_factory=dict)
+    purpose: Literal["marketing", "transactional"] = "marketing"
+    when_closed: Literal["deny", "defer"] = Field(
+        default="defer",
+        description="outside calling hours: refuse now, or send at the next opening",
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+    @model_validator(mode="after")
+    def _body_or_template(self) -> SendMessage:
+        if (self.body is None) == (self.template is None):
+            raise ValueError("give exactly one of body or template")
+        return self
+
+
+class Attempt(BaseModel):
+    n: int
+    provider: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    latency_ms: float | None
+    provider_message_id: str | None
+
+
+class TimelineEntry(BaseModel):
+    id: int
+    seq: int | None
+    type: str
+    at: datetime
+    data: dict[str, Any]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: uuid.UUID
+    trace_id: str
+    direction: Literal["outbound", "inbound"]
+    channel: str
+    to: str
+    from_: str | None = Field(alias="from")
+    body: str
+    template: str | None
+    purpose: str
+    status: str
+    provider: str | None
+    provider_message_id: str | None
+    encoding: str
+    segments: int
+    error_code: str | None
+    error_detail: str | None
+    send_at: datetime | None
+    metadata: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageDetail(Message):
+    attempts: list[Attempt]
+    timeline: list[TimelineEntry]
+
+
+class Trace(BaseModel):
+    trace_id: str
+    messages: list[Message]
+    timeline: list[TimelineEntry]
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    body: str = Field(min_length=1, max_length=1600)
+
+
+class Template(BaseModel):
+    name: str
+    body: str
+    variables: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class UsageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: datetime = Field(alias="from")
+    to: datetime
+
+
+class UsageLine(BaseModel):
+    channel: str
+    unit: str
+    quantity: int
+    records: int
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: datetime = Field(alias="from")
+    to: datetime
+    lines: list[UsageLine]

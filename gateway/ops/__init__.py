@@ -1,0 +1,1 @@
+"""Operational endpoints: liveness, readiness, metrics, the OpenAPI document and its docs page."""

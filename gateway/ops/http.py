@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from importlib import resources as pkg_resources
+
+from aiohttp import web
+
+from gateway.http.middleware import METRICS
+from gateway.http.routing import RouteTable, json_response
+from gateway.ops.schemas import Health, Readiness
+from gateway.ops.service import readiness
+from gateway.resources import RESOURCES
+
+routes = RouteTable(tag="operations")
+OPENAPI = web.AppKey("openapi", dict)
+
+
+@routes.get("/healthz", summary="The process is alive", public=True, response=Health)
+async def healthz(request: web.Request) -> Health:
+    return Health()
+
+
+@routes.get(
+    "/readyz",
+    summary="PostgreSQL, Redis and migrations are ready (503 names what is not)",
+    public=True,
+    response=Readiness,
+    errors=(503,),
+)
+async def readyz(request: web.Request) -> web.Response:
+    result = await readiness(request.app[RESOURCES])
+    if result.status == "ready":
+        return json_response(result)
+    body = {
+        "type": "https://trunkline.dev/problems/not_ready",
+        "title": "Not ready",
+        "status": 503,
+        "code": "not_ready",
+        "detail": "not ready: " + ", ".join(k for k, c in result.checks.items() if not c.ok),
+        **result.model_dump(mode="json"),
+    }
+    return web.json_response(body, status=503, content_type="application/problem+json")
+
+
+@routes.get("/metrics", summary="Prometheus metrics", public=True, stream="text/plain")
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[METRICS].render()
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+@routes.get(
+    "/openapi.json", summary="This API's OpenAPI document", public=True, stream="application/json"
+)
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+@routes.get("/docs", summary="API documentation page", public=True, stream="text/html")
+async def docs(request: web.Request) -> web.Response:
+    page = pkg_resources.files("gateway.http").joinpath("docs.html").read_text()
+    return web.Response(text=page, content_type="text/html")

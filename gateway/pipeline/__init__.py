@@ -1,0 +1,1 @@
+"""The one outbound path: validate → template → guardrails → route → admit → dispatch."""

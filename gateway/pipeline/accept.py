@@ -1,0 +1,208 @@
+"""Accepting an outbound message: everything up to a durable, queued (or refused) message.
+
+One transaction holds the idempotency claim, the message row, the guardrail
+verdict event, the acceptance event and the dispatch job, so the 202 is sent
+only once all of it is durable — and a concurrent duplicate request waits on
+the idempotency row and then replays this response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from gateway import queue
+from gateway.core.actions import OutboundAction
+from gateway.core.errors import Problem, ValidationFailed
+from gateway.core.ids import new_id
+from gateway.core.segments import count_segments
+from gateway.events.outbox import NewEvent, emit
+from gateway.http import idempotency
+from gateway.messages import repo
+from gateway.messages.schemas import SendMessage
+from gateway.messages.service import message_from_row
+from gateway.messages.templates import render
+from gateway.pipeline.router import route_message
+from gateway.providers.registry import ProviderRegistry
+from gateway.settings import Settings
+from gateway.tenants.service import Principal
+from guardrails.chain import GuardrailChain
+from guardrails.verdicts import Defer, Deny, Verdict
+
+DISPATCH_QUEUE = "dispatch"
+_DENY_STATUS = {"rate_limited": 429, "frequency_cap": 429}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def denial(verdict: Deny, instance: str, **ids: str) -> Outcome:
+    """A guardrail denial as the API answers it: problem+json with the deny code, and
+    Retry-After (rounded up, never shorter than the real wait) for rate limits."""
+    problem = Problem(
+        verdict.reason,
+        status=_DENY_STATUS.get(str(verdict.code), 422),
+        code=str(verdict.code),
+        title="Refused by a guardrail",
+        rule=verdict.rule,
+        **ids,
+    )
+    headers = {}
+    retry_after = verdict.inputs.get("retry_after_s")
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(float(retry_after))))
+    return Outcome(problem.status, problem.body(instance=instance), headers)
+
+
+@dataclass
+class MessagePipeline:
+    db: asyncpg.Pool
+    chain: GuardrailChain
+    registry: ProviderRegistry
+    settings: Settings
+
+    async def accept(
+        self,
+        principal: Principal,
+        req: SendMessage,
+        *,
+        trace_id: str,
+        idempotency_key: str | None = None,
+        request_digest: bytes = b"",
+    ) -> Outcome:
+        """Decide outside any transaction, then persist everything in one.
+
+        The guardrail chain reads PostgreSQL and Redis itself, so it must not run while
+        this request holds a pooled connection in a transaction (N such requests would
+        wait on each other for the pool). A retry whose key is already answered is
+        replayed before anything runs; two first tries racing with the same key both
+        run the chain, and the transaction's claim lets exactly one of them persist.
+        """
+        key = idempotency_key
+        if key is not None:
+            replay = await idempotency.lookup(self.db, principal.tenant_id, key, request_digest)
+            if replay is not None:
+                return Outcome(replay.status, replay.body, {"Idempotent-Replayed": "true"})
+        plan = await self._plan(principal, req, trace_id)
+        async with self.db.acquire() as conn, conn.transaction():
+            if key is not None:
+                replay = await idempotency.claim(
+                    conn, principal.tenant_id, key, "POST", "/v1/messages", request_digest
+                )
+                if replay is not None:
+                    return Outcome(replay.status, replay.body, {"Idempotent-Replayed": "true"})
+            outcome = await self._persist(conn, plan)
+            if key is not None:
+                await idempotency.record(
+                    conn, principal.tenant_id, key, outcome.status, outcome.body
+                )
+            return outcome
+
+    async def _plan(self, principal: Principal, req: SendMessage, trace_id: str) -> _Plan:
+        text = req.body
+        if req.template is not None:
+            tpl = await repo.get_template(self.db, principal.tenant_id, req.template)
+            if tpl is None:
+                raise ValidationFailed(
+                    f"no template named {req.template!r}", code="unknown_template"
+                )
+            text = render(req.template, tpl["body"], req.variables)
+        assert text is not None
+        if not text.strip():
+            raise ValidationFailed("the message body is empty", code="empty_body")
+        segments = count_segments(text)
+        route = await route_message(
+            self.db, self.registry, principal.tenant_id, req.channel, req.from_
+        )
+        message_id = new_id()
+        action = OutboundAction(
+            tenant_id=principal.tenant_id,
+            subject=str(message_id),
+            channel=req.channel,
+            to=req.to,
+            from_=route.from_number,
+            purpose=req.purpose,
+            trace_id=trace_id,
+            body=text,
+            key_id=principal.key_id,
+            extra={"provider": route.provider},  # the provider-CPS bucket of the routed provider
+        )
+        decision = await self.chain.evaluate(action, stage="accept", when_closed=req.when_closed)
+        verdict = decision.verdict
+        status, send_at, error_code, error_detail = "queued", None, None, None
+        if isinstance(verdict, Deny):
+            status, error_code, error_detail = "rejected", str(verdict.code), verdict.reason
+        elif isinstance(verdict, Defer):
+            status, send_at = "scheduled", verdict.until
+        row = {
+            "id": message_id,
+            "tenant_id": principal.tenant_id,
+            "direction": "outbound",
+            "channel": req.channel,
+            "to": req.to,
+            "from": route.from_number,
+            "body": text,
+            "template": req.template,
+            "purpose": req.purpose,
+            "status": status,
+            "provider": route.provider,
+            "provider_message_id": None,
+            "encoding": segments.encoding,
+            "segments": segments.segments,
+            "send_at": send_at,
+            "trace_id": trace_id,
+            "metadata": req.metadata,
+            "error_code": error_code,
+            "error_detail": error_detail,
+        }
+        accepted = NewEvent(
+            principal.tenant_id,
+            f"message.{'rejected' if status == 'rejected' else 'accepted'}",
+            str(message_id),
+            trace_id,
+            {
+                "channel": req.channel,
+                "to": req.to,
+                "provider": route.provider,
+                "segments": segments.segments,
+                "key_id": principal.key_id,
+            },
+        )
+        return _Plan(row, [accepted, decision.event], verdict)
+
+    async def _persist(self, conn: asyncpg.Connection, plan: _Plan) -> Outcome:
+        row, verdict = plan.row, plan.verdict
+        stamps = await repo.insert_message(conn, row)
+        await emit(conn, *plan.events)
+        if isinstance(verdict, Deny):
+            return denial(
+                verdict, "/v1/messages", message_id=str(row["id"]), trace_id=row["trace_id"]
+            )
+        await queue.enqueue(
+            conn,
+            DISPATCH_QUEUE,
+            {"message_id": str(row["id"])},
+            tenant_id=row["tenant_id"],
+            trace_id=row["trace_id"],
+            max_attempts=self.settings.messaging.max_attempts,
+            run_at=row["send_at"],
+        )
+        body = message_from_row(row | dict(stamps))
+        return Outcome(202, json.loads(body.model_dump_json(by_alias=True)), {})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything decided before the transaction: the row, its events, the verdict."""
+
+    row: dict[str, Any]
+    events: list[NewEvent]
+    verdict: Verdict

@@ -1,0 +1,46 @@
+"""Routing: which provider and which sender number carry a message."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateway.core.errors import ValidationFailed
+from gateway.messages import repo
+from gateway.providers.registry import ProviderRegistry, ProviderUnavailable
+
+
+@dataclass(frozen=True)
+class Route:
+    provider: str
+    from_number: str | None
+    fallback: str | None
+
+
+async def route_message(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    registry: ProviderRegistry,
+    tenant_id: uuid.UUID,
+    channel: str,
+    from_number: str | None,
+) -> Route:
+    """A sender the tenant owns decides the provider (the `dids` table); otherwise config does."""
+    cfg = registry.route(channel)
+    did = await repo.did_for_sending(conn, tenant_id, channel, from_number)
+    if from_number is not None and did is None:
+        raise ValidationFailed(
+            f"{from_number} is not one of this tenant's numbers able to send {channel}",
+            code="unknown_sender",
+        )
+    provider = did["provider"] if did is not None else cfg.primary
+    sender = did["number"] if did is not None else cfg.default_from
+    if not registry.has(provider):
+        raise ProviderUnavailable(f"provider {provider!r} for {channel} is not configured")
+    fallback = (
+        cfg.fallback
+        if cfg.fallback and cfg.fallback != provider and registry.has(cfg.fallback)
+        else None
+    )
+    return Route(provider, sender, fallback)

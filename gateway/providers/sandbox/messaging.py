@@ -1,0 +1,133 @@
+"""Sandbox SMS/WhatsApp provider with deterministic test numbers.
+
+| number          | what happens                                                     |
+|-----------------|------------------------------------------------------------------|
+| +1 415 555 0100 | queued → sent → delivered (so does any number not listed here)  |
+| +1 415 555 0101 | rejected at send: permanent failure (`invalid_destination`)      |
+| +1 415 555 0102 | transient failure on the first two tries, then delivered        |
+| +1 415 555 0103 | accepted and sent, but no receipt ever comes                     |
+| +1 415 555 0104 | receipts out of order and duplicated: delivered, sent, delivered, queued |
+| +1 415 555 0105 | sent, then undelivered (carrier error 30003)                     |
+| +1 415 555 0106 | always fails transiently (exercises the retry budget, dead letters) |
+
+State lives in Redis, not in the process (workers are stateless): the
+per-attempt idempotency key maps to one provider message id, so a retried
+attempt with the same key is never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from gateway.core.actions import OutboundAction
+from gateway.logs import get_logger
+from gateway.providers.contracts import (
+    MessageStatus,
+    MessagingProvider,
+    PermanentProviderError,
+    SendResult,
+    StatusReport,
+    TransientProviderError,
+)
+
+log = get_logger(__name__)
+ReceiptSink = Callable[[StatusReport], Awaitable[object]]
+
+DELIVERS = "+14155550100"
+FAILS_PERMANENTLY = "+14155550101"
+FAILS_TWICE = "+14155550102"
+NO_RECEIPT = "+14155550103"
+OUT_OF_ORDER = "+14155550104"
+UNDELIVERED = "+14155550105"
+ALWAYS_TRANSIENT = "+14155550106"
+
+_RECEIPTS: dict[str, list[tuple[MessageStatus, str | None]]] = {
+    NO_RECEIPT: [],
+    OUT_OF_ORDER: [("delivered", None), ("sent", None), ("delivered", None), ("queued", None)],
+    UNDELIVERED: [("sent", None), ("undelivered", "30003")],
+}
+_DEFAULT_RECEIPTS: list[tuple[MessageStatus, str | None]] = [("sent", None), ("delivered", None)]
+
+
+class SandboxMessaging(MessagingProvider):
+    channels = frozenset({"sms", "whatsapp"})
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        sink: ReceiptSink,
+        *,
+        name: str = "sandbox",
+        receipt_delay: float = 0.05,
+    ) -> None:
+        self.name = name
+        self.redis = redis
+        self.sink = sink
+        self.receipt_delay = receipt_delay
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _key(self, *parts: str) -> str:
+        return ":".join(("tl:sandbox", self.name, *parts))
+
+    async def sends_for(self, attempt_key: str) -> int:
+        """How many times an attempt key really reached the 'network' (for tests)."""
+        return int(await self.redis.get(self._key("sent", attempt_key)) or 0)
+
+    async def _send(self, action: OutboundAction, attempt_key: str) -> SendResult:
+        to = action.to
+        if to == FAILS_PERMANENTLY:
+            raise PermanentProviderError(
+                "the destination is not reachable by SMS",
+                code="invalid_destination",
+                ambiguous=False,
+            )
+        if to == ALWAYS_TRANSIENT:
+            raise TransientProviderError(
+                "sandbox upstream unavailable", code="upstream_unavailable", ambiguous=False
+            )
+        if to == FAILS_TWICE:
+            tries = await self.redis.incr(self._key("tries", action.subject))
+            await self.redis.expire(self._key("tries", action.subject), 86400)
+            if tries <= 2:
+                raise TransientProviderError(
+                    f"sandbox transient failure {tries}/2",
+                    code="upstream_unavailable",
+                    ambiguous=False,
+                )
+        new_id = "SB" + secrets.token_hex(16)
+        if not await self.redis.set(self._key("idem", attempt_key), new_id, nx=True, ex=86400):
+            # The same attempt key was sent before: the same message, not a new one.
+            earlier = await self.redis.get(self._key("idem", attempt_key))
+            return SendResult(earlier.decode() if earlier else new_id, "queued")
+        await self.redis.incr(self._key("sent", attempt_key))
+        await self.redis.expire(self._key("sent", attempt_key), 86400)
+        task = asyncio.create_task(
+            self._deliver_receipts(new_id, _RECEIPTS.get(to, _DEFAULT_RECEIPTS))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return SendResult(new_id, "queued")
+
+    async def _deliver_receipts(
+        self, provider_id: str, receipts: list[tuple[MessageStatus, str | None]]
+    ) -> None:
+        for status, error in receipts:
+            await asyncio.sleep(self.receipt_delay)
+            try:
+                await self.sink(
+                    StatusReport(self.name, provider_id, status, error, {"sandbox": True})
+                )
+            except Exception:
+                log.exception(
+                    "sandbox receipt could not be applied", provider_message_id=provider_id
+                )
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

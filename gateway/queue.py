@@ -1,0 +1,370 @@
+"""The durable work queue in PostgreSQL.
+
+Jobs are claimed with `FOR UPDATE SKIP LOCKED` under a lease, so any number
+of worker processes share a queue and a worker killed mid-job loses nothing:
+its lease runs out and the job is claimed again. Workers sleep on
+LISTEN/NOTIFY (enqueue notifies in the same transaction, delivered on commit)
+and otherwise only until the next scheduled retry or lease expiry, never in a
+busy loop. Failures are retried with exponential backoff and full jitter until
+the job's retry budget is spent; then it is `dead`, with its last error, for
+an operator to inspect and replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.logs import bind, get_logger
+
+log = get_logger(__name__)
+NOTIFY_CHANNEL = "trunkline_jobs"
+
+
+class RetryableError(Exception):
+    """A transient failure: the job is retried with backoff while its budget lasts."""
+
+
+class PermanentError(Exception):
+    """A failure retrying cannot fix: the job goes straight to dead."""
+
+
+class Reschedule(Exception):
+    """Run the job again at `until` without spending its retry budget (e.g. calling hours)."""
+
+    def __init__(self, until: datetime, reason: str) -> None:
+        super().__init__(reason)
+        self.until = until
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    queue: str
+    tenant_id: uuid.UUID | None
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    trace_id: str | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Job:
+        return cls(
+            row["id"],
+            row["queue"],
+            row["tenant_id"],
+            row["payload"],
+            row["attempts"],
+            row["max_attempts"],
+            row["trace_id"],
+        )
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    queue: str,
+    payload: dict[str, Any],
+    *,
+    tenant_id: uuid.UUID | None = None,
+    trace_id: str | None = None,
+    max_attempts: int = 8,
+    run_at: datetime | None = None,
+) -> int:
+    """Add a job inside the caller's transaction; it becomes visible (and wakes workers) on commit."""
+    job_id = await conn.fetchval(
+        """
+        WITH job AS (
+            INSERT INTO jobs (queue, tenant_id, payload, max_attempts, trace_id, run_at)
+            VALUES ($1, $2, $3, $4, $5, coalesce($6, now())) RETURNING id
+        )
+        SELECT id FROM job, pg_notify($7, $1)
+        """,
+        queue,
+        tenant_id,
+        payload,
+        max_attempts,
+        trace_id,
+        run_at,
+        NOTIFY_CHANNEL,
+    )
+    return job_id
+
+
+def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter (spreads retries of many jobs that failed together)."""
+    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+_CLAIM = """
+UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_by = $3,
+                locked_until = now() + make_interval(secs => $4), updated_at = now()
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE queue = $1 AND (
+        (state = 'ready' AND run_at <= now()) OR (state = 'running' AND locked_until < now()))
+    ORDER BY run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, queue, tenant_id, payload, attempts, max_attempts, trace_id
+"""
+
+_NEXT_WAKE = """
+SELECT least(
+    (SELECT min(run_at) FROM jobs WHERE queue = $1 AND state = 'ready'),
+    (SELECT min(locked_until) FROM jobs WHERE queue = $1 AND state = 'running')) - now()
+"""
+
+
+async def claim(
+    db: asyncpg.Pool | asyncpg.Connection, queue: str, worker_id: str, *, limit: int, lease: float
+) -> list[Job]:
+    rows = await db.fetch(_CLAIM, queue, limit, worker_id, lease)
+    return [Job.from_row(r) for r in rows]
+
+
+async def complete(db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str) -> bool:
+    """Delete a finished job; False if the lease was lost and another worker owns it now."""
+    status = await db.execute(
+        "DELETE FROM jobs WHERE id = $1 AND locked_by = $2", job.id, worker_id
+    )
+    return status == "DELETE 1"
+
+
+async def retry_later(
+    db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str, error: str, delay: float
+) -> None:
+    await db.execute(
+        """
+        UPDATE jobs SET state = 'ready', run_at = now() + make_interval(secs => $3), last_error = $4,
+                        locked_by = NULL, locked_until = NULL, updated_at = now()
+        WHERE id = $1 AND locked_by = $2
+        """,
+        job.id,
+        worker_id,
+        delay,
+        error[:2000],
+    )
+
+
+async def reschedule(
+    db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str, until: datetime, reason: str
+) -> None:
+    await db.execute(
+        """
+        UPDATE jobs SET state = 'ready', run_at = $3, attempts = greatest(attempts - 1, 0), last_error = $4,
+                        locked_by = NULL, locked_until = NULL, updated_at = now()
+        WHERE id = $1 AND locked_by = $2
+        """,
+        job.id,
+        worker_id,
+        until,
+        f"rescheduled: {reason}"[:2000],
+    )
+
+
+async def bury(
+    db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str | None, error: str
+) -> None:
+    await db.execute(
+        """
+        UPDATE jobs SET state = 'dead', last_error = $3, dead_at = now(),
+                        locked_by = NULL, locked_until = NULL, updated_at = now()
+        WHERE id = $1 AND ($2::text IS NULL OR locked_by = $2)
+        """,
+        job.id,
+        worker_id,
+        error[:2000],
+    )
+
+
+async def extend_lease(db: asyncpg.Pool, job: Job, worker_id: str, lease: float) -> bool:
+    status = await db.execute(
+        "UPDATE jobs SET locked_until = now() + make_interval(secs => $3) WHERE id = $1 AND locked_by = $2",
+        job.id,
+        worker_id,
+        lease,
+    )
+    return status == "UPDATE 1"
+
+
+async def list_dead(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, *, limit: int = 100, before_id: int | None = None
+) -> list[asyncpg.Record]:
+    return await db.fetch(
+        """
+        SELECT id, queue, payload, attempts, max_attempts, last_error, trace_id, created_at, dead_at
+        FROM jobs WHERE state = 'dead' AND tenant_id = $1 AND ($3::bigint IS NULL OR id < $3)
+        ORDER BY id DESC LIMIT $2
+        """,
+        tenant_id,
+        limit,
+        before_id,
+    )
+
+
+async def replay_dead(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, job_id: int
+) -> asyncpg.Record | None:
+    """Put a dead job back in its queue with a fresh retry budget."""
+    row = await conn.fetchrow(
+        """
+        UPDATE jobs SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL, updated_at = now()
+        WHERE id = $1 AND tenant_id = $2 AND state = 'dead'
+        RETURNING id, queue, payload, trace_id
+        """,
+        job_id,
+        tenant_id,
+    )
+    if row is not None:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, row["queue"])
+    return row
+
+
+Handler = Callable[[Job], Awaitable[None]]
+DeadHook = Callable[[Job, str], Awaitable[None]]
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Worker:
+    """Runs one queue's jobs with bounded concurrency until `stopping` is set.
+
+    `on_dead` lets the owner of the work record the final failure (e.g. mark
+    the message failed) when the retry budget is spent.
+    """
+
+    db: asyncpg.Pool
+    database_url: str
+    queue: str
+    handler: Handler
+    concurrency: int = 8
+    lease: float = 30.0
+    idle_wait_max: float = 5.0
+    on_dead: DeadHook | None = None
+    worker_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.worker_id = self.worker_id or worker_identity()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        if payload == self.queue:
+            self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        listener = await asyncpg.connect(self.database_url)
+        await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+        try:
+            while not stopping.is_set():
+                self._wake.clear()
+                free = self.concurrency - len(self._running)
+                jobs = (
+                    await claim(self.db, self.queue, self.worker_id, limit=free, lease=self.lease)
+                    if free
+                    else []
+                )
+                for job in jobs:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(
+                        self._execute(job), name=f"job:{self.queue}:{job.id}"
+                    )
+                    self._running.add(task)
+                    task.add_done_callback(self._finished)
+                if jobs and len(jobs) == free:
+                    continue  # there may be more ready work
+                await self._idle(stopping)
+        except asyncio.CancelledError:
+            for task in self._running:  # killed: jobs in hand stop too (their leases will lapse)
+                task.cancel()
+            raise
+        finally:
+            try:
+                # Let jobs in hand finish; if the supervisor's deadline cancels us, gather cancels them.
+                if self._running:
+                    await asyncio.gather(*self._running, return_exceptions=True)
+            finally:
+                await listener.close()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+        self._wake.set()
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        """Sleep until notified, a slot frees, the next scheduled job is due, or stopping."""
+        delay = await self.db.fetchval(_NEXT_WAKE, self.queue)
+        timeout = self.idle_wait_max
+        if delay is not None:
+            timeout = max(0.0, min(timeout, delay.total_seconds()))
+        stop_wait = asyncio.create_task(stopping.wait())
+        wake_wait = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait(
+                {stop_wait, wake_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop_wait.cancel()
+            wake_wait.cancel()
+
+    async def _heartbeat(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            if not await extend_lease(self.db, job, self.worker_id, self.lease):
+                log.warning("lost the lease of a running job", job_id=job.id)
+                return
+
+    async def _execute(self, job: Job) -> None:
+        bind(job_id=job.id, queue=job.queue, trace_id=job.trace_id)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            if job.attempts > job.max_attempts:
+                await self._dead(
+                    job, "retry budget exhausted (the job was reclaimed after its lease expired)"
+                )
+                return
+            try:
+                await self.handler(job)
+            except Reschedule as exc:
+                await reschedule(self.db, job, self.worker_id, exc.until, str(exc))
+            except PermanentError as exc:
+                await self._dead(job, f"permanent: {exc}")
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, RetryableError):
+                    log.exception("job handler crashed", job_id=job.id)
+                if job.attempts >= job.max_attempts:
+                    await self._dead(job, reason)
+                else:
+                    delay = backoff_seconds(job.attempts)
+                    log.info(
+                        "job will be retried",
+                        job_id=job.id,
+                        attempt=job.attempts,
+                        in_s=round(delay, 2),
+                        error=reason,
+                    )
+                    await retry_later(self.db, job, self.worker_id, reason, delay)
+            else:
+                await complete(self.db, job, self.worker_id)
+        finally:
+            heartbeat.cancel()
+
+    async def _dead(self, job: Job, reason: str) -> None:
+        log.warning("job is dead", job_id=job.id, error=reason)
+        await bury(self.db, job, self.worker_id, reason)
+        if self.on_dead is not None:
+            await self.on_dead(job, reason)

@@ -1,0 +1,53 @@
+"""The shared connections a process holds: PostgreSQL pool and Redis client.
+
+Opened once per process and owned by the aiohttp app's cleanup context, so
+every role (api, worker, all) has the same lifecycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway import db
+from gateway.logs import get_logger
+from gateway.redis import create_redis
+from gateway.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    db: asyncpg.Pool
+    redis: aioredis.Redis
+
+
+RESOURCES = web.AppKey("resources", Resources)
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    url = settings.database_url()
+    if settings.database.migrate_on_start:
+        applied = await db.migrate(url)
+        if applied:
+            log.info("migrations applied", versions=[m.version for m in applied])
+    pool = await db.create_pool(
+        url,
+        min_size=settings.database.min_size,
+        max_size=settings.database.max_size,
+        command_timeout=settings.database.command_timeout,
+    )
+    redis = create_redis(settings.redis_url(), max_connections=settings.redis.max_connections)
+    try:
+        yield Resources(settings=settings, db=pool, redis=redis)
+    finally:
+        await redis.aclose()
+        await pool.close()

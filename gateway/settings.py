@@ -1,0 +1,499 @@
+"""The one settings model: defaults < TOML file < environment (TRUNKLINE_…, nested with __)."""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_config_file: ContextVar[Path | None] = ContextVar("trunkline_config_file", default=None)
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_base_url: str | None = Field(
+        default=None,
+        description="URL providers call us back on (behind a proxy it differs from the request URL).",
+    )
+    shutdown_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds in-flight work may take after SIGTERM."
+    )
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr | None = Field(
+        default=None, description="postgresql:// URL; unset in dev mode = private server"
+    )
+    min_size: int = Field(default=2, ge=0)
+    max_size: int = Field(default=10, ge=1)
+    command_timeout: float = Field(default=30.0, gt=0)
+    migrate_on_start: bool = True
+
+
+class RedisSettings(_Section):
+    url: SecretStr | None = Field(
+        default=None, description="redis:// or unix:// URL; unset in dev mode = private server"
+    )
+    max_connections: int = Field(default=64, ge=1)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class WorkerSettings(_Section):
+    restart_backoff_max: float = Field(default=30.0, gt=0)
+
+
+class ChannelRoute(_Section):
+    primary: str = Field(default="sandbox", description="provider used for this channel")
+    fallback: str | None = Field(
+        default=None, description="provider used while the primary's breaker is open"
+    )
+    default_from: str | None = Field(
+        default=None, description="sender when the tenant owns no DID for the channel"
+    )
+
+
+class SandboxSettings(_Section):
+    enabled: bool = True
+    receipt_delay: float = Field(
+        default=0.05, ge=0, description="seconds between simulated receipts"
+    )
+
+
+class TwilioSettings(_Section):
+    enabled: bool = False
+    account_sid: str | None = None
+    auth_token: SecretStr | None = None
+    api_base_url: str = "https://api.twilio.com"
+    messaging_service_sid: str | None = None
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class BreakerSettings(_Section):
+    window_seconds: float = Field(
+        default=30.0, gt=0, description="sliding window for the error rate"
+    )
+    min_calls: int = Field(
+        default=20, ge=1, description="calls in the window before the breaker may open"
+    )
+    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    open_seconds: float = Field(
+        default=30.0, gt=0, description="how long an open breaker refuses calls"
+    )
+    half_open_max_calls: int = Field(
+        default=2, ge=1, description="concurrent trial calls when half-open"
+    )
+
+
+class ProvidersSettings(_Section):
+    breaker: BreakerSettings = BreakerSettings()
+    sms: ChannelRoute = ChannelRoute()
+    whatsapp: ChannelRoute = ChannelRoute()
+    voice: ChannelRoute = ChannelRoute()
+    sandbox: SandboxSettings = SandboxSettings()
+    twilio: TwilioSettings = TwilioSettings()
+
+
+class MessagingSettings(_Section):
+    max_attempts: int = Field(
+        default=6, ge=1, description="provider tries before a message is dead-lettered"
+    )
+    dispatch_concurrency: int = Field(
+        default=32, ge=1, description="sends in flight per worker process"
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="a claimed job returns to the queue after this"
+    )
+
+
+class EventsSettings(_Section):
+    retention: float = Field(
+        default=604800.0, gt=0, description="seconds events are kept in the log (default 7 days)"
+    )
+    prune_interval: float = Field(default=300.0, gt=0, description="seconds between retention runs")
+    prune_batch: int = Field(default=5000, ge=1, description="events deleted per transaction")
+    sequencer_batch: int = Field(default=1000, ge=1, description="events numbered per transaction")
+    sequencer_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="safety timer (and standby lock retry) when no NOTIFY wakes the sequencer",
+    )
+    subscriber_batch: int = Field(
+        default=500, ge=1, description="events a log-tailing subscriber reads per step"
+    )
+    subscriber_interval: float = Field(
+        default=5.0, gt=0, description="safety timer of the log-tailing subscribers"
+    )
+    subscriber_settle: float = Field(
+        default=0.05,
+        ge=0,
+        description="seconds a woken subscriber waits so a burst of commits is read as one batch",
+    )
+    sse_heartbeat: float = Field(
+        default=15.0, gt=0, description="seconds between keep-alive comments"
+    )
+    sse_retry_ms: int = Field(default=3000, ge=0, description="`retry:` hint sent to SSE clients")
+    sse_client_buffer: int = Field(
+        default=1000, ge=1, description="events queued per SSE client before it is cut off"
+    )
+    sse_flush_interval: float = Field(
+        default=0.02, ge=0, description="seconds the hub coalesces events into one write per client"
+    )
+    hub_resync_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="idle seconds before the SSE hub checks the log for lost events",
+    )
+    replay_page: int = Field(default=500, ge=1, description="events read per query when replaying")
+
+
+class WebhookSettings(_Section):
+    timeout: float = Field(default=10.0, gt=0, description="seconds per delivery request")
+    concurrency: int = Field(
+        default=16, ge=1, description="deliveries in flight per worker process"
+    )
+    retry_base: float = Field(default=5.0, gt=0, description="first retry delay (seconds); doubles")
+    retry_max_delay: float = Field(
+        default=3600.0, gt=0, description="longest delay between retries"
+    )
+    retry_window: float = Field(
+        default=86400.0,
+        gt=0,
+        description="seconds a delivery is retried before it is dead-lettered",
+    )
+    disable_after: float = Field(
+        default=259200.0,
+        ge=0,
+        description="an endpoint failing continuously this long (no success) is disabled",
+    )
+    allow_private_targets: bool = Field(
+        default=False,
+        description="allow URLs that resolve to loopback/private/link-local addresses (SSRF guard off)",
+    )
+    delivery_retention: float = Field(
+        default=2592000.0, gt=0, description="seconds finished delivery records are kept"
+    )
+
+
+GUARDRAIL_CHECKS = ("suppression", "content", "rate_limits", "calling_hours")
+
+
+class RateLimit(_Section):
+    rate: float = Field(gt=0, description="sustained actions per second")
+    burst: int = Field(ge=1, description="actions allowed at once on top of the sustained rate")
+
+
+class RateLimitSettings(_Section):
+    """GCRA buckets in Redis, checked together in one Lua call at accept time."""
+
+    tenant: RateLimit = RateLimit(rate=50.0, burst=100)
+    api_key: RateLimit = RateLimit(rate=20.0, burst=40)
+    sender: RateLimit = Field(
+        default=RateLimit(rate=1.0, burst=1),
+        description="per sending number (a US long code carries about 1 message/s)",
+    )
+    senders: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description="per-number overrides of `sender` (toll-free, short codes), keyed by E.164",
+    )
+    destination: RateLimit = Field(
+        default=RateLimit(rate=0.2, burst=5),
+        description="per tenant and destination number",
+    )
+    provider_cps: dict[str, float] = Field(
+        default_factory=lambda: {"sandbox": 1000.0, "twilio": 100.0},
+        description="per provider account, calls and messages apart (unlisted: unlimited)",
+    )
+
+
+class TenantPolicy(_Section):
+    exempt_transactional_from_calling_hours: bool = Field(
+        default=False,
+        description="transactional messages and calls ignore calling hours (marketing never does)",
+    )
+    help_text: str = Field(
+        default="Reply STOP to unsubscribe. Msg&data rates may apply.",
+        min_length=1,
+        max_length=320,
+        description="reply to an inbound HELP/INFO",
+    )
+    optout_text: str = Field(
+        default="You are unsubscribed and will receive no further messages. Reply START to resubscribe.",
+        min_length=1,
+        max_length=320,
+        description="the one confirmation sent after an opt-out (no marketing)",
+    )
+    optin_text: str = Field(
+        default="You are resubscribed. Reply STOP to unsubscribe.",
+        min_length=1,
+        max_length=320,
+        description="reply to START/UNSTOP/YES after an opt-out",
+    )
+    rate_limits: dict[Literal["tenant", "api_key"], RateLimit] = Field(
+        default_factory=dict,
+        description="this tenant's own `tenant` / `api_key` buckets, replacing the defaults",
+    )
+
+
+class GuardrailSettings(_Section):
+    rules_file: Path | None = Field(
+        default=None,
+        description="calling hours, content and keyword rules (default: config/guardrails.toml)",
+    )
+    checks: list[Literal["suppression", "content", "rate_limits", "calling_hours"]] = Field(
+        default_factory=lambda: list(GUARDRAIL_CHECKS),
+        min_length=1,
+        description="checks the chain runs (always in the built-in order); drop one only in a lab",
+    )
+    optout_confirmation_window: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds after an opt-out during which its one confirmation may still be sent",
+    )
+    policy: TenantPolicy = TenantPolicy()
+    tenants: dict[str, TenantPolicy] = Field(
+        default_factory=dict,
+        description="per-tenant policy by tenant name; keys given here override `policy`",
+    )
+    rate_limits: RateLimitSettings = RateLimitSettings()
+
+
+class AsteriskSettings(_Section):
+    """One Asterisk reached over AMI; its calls are routed as provider `asterisk:<name>`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5038, ge=1, le=65535)
+    username: str = "trunkline"
+    secret: SecretStr = SecretStr("")
+    endpoint: str = Field(default="carrier", description="the PJSIP endpoint of the SIP trunk")
+    dial: str = Field(
+        default="PJSIP/{number}@{endpoint}",
+        description="Originate Channel; {number} is E.164 with +, {digits} without, {endpoint}",
+    )
+    context: str = Field(
+        default="trunkline-outbound",
+        description="dialplan context an answered call waits in (e.g. Wait(3600)) until bridged",
+    )
+    amd_context: str = Field(
+        default="trunkline-amd", description="the same, running AMD() first (calls with amd)"
+    )
+    agent_dial: str = Field(
+        default="PJSIP/{user}@{host}",
+        description="Channel dialled to reach an AI agent's SIP URI; {user}, {host}, {uri}",
+    )
+    agent_context: str = Field(
+        default="trunkline-agent", description="context the agent leg waits in until bridged"
+    )
+    caller_id_name: str = Field(default="", description="CallerID name sent with the number")
+    ping_interval: float = Field(default=10.0, gt=0, description="seconds between keepalive Pings")
+    action_timeout: float = Field(default=5.0, gt=0, description="seconds to wait for a Response")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    reconnect_backoff_initial: float = Field(default=0.5, gt=0)
+    reconnect_backoff_max: float = Field(default=30.0, gt=0)
+    tracker_lease: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a worker holds the right to track this Asterisk's events without renewing",
+    )
+
+
+class PoolsSettings(_Section):
+    """The SIP trunk's channels, partitioned into pools (Redis semaphores with leases)."""
+
+    trunk: str = "default"
+    sizes: dict[str, int] = Field(
+        default_factory=lambda: {"campaign": 60, "ivr": 15, "api": 8},
+        description="channels per pool",
+    )
+    lease: float = Field(
+        default=30.0, gt=0, description="seconds a permit lives without a renew (a dead holder)"
+    )
+    renew_interval: float = Field(
+        default=10.0, gt=0, description="seconds between lease renewals of live calls"
+    )
+    retry_after_min: float = Field(default=1.0, ge=0, description="lower bound of Retry-After")
+    retry_after_max: float = Field(default=30.0, ge=0, description="upper bound of Retry-After")
+    reconcile_min_age: float = Field(
+        default=10.0,
+        ge=0,
+        description="permits and calls younger than this are spared by reconcile (not dialled yet)",
+    )
+
+
+class CallsSettings(_Section):
+    max_attempts: int = Field(
+        default=3, ge=1, description="dispatch tries of a call before it is dead-lettered"
+    )
+    dispatch_concurrency: int = Field(
+        default=64, ge=1, description="originates in flight per worker"
+    )
+    control_concurrency: int = Field(
+        default=32, ge=1, description="hangup/bridge/agent actions in flight per worker"
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="a claimed call job returns after this"
+    )
+    pool_wait: float = Field(
+        default=30.0,
+        ge=0,
+        description="seconds a dispatch waits (fairly) for a pool permit before trying again later",
+    )
+    tracker_concurrency: int = Field(
+        default=64, ge=1, description="calls whose AMI events are applied at once"
+    )
+    sandbox_call_duration: float = Field(
+        default=1.0, ge=0, description="seconds an answered sandbox call lasts"
+    )
+    sandbox_ring_seconds: float = Field(
+        default=0.2, ge=0, description="seconds the sandbox no-answer number rings"
+    )
+    twilio_hold_seconds: int = Field(
+        default=600, ge=1, description="the Pause a Twilio call holds in until bridged"
+    )
+
+
+class UltravoxSettings(_Section):
+    enabled: bool = False
+    api_base_url: str = "https://api.ultravox.ai"
+    api_key: SecretStr | None = None
+    timeout: float = Field(default=10.0, gt=0, description="seconds per request")
+
+
+class AgentsSettings(_Section):
+    """AI voice agents a call is bridged to (`on_answer.agent`)."""
+
+    provider: str = Field(
+        default="sandbox", description="agent provider for on_answer.agent: sandbox or ultravox"
+    )
+    sandbox: bool = Field(default=True, description="the local agent provider (no account)")
+    bridge_hosts: list[str] = Field(
+        default_factory=lambda: ["ultravox", "*.ultravox.ai"],
+        description="hosts (fnmatch patterns) on_answer.bridge_to may name: a bridge dials past "
+        "the guardrails, so it must only ever reach agents, never the trunk",
+    )
+    ultravox: UltravoxSettings = UltravoxSettings()
+
+
+class DevSettings(_Section):
+    data_dir: Path = Path(".trunkline")
+    tenant: str = "dev"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRUNKLINE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    http: HttpSettings = HttpSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    log: LogSettings = LogSettings()
+    worker: WorkerSettings = WorkerSettings()
+    providers: ProvidersSettings = ProvidersSettings()
+    messaging: MessagingSettings = MessagingSettings()
+    events: EventsSettings = EventsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
+    asterisk: dict[str, AsteriskSettings] = Field(
+        default_factory=dict,
+        description="Asterisk servers by name; none = voice via sandbox/Twilio",
+    )
+    pools: PoolsSettings = PoolsSettings()
+    calls: CallsSettings = CallsSettings()
+    agents: AgentsSettings = AgentsSettings()
+    dev: DevSettings = DevSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked (URLs keep all but their password)."""
+        out = self.model_dump(mode="json")
+        for section in ("database", "redis"):
+            url = getattr(self, section).url
+            if url is not None:
+                out[section]["url"] = _mask_password(url.get_secret_value())
+        return out
+
+    def database_url(self) -> str:
+        if self.database.url is None:
+            raise ConfigError("database.url", None, "a postgresql:// URL is required")
+        return self.database.url.get_secret_value()
+
+    def redis_url(self) -> str:
+        if self.redis.url is None:
+            raise ConfigError("redis.url", None, "a redis:// or unix:// URL is required")
+        return self.redis.url.get_secret_value()
+
+
+def _mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class ConfigError(Exception):
+    """A bad or missing setting; `str()` is the one line shown to the operator."""
+
+    def __init__(self, key: str, value: object, problem: str) -> None:
+        env = "TRUNKLINE_" + key.upper().replace(".", "__")
+        super().__init__(f"config error: {key} ({env}) = {value!r}: {problem}")
+        self.key = key
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings, turning the first validation error into a one-line ConfigError."""
+    raw = config_file or os.environ.get("TRUNKLINE_CONFIG")
+    path = Path(raw) if raw else None
+    if path is not None and not path.is_file():
+        raise ConfigError("config", str(path), "no such file")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(key, value, "no such setting") from None
+        raise ConfigError(key, value, err["msg"]) from None
+    except ValueError as exc:  # malformed TOML
+        raise ConfigError("config", str(path), f"not valid TOML ({exc})") from None
+    finally:
+        _config_file.reset(token)

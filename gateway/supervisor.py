@@ -1,0 +1,90 @@
+"""Owns the background tasks of a process: starts them, restarts crashes, stops them on time.
+
+A task is a coroutine factory. If it raises, the supervisor logs why and
+restarts it after an exponential backoff; if it returns, it is done. On stop,
+`stopping` is set so loops can finish the job in hand; whatever is still
+running at the deadline is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gateway.logs import get_logger
+
+log = get_logger(__name__)
+TaskFactory = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class Supervisor:
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _factories: dict[str, TaskFactory] = field(default_factory=dict)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, factory: TaskFactory) -> None:
+        if self._tasks or self.stopping.is_set():
+            raise RuntimeError("add tasks before start()")
+        if name in self._factories:
+            raise ValueError(f"task {name!r} is already supervised")
+        self._factories[name] = factory
+
+    def start(self) -> None:
+        for name, factory in self._factories.items():
+            self._tasks[name] = asyncio.create_task(
+                self._run(name, factory), name=f"supervised:{name}"
+            )
+
+    async def _run(self, name: str, factory: TaskFactory) -> None:
+        delay = self.backoff_initial
+        while not self.stopping.is_set():
+            try:
+                await factory(self.stopping)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                wait = min(self.backoff_max, delay) * random.uniform(0.8, 1.2)
+                log.exception(
+                    "task crashed; restarting",
+                    task=name,
+                    error=repr(exc),
+                    restart_in_s=round(wait, 2),
+                )
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                delay = min(self.backoff_max, delay * 2)
+
+    async def stop(self, deadline: float) -> None:
+        """Ask tasks to finish, wait up to `deadline` seconds, then cancel the rest."""
+        self.stopping.set()
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        for task in pending:
+            log.warning("task did not stop in time; cancelling", task=task.get_name())
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+
+async def periodic(
+    stopping: asyncio.Event, interval: float, job: Callable[[], Awaitable[object]]
+) -> None:
+    """Run `job` every `interval` seconds until stopping (the loop shape most janitors need)."""
+    while not stopping.is_set():
+        await job()
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=interval)
+        except TimeoutError:
+            pass

@@ -1,0 +1,1 @@
+"""Customer webhooks: endpoints, log-tailing fan-out and the signed delivery worker."""

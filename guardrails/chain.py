@@ -1,0 +1,159 @@
+"""The one guardrail chain every outbound action passes, at accept time and again at dispatch.
+
+Checks run in order; the first verdict that is not Allow decides. Every
+decision carries the event that records it (which rule, and the inputs that
+decided it), for the caller to write in the same transaction as the state
+change. Only an Allow yields a `ClearedAction`.
+
+The clock is the chain's `clock` (tests inject a fixed one); `CheckContext.memo`
+lets the checks of one evaluation share what they fetched, so the database is
+asked once per evaluation however many checks need it (guardrails/checks.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from gateway.core.actions import OutboundAction, Stage
+from gateway.events.outbox import NewEvent
+from guardrails.cleared import ClearedAction, _mint
+from guardrails.verdicts import Allow, Defer, Deny, Verdict
+
+if TYPE_CHECKING:
+    from guardrails.policy import GuardrailPolicy
+
+WhenClosed = Literal["deny", "defer"]
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    stage: Stage
+    now: datetime
+    when_closed: WhenClosed = "defer"
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    conn: Any = None  # the caller's database connection, if it holds one (see evaluate)
+
+
+class Check(Protocol):
+    name: str
+
+    async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    rule: str | None
+    event: NewEvent
+    cleared: ClearedAction | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return isinstance(self.verdict, Allow)
+
+
+def _verdict_event(
+    action: OutboundAction, ctx: CheckContext, verdict: Verdict, checked: list[str]
+) -> NewEvent:
+    data: dict[str, Any] = {
+        "stage": ctx.stage,
+        "checks": checked,
+        "action": {
+            "channel": action.channel,
+            "to": action.to,
+            "from": action.from_,
+            "purpose": action.purpose,
+            "key_id": action.key_id,
+        },
+        "inputs": verdict.inputs,
+    }
+    if isinstance(verdict, Allow):
+        kind = "allow"
+    elif isinstance(verdict, Deny):
+        kind = "deny"
+        data |= {"code": str(verdict.code), "reason": verdict.reason, "rule": verdict.rule}
+    else:
+        kind = "defer"
+        data |= {"until": verdict.until.isoformat(), "reason": verdict.reason, "rule": verdict.rule}
+    return NewEvent(action.tenant_id, f"guardrail.{kind}", action.subject, action.trace_id, data)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class GuardrailChain:
+    checks: Sequence[Check] = field(default_factory=list)
+    clock: Callable[[], datetime] = _utcnow
+    policy: GuardrailPolicy | None = None  # what the checks were built from (GET /v1/limits)
+
+    async def evaluate(
+        self,
+        action: OutboundAction,
+        *,
+        stage: Stage,
+        now: datetime | None = None,
+        when_closed: WhenClosed = "defer",
+        conn: Any = None,
+    ) -> Decision:
+        """Run the checks in order; the first Deny or Defer decides.
+
+        A caller that holds a pooled connection (e.g. inside its transaction) must pass it as
+        `conn`: the checks then query on it instead of taking a second connection from the same
+        pool, which under load would wait forever on connections held by callers like itself.
+
+        Checks may also have `prepare(action, ctx)`, awaited for all of them concurrently before
+        the checks run in order (so the database query and the Redis call overlap), and
+        `release(action, ctx)`, awaited when the decision is a Deny or an error — to give back
+        what `prepare` took (rate-limit tokens): a refused action costs nothing.
+        """
+        ctx = CheckContext(stage=stage, now=now or self.clock(), when_closed=when_closed, conn=conn)
+        checked: list[str] = []
+        inputs: dict[str, Any] = {}
+        try:
+            await self._prepare(action, ctx)
+            for check in self.checks:
+                checked.append(check.name)
+                verdict = await check(action, ctx)
+                if isinstance(verdict, Deny | Defer):
+                    if isinstance(verdict, Deny):
+                        await self._release(action, ctx)
+                    return Decision(
+                        verdict, check.name, _verdict_event(action, ctx, verdict, checked)
+                    )
+                inputs[check.name] = verdict.inputs
+        except BaseException:
+            await asyncio.shield(self._release(action, ctx))
+            raise
+        allow = Allow(inputs=inputs)
+        return Decision(
+            allow, None, _verdict_event(action, ctx, allow, checked), cleared=_mint(action, stage)
+        )
+
+    async def _prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
+        steps = [p for c in self.checks if (p := getattr(c, "prepare", None))]
+        if not steps:
+            return
+        # all but the first run as tasks, the first in this task: one task fewer to schedule
+        others = [asyncio.ensure_future(p(action, ctx)) for p in steps[1:]]
+        try:
+            await steps[0](action, ctx)
+        except BaseException:
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            raise
+        for result in await asyncio.gather(*others, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _release(self, action: OutboundAction, ctx: CheckContext) -> None:
+        for check in self.checks:
+            release = getattr(check, "release", None)
+            if release is not None:
+                await release(action, ctx)

@@ -1,0 +1,456 @@
+"""The chain's checks, in the order they decide:
+
+1. `suppression` (PostgreSQL) — DNC lists and consumer opt-outs: `dnc_listed`, `opted_out`.
+2. `content` (pure) — SMS/WhatsApp bodies against the content rules: `content_blocked`.
+3. `rate_limits` (Redis) — tenant, API key, sender, destination and provider buckets plus the
+   rules' frequency caps: `rate_limited`, `frequency_cap`. Accept stage only.
+4. `calling_hours` (pure) — the recipient's local time: `outside_calling_hours` or a Defer.
+
+Round trips: everything the database knows about one action — its DNC and
+opt-out rows (tenant and global), the tenant's name (for its policy) and
+whether the tenant ever sent marketing to this number — comes from ONE query
+(`SuppressionFacts`), shared by the checks through `CheckContext.memo`. Every
+bucket and cap is ONE Lua call. The chain starts both at once (`prepare`), so
+an allowed action costs about max(query, Lua call), not their sum.
+
+Tokens: the Lua call takes the tokens before the verdict is known; when the
+decision is a Deny (DNC, content, calling hours with `when_closed=deny`, or an
+error) the chain calls `release`, which gives them back in one more Lua call.
+So a refused action costs nothing, and a deferred one is counted when it is
+accepted (its frequency-cap slot and tokens are held for the send it will be).
+Rate limits decide before calling hours: an over-limit request is refused with
+429 even when it would only have been deferred.
+
+Stages: the chain runs at accept and again at dispatch. Suppression, content
+and calling hours run at both (an opt-out or DNC entry added while a message
+waits in the queue stops it). Rate limits and frequency caps count once, at
+accept, so a message is never charged twice.
+
+The opt-out confirmation: an inbound STOP writes the opt-out row AND names, in
+that row, the id of the one confirmation message it allows
+(`confirmation_message_id`, see gateway/dnc/inbound.py). Suppression lets that
+one message through the fresh opt-out — only if it is transactional and within
+`optout_confirmation_window` of the opt-out — and calling hours treat it as the
+reply it is. Nothing an API caller sends can carry that id: message ids are
+minted by the server, and the row is written by the inbound path alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from gateway.core.actions import OutboundAction
+from guardrails import ratelimit
+from guardrails.calling_hours import (
+    Recipient,
+    applicable_frequency_caps,
+    check_calling_hours,
+    resolve_recipient,
+)
+from guardrails.chain import Check, CheckContext
+from guardrails.content import check_content
+from guardrails.policy import GuardrailPolicy, blocks
+from guardrails.verdicts import Allow, Deny, DenyCode, Verdict
+
+_FACTS_SQL = """
+SELECT
+    (SELECT name FROM tenants WHERE id = $2) AS tenant,
+    (SELECT json_agg(json_build_object(
+                'source', d.source, 'global', d.tenant_id IS NULL, 'expires_at', d.expires_at,
+                'created_at', d.created_at, 'confirmation_message_id', d.confirmation_message_id))
+       FROM dnc_entries d
+      WHERE d.number = $1 AND (d.tenant_id IS NULL OR d.tenant_id = $2)
+        AND (d.expires_at IS NULL OR d.expires_at > $3)) AS entries,
+    CASE WHEN $4 THEN EXISTS (
+        SELECT 1 FROM messages m
+         WHERE m.tenant_id = $2 AND m.to_number = $1
+           AND m.direction = 'outbound' AND m.purpose = 'marketing'
+           AND m.status IN ('sent', 'delivered', 'undelivered')
+           AND m.id::text <> $5) END AS prior_marketing
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    source: str
+    scope: str  # "tenant" | "global"
+    expires_at: str | None
+    created_at: datetime
+    confirmation_message_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "scope": self.scope, "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True)
+class Facts:
+    tenant: str | None
+    entries: tuple[Entry, ...]
+    prior_marketing: bool | None  # None: not asked (not a marketing SMS/WhatsApp)
+
+    def confirmation_entry(
+        self, action: OutboundAction, now: datetime, window_s: float
+    ) -> Entry | None:
+        """The fresh opt-out whose one confirmation this action is, if it is."""
+        if action.purpose != "transactional":
+            return None
+        for e in self.entries:
+            if (
+                e.source == "consumer_opt_out"
+                and e.confirmation_message_id == action.subject
+                # (-60 s: the row's time is the database's clock, `now` this process's)
+                and -60 <= (now - e.created_at).total_seconds() <= window_s
+            ):
+                return e
+        return None
+
+
+class SuppressionFacts:
+    """One query per evaluation for everything the database knows; memoised in the context."""
+
+    def __init__(self, db: asyncpg.Pool, policy: GuardrailPolicy) -> None:
+        self.db = db
+        self.policy = policy
+        # Tenant names never change, so the rate-limit check can choose a tenant's buckets
+        # without waiting for the query once this process has seen the tenant.
+        self.tenant_names: dict[Any, str | None] = {}
+
+    def _wants_prior_marketing(self, action: OutboundAction) -> bool:
+        return (
+            "content" in self.policy.checks
+            and action.purpose == "marketing"
+            and not action.first_marketing_message
+            and action.channel in self.policy.rules.content.channels
+        )
+
+    async def get(self, action: OutboundAction, ctx: CheckContext) -> Facts:
+        found = ctx.memo.get("facts")
+        if isinstance(found, Facts):
+            return found
+        if found is not None:  # another check of this evaluation is fetching them right now
+            return await found
+        pending: asyncio.Future[Facts] = asyncio.get_running_loop().create_future()
+        ctx.memo["facts"] = pending
+        try:
+            facts = await self._load(action, ctx)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: whoever awaits it re-raises it
+            raise
+        pending.set_result(facts)
+        ctx.memo["facts"] = facts
+        return facts
+
+    async def _load(self, action: OutboundAction, ctx: CheckContext) -> Facts:
+        db = ctx.conn if ctx.conn is not None else self.db
+        row = await db.fetchrow(
+            _FACTS_SQL,
+            action.to,
+            action.tenant_id,
+            ctx.now,
+            self._wants_prior_marketing(action),
+            action.subject,
+        )
+        entries = tuple(
+            Entry(
+                source=e["source"],
+                scope="global" if e["global"] else "tenant",
+                expires_at=e["expires_at"],
+                created_at=datetime.fromisoformat(e["created_at"]),
+                confirmation_message_id=e["confirmation_message_id"],
+            )
+            for e in (row["entries"] or ())
+        )
+        facts = Facts(row["tenant"], entries, row["prior_marketing"])
+        if len(self.tenant_names) > 100_000:
+            self.tenant_names.clear()
+        self.tenant_names[action.tenant_id] = row["tenant"]
+        return facts
+
+
+def _recipient(action: OutboundAction, ctx: CheckContext, policy: GuardrailPolicy) -> Recipient:
+    found = ctx.memo.get("recipient")
+    if found is None:
+        found = resolve_recipient(action.to, rules=policy.rules, address_state=action.address_state)
+        ctx.memo["recipient"] = found
+    return found
+
+
+class SuppressionCheck:
+    """DNC lists and consumer opt-outs (tenant and global), at both stages."""
+
+    name = "suppression"
+
+    def __init__(self, facts: SuppressionFacts, policy: GuardrailPolicy) -> None:
+        self.facts = facts
+        self.policy = policy
+
+    async def prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
+        await self.facts.get(action, ctx)  # concurrently with the rate-limit call
+
+    async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
+        facts = await self.facts.get(action, ctx)
+        inputs: dict[str, Any] = {
+            "check": "suppression",
+            "number": action.to,
+            "purpose": action.purpose,
+            "entries": [e.as_dict() for e in facts.entries],
+        }
+        exempt = facts.confirmation_entry(action, ctx.now, self.policy.confirmation_window)
+        if exempt is not None:
+            inputs["exempt"] = "opt-out confirmation: the one reply this opt-out allows"
+        blocking = [
+            e for e in facts.entries if e is not exempt and blocks(e.source, action.purpose)
+        ]
+        if not blocking:
+            return Allow(inputs=inputs)
+        inputs["blocked_by"] = [e.as_dict() for e in blocking]
+        opted_out = [e for e in blocking if e.source == "consumer_opt_out"]
+        if opted_out:
+            return Deny(
+                code=DenyCode.OPTED_OUT,
+                reason=f"{action.to} has opted out of messages from this sender",
+                rule=f"dnc.consumer_opt_out.{opted_out[0].scope}",
+                inputs=inputs,
+            )
+        first = blocking[0]
+        return Deny(
+            code=DenyCode.DNC_LISTED,
+            reason=f"{action.to} is on a do-not-contact list ({first.source}, {first.scope})",
+            rule=f"dnc.{first.source}.{first.scope}",
+            inputs=inputs,
+        )
+
+
+class ContentCheck:
+    """SMS/WhatsApp bodies against `[content]`; the first marketing message needs opt-out text."""
+
+    name = "content"
+
+    def __init__(self, facts: SuppressionFacts, policy: GuardrailPolicy) -> None:
+        self.facts = facts
+        self.policy = policy
+
+    async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
+        rules = self.policy.rules
+        if action.channel not in rules.content.channels or action.body is None:
+            return Allow(
+                inputs={"check": "content", "skipped": f"no body to scan on {action.channel}"}
+            )
+        if action.first_marketing_message:
+            first, why = True, "set by the caller"
+        elif action.purpose == "marketing":
+            facts = await self.facts.get(action, ctx)
+            first = not facts.prior_marketing
+            why = "no earlier marketing message sent to this number" if first else "computed"
+        else:
+            first, why = False, "not marketing"
+        verdict = check_content(
+            action.body,
+            channel=action.channel,
+            purpose=action.purpose,
+            rules=rules,
+            first_marketing_message=first,
+        )
+        verdict.inputs["first_marketing_message_source"] = why
+        return verdict
+
+
+class CallingHoursCheck:
+    """The pure calling-hours rules, with the tenant's transactional exemption, at both stages."""
+
+    name = "calling_hours"
+
+    def __init__(self, facts: SuppressionFacts, policy: GuardrailPolicy) -> None:
+        self.facts = facts
+        self.policy = policy
+
+    async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
+        facts = await self.facts.get(action, ctx)
+        if facts.confirmation_entry(action, ctx.now, self.policy.confirmation_window):
+            return Allow(
+                inputs={
+                    "check": "calling_hours",
+                    "exempt": "opt-out confirmation (a reply to the consumer's own message)",
+                }
+            )
+        tenant_policy = self.policy.for_tenant(facts.tenant)
+        try:
+            return check_calling_hours(
+                action.to,
+                ctx.now,
+                channel=action.channel,
+                purpose=action.purpose,
+                rules=self.policy.rules,
+                address_state=action.address_state,
+                exempt_transactional=tenant_policy.exempt_transactional_from_calling_hours,
+                when_closed=ctx.when_closed,
+            )
+        except ValueError as exc:  # fail closed: an unplaceable number cannot be checked
+            return Deny(
+                code=DenyCode.OUTSIDE_CALLING_HOURS,
+                reason=f"calling hours cannot be verified: {exc}",
+                rule="calling_hours.invalid_recipient",
+                inputs={"check": "calling_hours", "number": action.to, "error": str(exc)},
+            )
+
+
+class RateLimitCheck:
+    """Every bucket and frequency cap in one Lua call; counted once, at accept."""
+
+    name = "rate_limits"
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        facts: SuppressionFacts,
+        policy: GuardrailPolicy,
+        *,
+        redis_slots: int = 32,
+    ) -> None:
+        self.redis = redis
+        self.facts = facts
+        self.policy = policy
+        # redis-py's asyncio pool raises instead of waiting when it is out of connections:
+        # a burst of concurrent sends queues here instead of failing.
+        self.slots = asyncio.Semaphore(redis_slots)
+
+    def buckets(self, action: OutboundAction, tenant: str | None) -> list[ratelimit.Bucket]:
+        p = self.policy
+        tid = action.tenant_id
+        out = [
+            ratelimit.Bucket(
+                "tenant", f"tl:rl:tenant:{tid}", **_rb(p.tenant_limit(tenant, "tenant"))
+            )
+        ]
+        if action.key_id:
+            out.append(
+                ratelimit.Bucket(
+                    "api_key",
+                    f"tl:rl:key:{action.key_id}",
+                    **_rb(p.tenant_limit(tenant, "api_key")),
+                )
+            )
+        if action.from_:
+            out.append(
+                ratelimit.Bucket(
+                    "sender", f"tl:rl:sender:{action.from_}", **_rb(p.sender_limit(action.from_))
+                )
+            )
+        out.append(
+            ratelimit.Bucket(
+                "destination", f"tl:rl:dest:{tid}:{action.to}", **_rb(p.limits.destination)
+            )
+        )
+        # Calls and messages of one provider account have separate throughput limits.
+        kind = "voice" if action.channel == "voice" else "messaging"
+        provider = action.extra.get("provider") or p.channel_providers.get(action.channel)
+        cps = p.limits.provider_cps.get(provider) if provider else None
+        if cps:
+            out.append(
+                ratelimit.Bucket(
+                    f"provider_cps:{provider}",
+                    f"tl:rl:provider:{provider}:{kind}",
+                    rate=cps,
+                    burst=max(1, int(cps)),
+                )
+            )
+        return out
+
+    def caps(self, action: OutboundAction, ctx: CheckContext) -> list[ratelimit.Cap]:
+        recipient = _recipient(action, ctx, self.policy)
+        found = applicable_frequency_caps(
+            recipient, channel=action.channel, purpose=action.purpose, rules=self.policy.rules
+        )
+        # "Same subject" cannot be told apart reliably, so every marketing action of the
+        # tenant to the number counts against the cap (the conservative reading).
+        return [
+            ratelimit.Cap(
+                c.rule,
+                f"tl:fc:{action.tenant_id}:{action.to}:{c.rule}",
+                max=c.max,
+                window_s=c.window_hours * 3600.0,
+            )
+            for c in found
+        ]
+
+    async def prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
+        """Take the tokens now, concurrently with the database query; `release` gives them back."""
+        if ctx.stage != "accept":
+            return
+        if action.tenant_id in self.facts.tenant_names:
+            tenant = self.facts.tenant_names[action.tenant_id]
+        else:  # first sight of this tenant in this process: its policy comes with the query
+            tenant = (await self.facts.get(action, ctx)).tenant
+        buckets, caps = self.buckets(action, tenant), self.caps(action, ctx)
+        async with self.slots:
+            outcome = await ratelimit.hit(self.redis, buckets, caps, member=action.subject)
+        ctx.memo["limits"] = (buckets, caps, outcome)
+
+    async def release(self, action: OutboundAction, ctx: CheckContext) -> None:
+        taken = ctx.memo.pop("limits", None)
+        if taken is not None and taken[2].admitted:
+            buckets, caps, _ = taken
+            async with self.slots:
+                await ratelimit.refund(self.redis, buckets, caps, member=action.subject)
+
+    async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
+        if ctx.stage != "accept":
+            return Allow(inputs={"check": "rate_limits", "skipped": "counted once, at accept"})
+        if "limits" not in ctx.memo:
+            await self.prepare(action, ctx)
+        outcome = ctx.memo["limits"][2]
+        inputs: dict[str, Any] = {
+            "check": "rate_limits",
+            "at_us": outcome.at_us,
+            "buckets": outcome.buckets,
+            "caps": outcome.caps,
+        }
+        if outcome.admitted:
+            return Allow(inputs=inputs)
+        inputs["retry_after_s"] = round(max(outcome.retry_after_s, 0.001), 3)
+        if outcome.denied_caps:
+            cap = outcome.denied_caps[0]
+            return Deny(
+                code=DenyCode.FREQUENCY_CAP,
+                reason=(
+                    f"{action.to} already had {cap['count']} of at most {cap['max']} such "
+                    f"contacts in {cap['window_s'] / 3600:g} h ({cap['cap']})"
+                ),
+                rule=f"frequency_cap.{cap['cap']}",
+                inputs=inputs,
+            )
+        bucket = outcome.denied_buckets[0]
+        return Deny(
+            code=DenyCode.RATE_LIMITED,
+            reason=(
+                f"rate limit {bucket['limit']} ({bucket['rate']:g}/s, burst {bucket['burst']}) "
+                f"reached; retry in {inputs['retry_after_s']:g} s"
+            ),
+            rule=f"rate_limit.{bucket['limit']}",
+            inputs=inputs,
+        )
+
+
+def _rb(limit: Any) -> dict[str, Any]:
+    return {"rate": limit.rate, "burst": limit.burst}
+
+
+def build_checks(
+    policy: GuardrailPolicy, db: asyncpg.Pool, redis: aioredis.Redis, *, redis_slots: int = 32
+) -> list[Check]:
+    """The enabled checks in the chain's fixed order (`redis_slots`: concurrent Lua calls)."""
+    facts = SuppressionFacts(db, policy)
+    available: dict[str, Check] = {
+        "suppression": SuppressionCheck(facts, policy),
+        "content": ContentCheck(facts, policy),
+        "rate_limits": RateLimitCheck(redis, facts, policy, redis_slots=redis_slots),
+        "calling_hours": CallingHoursCheck(facts, policy),
+    }
+    return [available[name] for name in policy.checks]

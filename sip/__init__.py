@@ -1,0 +1,1 @@
+"""Asterisk: the AMI connection, call tracking from AMI events, and the SIP trunk channel pools."""

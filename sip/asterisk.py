@@ -1,0 +1,196 @@
+"""Asterisk as a voice provider: Originate / Hangup / Bridge over one AMI connection.
+
+The outcome of an Originate is never its Response ("Originate successfully queued"); it comes
+as events, which ``sip.calls.CallTracker`` turns into ``CallReport``s. So ``originate`` returns
+once Asterisk queued the call, under the ChannelId we chose (the attempt key), and raises what
+the dispatcher needs to decide on failover:
+
+=========================================  ==============================================
+AMI outcome                                raised
+=========================================  ==============================================
+not logged in / cannot connect             Transient, not ambiguous: nothing was sent
+``Response: Error`` (Originate refused)    Transient, not ambiguous: Asterisk did nothing
+no Response in time / session died after   Transient, *ambiguous*: Asterisk may be dialing;
+the Originate was written                  retry here under the same key, never elsewhere
+=========================================  ==============================================
+
+A retried attempt (same key) first looks for its channel in ``CoreShowChannels``: if the
+first try did reach Asterisk, the call is already there and is not dialled twice.
+
+Bridging to an AI agent's SIP URI dials a second leg (ChannelId = key + ``-agent``) into a
+waiting context; when the tracker reports it answered, the gateway bridges the two channels
+with the ``Bridge`` action (04: ``Channels have been bridged``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gateway.core.actions import OutboundAction
+from gateway.providers.contracts import (
+    BridgeResult,
+    CallRef,
+    CallSpec,
+    OriginateResult,
+    PermanentProviderError,
+    SipTarget,
+    TransientProviderError,
+    VoiceProvider,
+)
+from sip.ami import (
+    AMIActionError,
+    AMIClient,
+    AMIConnectError,
+    AMIConnectionLost,
+    AMIError,
+    AMINotConnected,
+    AMITimeout,
+)
+
+# What may reach a dial string: no '&' (a second channel), ',' (options), '/' or spaces.
+_SIP_URI = re.compile(
+    r"^sips?:(?:(?P<user>[A-Za-z0-9_.!~*'()%+=$\-]+)@)?(?P<host>[A-Za-z0-9.\-]+)(?::\d+)?(?:[;?].*)?$"
+)
+
+
+@dataclass(frozen=True)
+class AsteriskConfig:
+    """How calls are placed on one Asterisk (see config/trunkline.example.toml [asterisk.*])."""
+
+    name: str
+    endpoint: str = "carrier"
+    dial: str = "PJSIP/{number}@{endpoint}"
+    context: str = "trunkline-outbound"
+    amd_context: str = "trunkline-amd"
+    agent_dial: str = "PJSIP/{user}@{host}"
+    agent_context: str = "trunkline-agent"
+    caller_id_name: str = ""
+
+
+class AsteriskVoice(VoiceProvider):
+    def __init__(self, config: AsteriskConfig, client: AMIClient) -> None:
+        self.config = config
+        self.client = client
+        self.name = provider_name(config.name)
+
+    # -- originate ------------------------------------------------------------------------
+
+    def dial_string(self, number: str) -> str:
+        return self.config.dial.format(
+            number=number, digits=number.lstrip("+"), endpoint=self.config.endpoint
+        )
+
+    async def _originate(
+        self, action: OutboundAction, attempt_key: str, spec: CallSpec
+    ) -> OriginateResult:
+        if spec.retry and await self._find(attempt_key) is not None:
+            return OriginateResult(attempt_key, already=True)
+        caller_id = None
+        if action.from_:
+            caller_id = f'"{self.config.caller_id_name}" <{action.from_}>'
+        try:
+            await self.client.originate(
+                self.dial_string(action.to),
+                context=self.config.amd_context if spec.amd else self.config.context,
+                exten="s",
+                channel_id=attempt_key,
+                caller_id=caller_id,
+                ring_timeout=spec.ring_timeout,
+                variables={"TL_CALL_ID": spec.call_id, "TL_TRACE_ID": spec.trace_id},
+            )
+        except Exception as exc:
+            raise _provider_error("originate", exc) from exc
+        return OriginateResult(attempt_key)
+
+    # -- hangup / bridge --------------------------------------------------------------------
+
+    async def _hangup(self, call: CallRef) -> None:
+        channel = call.channel or await self._find(call.provider_call_id or call.attempt_key)
+        if channel is None:
+            # Not created yet (Originate queued, no channel): try again shortly; the control
+            # job stops retrying once the call has ended.
+            raise TransientProviderError(
+                f"no channel for {call.attempt_key} yet", code="no_channel", ambiguous=False
+            )
+        try:
+            await self.client.hangup(channel)
+        except AMIActionError as exc:
+            if "no such channel" in str(exc).lower():
+                return  # already gone: a hangup is idempotent
+            raise _provider_error("hangup", exc) from exc
+        except Exception as exc:
+            raise _provider_error("hangup", exc) from exc
+
+    async def _bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
+        if isinstance(target, SipTarget):
+            return await self._dial_agent(call, target)
+        first = call.channel or await self._find(call.provider_call_id or call.attempt_key)
+        second = target.channel or await self._find(target.provider_call_id or target.attempt_key)
+        if first is None or second is None:
+            raise PermanentProviderError(
+                "a call to bridge is not up on this Asterisk", code="not_bridgeable"
+            )
+        try:
+            await self.client.send(
+                {"Action": "Bridge", "Channel1": first, "Channel2": second, "Tone": "no"}
+            )
+        except AMIActionError as exc:
+            raise PermanentProviderError(
+                f"Asterisk refused the bridge: {exc}", code="bridge_refused", ambiguous=False
+            ) from exc
+        except Exception as exc:
+            raise _provider_error("bridge", exc) from exc
+        return BridgeResult(joined=True)
+
+    async def _dial_agent(self, call: CallRef, target: SipTarget) -> BridgeResult:
+        match = _SIP_URI.match(target.uri)
+        if match is None:
+            raise PermanentProviderError(f"not a SIP URI: {target.uri!r}", code="invalid_sip_uri")
+        channel = self.config.agent_dial.format(
+            user=match["user"] or "", host=match["host"], uri=target.uri
+        )
+        try:
+            await self.client.originate(
+                channel,
+                context=self.config.agent_context,
+                exten="s",
+                channel_id=target.leg_key,
+                ring_timeout=30,
+                variables={"TL_BRIDGE_TO": call.provider_call_id or call.attempt_key},
+            )
+        except Exception as exc:
+            raise _provider_error("dial agent", exc) from exc
+        leg = CallRef(self.name, call.attempt_key, target.leg_key, None, "agent")
+        return BridgeResult(joined=False, leg=leg)
+
+    async def _find(self, uniqueid: str | None) -> str | None:
+        """The channel name of a live channel by Uniqueid (our ChannelId), if Asterisk has it."""
+        if not uniqueid:
+            return None
+        try:
+            channels = await self.client.core_show_channels()
+        except AMIError as exc:
+            raise _provider_error("channel lookup", exc) from exc
+        for item in channels:
+            if item.get("Uniqueid") == uniqueid:
+                return str(item.get("Channel"))
+        return None
+
+
+def provider_name(asterisk_name: str) -> str:
+    return f"asterisk:{asterisk_name}"
+
+
+def _provider_error(what: str, exc: BaseException) -> Exception:
+    if isinstance(exc, AMINotConnected | AMIConnectError):
+        return TransientProviderError(f"{what}: {exc}", code="ami_not_connected", ambiguous=False)
+    if isinstance(exc, AMITimeout):
+        return TransientProviderError(f"{what}: {exc}", code="timeout", ambiguous=True)
+    if isinstance(exc, AMIConnectionLost):
+        return TransientProviderError(f"{what}: {exc}", code="ami_connection_lost", ambiguous=True)
+    if isinstance(exc, AMIActionError):
+        return TransientProviderError(f"{what}: {exc}", code="ami_refused", ambiguous=False)
+    if isinstance(exc, AMIError):
+        return TransientProviderError(f"{what}: {exc}", code="ami_error", ambiguous=True)
+    return exc if isinstance(exc, Exception) else RuntimeError(repr(exc))

@@ -1,0 +1,27 @@
+"""SIP trunk channel pools (DESIGN principle 8): leased Redis semaphores with a fair wait.
+
+pools = TrunkPools(redis, TrunkPoolsConfig(trunk="main"))
+permit = await pools.get("campaign").acquire(call_id, timeout=5)   # before Originate
+await pools.get("campaign").renew(call_id)                          # while the call lives
+await pools.get("campaign").release(call_id)                        # on Hangup, any process
+async with pools.get("api").permit(timeout=2): ...                  # short jobs
+"""
+
+from sip.pools.config import DEFAULT_SIZES, PoolConfig, TrunkPoolsConfig
+from sip.pools.errors import PermitLost, PoolError, PoolExhausted, PoolTimeout, UnknownPool
+from sip.pools.pool import Permit, Pool, PoolStats, TrunkPools
+
+__all__ = [
+    "DEFAULT_SIZES",
+    "Permit",
+    "PermitLost",
+    "Pool",
+    "PoolConfig",
+    "PoolError",
+    "PoolExhausted",
+    "PoolStats",
+    "PoolTimeout",
+    "TrunkPools",
+    "TrunkPoolsConfig",
+    "UnknownPool",
+]

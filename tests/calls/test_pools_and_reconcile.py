@@ -1,0 +1,137 @@
+"""Trunk pools through the API (429 pool_exhausted + Retry-After, GET /v1/pools) and the
+reconcile after an AMI reconnect: CoreShowChannels is the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.calls.conftest import eventually, types
+from tests.helpers import auth
+
+
+@pytest.fixture
+def overrides():
+    return {"pools": {"sizes": {"api": 2, "campaign": 1}, "reconcile_min_age": 0.0}}
+
+
+async def test_a_full_pool_answers_429_with_retry_after(voice, ami):
+    first = (await voice.place(to="+14155550401", headers={"Idempotency-Key": "k1"}))["id"]
+    second = (await voice.place(to="+14155550402"))["id"]
+    await voice.wait(first, "answered")
+    await voice.wait(second, "answered")
+    pools = await voice.pools()
+    assert pools["api"] | {"trunk": "default"} == {
+        "name": "api",
+        "trunk": "default",
+        "size": 2,
+        "in_use": 2,
+        "waiting": 0,
+        "free": 0,
+    }
+
+    full = await voice.place(to="+14155550403", expect=429, headers={"Idempotency-Key": "k3"})
+    assert full["code"] == "pool_exhausted" and full["pool"] == "api"
+    assert full["in_use"] == 2 and full["size"] == 2
+    assert 1 <= int(full["_headers"]["Retry-After"]) <= 30
+    assert len(ami.actions("Originate")) == 2, "nothing was dialled"
+    # Other pools are untouched by the API pool being full.
+    other = await voice.place(to="+14155550404", pool="campaign")
+    assert other["pool"] == "campaign"
+    # The refusal was not stored: the same key succeeds once a channel is free.
+    await voice.post(f"/v1/calls/{first}/hangup")
+    await voice.wait(first, "completed")
+    retried = await voice.place(to="+14155550403", headers={"Idempotency-Key": "k3"})
+    assert retried["status"] == "queued"
+    replay = await voice.place(to="+14155550401", headers={"Idempotency-Key": "k1"})
+    assert replay["id"] == first and replay["_headers"].get("Idempotent-Replayed") == "true"
+    unknown = await voice.place(pool="nope", expect=422)
+    assert unknown["code"] == "unknown_pool"
+
+
+async def test_reconnect_reconciles_calls_and_permits(voice, ami):
+    live = (await voice.place(to="+14155550411"))["id"]
+    ends = (await voice.place(to="+14155550412"))["id"]
+    await voice.wait(live, "answered")
+    await voice.wait(ends, "answered")
+    assert await voice.in_use("api") == 2
+    tracker = voice.runtime.trackers["asterisk:main"]
+    before = tracker.reconciles
+
+    # The AMI connection drops; while it is down the far end hangs up one call.
+    await ami.refuse_connections()
+    await ami.drop_connections()
+    ami.remote_hangup(f"tl-{ends}-1")  # nobody is listening for its Hangup
+    await asyncio.sleep(0.1)
+    assert (await voice.get(ends))["status"] == "answered", "nothing observed it"
+    await ami.accept_connections()
+
+    closed = await voice.wait(ends, "completed")
+    assert closed["error_detail"] == "the call ended while the AMI connection was down"
+    assert "call.reconciled" in types(closed) and "call.permit_released" in types(closed)
+    await eventually(lambda: tracker.reconciles > before)
+    adopted = await voice.get(live)
+    assert adopted["status"] == "answered" and "call.adopted" in types(adopted)
+    assert await voice.in_use("api") == 1  # the ended call's permit is back, not the live one's
+
+    # The adopted call is tracked as before: its hangup is seen and releases its permit.
+    await voice.post(f"/v1/calls/{live}/hangup")
+    assert (await voice.wait(live, "completed"))["hangup_cause"] == 16
+    assert await voice.in_use("api") == 0
+
+
+async def test_reconcile_releases_permits_nobody_holds_and_adopts_missed_answers(voice, ami):
+    pool = voice.runtime.pools.get("api")
+    await pool.try_acquire("a-holder-that-died")  # e.g. a worker killed before writing its call
+    ami.pause()  # events are held: the answer is not seen before the reconnect
+    call_id = (await voice.place(to="+14155550421"))["id"]
+    await asyncio.sleep(0.2)
+    tracker = voice.runtime.trackers["asterisk:main"]
+    before = tracker.reconciles
+    await ami.drop_connections()
+    ami.resume()
+    call = await voice.wait(call_id, "answered")
+    assert "call.adopted" in types(call)
+    await eventually(lambda: tracker.reconciles > before)
+    assert await pool.holders() == [call_id]
+
+
+class TestWaiting:
+    @pytest.fixture
+    def overrides(self):
+        return {
+            "pools": {"sizes": {"campaign": 1}, "lease": 0.6, "renew_interval": 0.15},
+            "calls": {"pool_wait": 0.2},
+        }
+
+    async def test_campaign_dispatch_waits_for_a_channel_and_live_calls_keep_theirs(
+        self, voice, ami
+    ):
+        from gateway.calls.schemas import PlaceCall
+
+        first = (await voice.place(to="+14155550431", pool="campaign"))["id"]
+        await voice.wait(first, "answered")
+        me = await (await voice.client.get("/v1/whoami", headers=auth(voice.token))).json()
+        waiting = await voice.runtime.pipeline.accept(
+            uuid.UUID(me["tenant_id"]),
+            None,
+            PlaceCall.model_validate(
+                {"to": "+14155550432", "pool": "campaign", "purpose": "transactional"}
+            ),
+            trace_id="c" * 32,
+            wait_for_pool=True,
+        )
+        second = waiting.body["id"]
+        assert waiting.status == 202 and waiting.body["status"] == "queued"
+        await voice.wait_event(second, "call.waiting_for_pool")
+        await asyncio.sleep(1.0)  # longer than the 0.6 s lease: only renewals keep it held
+        assert await voice.runtime.pools.get("campaign").holders() == [first]
+        assert (await voice.get(second))["status"] == "queued"
+        await voice.post(f"/v1/calls/{first}/hangup")
+        await voice.wait(second, "answered")
+        assert [a.get("ChannelId") for a in ami.actions("Originate")] == [
+            f"tl-{first}-1",
+            f"tl-{second}-1",
+        ]

@@ -1,0 +1,1 @@
+"""Protocol-level stand-ins for outside services (real wire formats, local sockets)."""

@@ -1,0 +1,1 @@
+"""Provider adapter tests, each against a protocol-level fake of the provider."""
