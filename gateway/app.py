@@ -161,10 +161,13 @@ def create_app(
         chain = build_chain(res)
         app[PROVIDERS] = registry
         app[CHAIN] = chain
-        app[PIPELINE] = MessagePipeline(res.db, chain, registry, settings)
+        pipeline = MessagePipeline(res.db, chain, registry, settings, metrics=app[METRICS])
+        await pipeline.start()
+        app[PIPELINE] = pipeline
         try:
             yield
         finally:
+            await pipeline.close()
             await registry.close()
 
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:

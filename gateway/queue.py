@@ -69,6 +69,50 @@ class Job:
         )
 
 
+@dataclass(frozen=True)
+class NewJob:
+    queue: str
+    payload: dict[str, Any]
+    tenant_id: uuid.UUID | None = None
+    trace_id: str | None = None
+    max_attempts: int = 8
+    run_at: datetime | None = None
+
+
+_ENQUEUE = """
+WITH job AS (
+    INSERT INTO jobs (queue, tenant_id, payload, max_attempts, trace_id, run_at)
+    SELECT q, t, p, m, tr, coalesce(r, now())
+    FROM unnest($1::text[], $2::uuid[], $3::jsonb[], $4::int[], $5::text[], $6::timestamptz[])
+         WITH ORDINALITY AS u(q, t, p, m, tr, r, ord)
+    ORDER BY ord
+    RETURNING id
+), wake AS (
+    SELECT pg_notify($7, q) FROM (SELECT DISTINCT unnest($1::text[]) AS q) queues
+)
+SELECT (SELECT array_agg(id ORDER BY id) FROM job) AS ids, (SELECT count(*) FROM wake) AS woke
+"""
+
+
+async def enqueue_many(conn: asyncpg.Connection, jobs: list[NewJob]) -> list[int]:
+    """Add jobs inside the caller's transaction with one statement and one wake-up per
+    queue; they become visible (and wake workers) on commit. Ids in the given order."""
+    if not jobs:
+        return []
+    row = await conn.fetchrow(
+        _ENQUEUE,
+        [j.queue for j in jobs],
+        [j.tenant_id for j in jobs],
+        [j.payload for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.trace_id for j in jobs],
+        [j.run_at for j in jobs],
+        NOTIFY_CHANNEL,
+    )
+    assert row is not None
+    return list(row["ids"])
+
+
 async def enqueue(
     conn: asyncpg.Connection,
     queue: str,
@@ -79,24 +123,9 @@ async def enqueue(
     max_attempts: int = 8,
     run_at: datetime | None = None,
 ) -> int:
-    """Add a job inside the caller's transaction; it becomes visible (and wakes workers) on commit."""
-    job_id = await conn.fetchval(
-        """
-        WITH job AS (
-            INSERT INTO jobs (queue, tenant_id, payload, max_attempts, trace_id, run_at)
-            VALUES ($1, $2, $3, $4, $5, coalesce($6, now())) RETURNING id
-        )
-        SELECT id FROM job, pg_notify($7, $1)
-        """,
-        queue,
-        tenant_id,
-        payload,
-        max_attempts,
-        trace_id,
-        run_at,
-        NOTIFY_CHANNEL,
-    )
-    return job_id
+    """Add one job inside the caller's transaction (see enqueue_many)."""
+    job = NewJob(queue, payload, tenant_id, trace_id, max_attempts, run_at)
+    return (await enqueue_many(conn, [job]))[0]
 
 
 def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:

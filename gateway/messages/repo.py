@@ -24,35 +24,50 @@ _TIMELINE = """
 """
 
 
+_INSERT_COLUMNS = (
+    ("id", "uuid"),
+    ("tenant_id", "uuid"),
+    ("direction", "text"),
+    ("channel", "text"),
+    ("to", "text"),
+    ("from", "text"),
+    ("body", "text"),
+    ("template", "text"),
+    ("purpose", "text"),
+    ("status", "text"),
+    ("provider", "text"),
+    ("provider_message_id", "text"),
+    ("encoding", "text"),
+    ("segments", "int"),
+    ("send_at", "timestamptz"),
+    ("trace_id", "text"),
+    ("metadata", "jsonb"),
+    ("error_code", "text"),
+    ("error_detail", "text"),
+)
+_DEFAULTS: dict[str, Any] = {"metadata": {}}
+
+_INSERT_MANY = f"""
+INSERT INTO messages (id, tenant_id, direction, channel, to_number, from_number, body, template,
+                      purpose, status, provider, provider_message_id, encoding, segments,
+                      send_at, trace_id, metadata, error_code, error_detail)
+SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_INSERT_COLUMNS, 1))})
+RETURNING id, created_at, updated_at
+"""
+
+
+async def insert_messages(
+    conn: asyncpg.Connection, rows: list[dict[str, Any]]
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """Insert many messages in one statement; their stamps, by id."""
+    if not rows:
+        return {}
+    columns = [[row.get(name, _DEFAULTS.get(name)) for row in rows] for name, _ in _INSERT_COLUMNS]
+    return {r["id"]: r for r in await conn.fetch(_INSERT_MANY, *columns)}
+
+
 async def insert_message(conn: asyncpg.Connection, row: dict[str, Any]) -> asyncpg.Record:
-    return await conn.fetchrow(
-        """
-        INSERT INTO messages (id, tenant_id, direction, channel, to_number, from_number, body, template,
-                              purpose, status, provider, provider_message_id, encoding, segments,
-                              send_at, trace_id, metadata, error_code, error_detail)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-        RETURNING created_at, updated_at
-        """,
-        row["id"],
-        row["tenant_id"],
-        row["direction"],
-        row["channel"],
-        row["to"],
-        row["from"],
-        row["body"],
-        row.get("template"),
-        row["purpose"],
-        row["status"],
-        row.get("provider"),
-        row.get("provider_message_id"),
-        row["encoding"],
-        row["segments"],
-        row.get("send_at"),
-        row["trace_id"],
-        row.get("metadata", {}),
-        row.get("error_code"),
-        row.get("error_detail"),
-    )
+    return (await insert_messages(conn, [row]))[row["id"]]
 
 
 async def message_detail(

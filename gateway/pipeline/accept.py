@@ -1,16 +1,17 @@
 """Accepting an outbound message: everything up to a durable, queued (or refused) message.
 
-One transaction holds the idempotency claim, the message row, the guardrail
-verdict event, the acceptance event and the dispatch job, so the 202 is sent
-only once all of it is durable — and a concurrent duplicate request waits on
-the idempotency row and then replays this response.
+Everything is decided before any transaction (template, route, guardrail chain); then
+the message row, its verdict and acceptance events, its dispatch job and its
+idempotency record are committed together — with whatever other accepts are in
+flight, by the group committer (groupcommit.py) — and the 202 is sent only once all
+of it is durable.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -22,10 +23,12 @@ from gateway.core.ids import new_id
 from gateway.core.segments import count_segments
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
+from gateway.http.metrics import Registry
 from gateway.messages import repo
 from gateway.messages.schemas import SendMessage
 from gateway.messages.service import message_from_row
 from gateway.messages.templates import render
+from gateway.pipeline.groupcommit import GroupCommitter, Outcome
 from gateway.pipeline.router import route_message
 from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
@@ -35,13 +38,6 @@ from guardrails.verdicts import Defer, Deny, Verdict
 
 DISPATCH_QUEUE = "dispatch"
 _DENY_STATUS = {"rate_limited": 429, "frequency_cap": 429}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
 
 
 def denial(verdict: Deny, instance: str, **ids: str) -> Outcome:
@@ -68,6 +64,19 @@ class MessagePipeline:
     chain: GuardrailChain
     registry: ProviderRegistry
     settings: Settings
+    metrics: Registry | None = None
+    committer: GroupCommitter[_Plan] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = GroupCommitter(
+            self.db, self._persist_many, name="messages", metrics=self.metrics
+        )
+
+    async def start(self) -> None:
+        await self.committer.start()
+
+    async def close(self) -> None:
+        await self.committer.close(self.settings.http.shutdown_timeout)
 
     async def accept(
         self,
@@ -78,33 +87,26 @@ class MessagePipeline:
         idempotency_key: str | None = None,
         request_digest: bytes = b"",
     ) -> Outcome:
-        """Decide outside any transaction, then persist everything in one.
+        """Decide outside any transaction, then commit with the other accepts in flight.
 
         The guardrail chain reads PostgreSQL and Redis itself, so it must not run while
         this request holds a pooled connection in a transaction (N such requests would
         wait on each other for the pool). A retry whose key is already answered is
         replayed before anything runs; two first tries racing with the same key both
-        run the chain, and the transaction's claim lets exactly one of them persist.
+        run the chain, and the commit's claim lets exactly one of them persist.
         """
-        key = idempotency_key
-        if key is not None:
-            replay = await idempotency.lookup(self.db, principal.tenant_id, key, request_digest)
+        claim = None
+        if idempotency_key is not None:
+            replay = await idempotency.lookup(
+                self.db, principal.tenant_id, idempotency_key, request_digest
+            )
             if replay is not None:
-                return Outcome(replay.status, replay.body, {"Idempotent-Replayed": "true"})
+                return Outcome.replay(replay)
+            claim = idempotency.Claim(
+                principal.tenant_id, idempotency_key, "POST", "/v1/messages", request_digest
+            )
         plan = await self._plan(principal, req, trace_id)
-        async with self.db.acquire() as conn, conn.transaction():
-            if key is not None:
-                replay = await idempotency.claim(
-                    conn, principal.tenant_id, key, "POST", "/v1/messages", request_digest
-                )
-                if replay is not None:
-                    return Outcome(replay.status, replay.body, {"Idempotent-Replayed": "true"})
-            outcome = await self._persist(conn, plan)
-            if key is not None:
-                await idempotency.record(
-                    conn, principal.tenant_id, key, outcome.status, outcome.body
-                )
-            return outcome
+        return await self.committer.submit(plan, claim)
 
     async def _plan(self, principal: Principal, req: SendMessage, trace_id: str) -> _Plan:
         text = req.body
@@ -178,24 +180,37 @@ class MessagePipeline:
         )
         return _Plan(row, [accepted, decision.event], verdict)
 
-    async def _persist(self, conn: asyncpg.Connection, plan: _Plan) -> Outcome:
-        row, verdict = plan.row, plan.verdict
-        stamps = await repo.insert_message(conn, row)
-        await emit(conn, *plan.events)
-        if isinstance(verdict, Deny):
-            return denial(
-                verdict, "/v1/messages", message_id=str(row["id"]), trace_id=row["trace_id"]
-            )
-        await queue.enqueue(
+    async def _persist_many(self, conn: asyncpg.Connection, plans: list[_Plan]) -> list[Outcome]:
+        """Every plan's rows in set-based statements: messages, events, dispatch jobs."""
+        stamps = await repo.insert_messages(conn, [p.row for p in plans])
+        await emit(conn, *(e for p in plans for e in p.events))
+        await queue.enqueue_many(
             conn,
-            DISPATCH_QUEUE,
-            {"message_id": str(row["id"])},
-            tenant_id=row["tenant_id"],
-            trace_id=row["trace_id"],
-            max_attempts=self.settings.messaging.max_attempts,
-            run_at=row["send_at"],
+            [
+                queue.NewJob(
+                    DISPATCH_QUEUE,
+                    {"message_id": str(p.row["id"])},
+                    tenant_id=p.row["tenant_id"],
+                    trace_id=p.row["trace_id"],
+                    max_attempts=self.settings.messaging.max_attempts,
+                    run_at=p.row["send_at"],
+                )
+                for p in plans
+                if not isinstance(p.verdict, Deny)
+            ],
         )
-        body = message_from_row(row | dict(stamps))
+        return [self._outcome(p, stamps[p.row["id"]]) for p in plans]
+
+    @staticmethod
+    def _outcome(plan: _Plan, stamps: asyncpg.Record) -> Outcome:
+        row = plan.row
+        if isinstance(plan.verdict, Deny):
+            return denial(
+                plan.verdict, "/v1/messages", message_id=str(row["id"]), trace_id=row["trace_id"]
+            )
+        body = message_from_row(
+            row | {"created_at": stamps["created_at"], "updated_at": stamps["updated_at"]}
+        )
         return Outcome(202, json.loads(body.model_dump_json(by_alias=True)), {})
 
 
