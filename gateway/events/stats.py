@@ -27,10 +27,9 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway import db as dbmod
 from gateway.events import log
 from gateway.events.sequencer import SEQUENCED_CHANNEL
-from gateway.events.wake import Wakeup
+from gateway.events.wake import follow
 from gateway.redis import LuaScript
 
 CURSOR_KEY = "trunkline:stats:cursor"
@@ -100,17 +99,15 @@ class StatsAggregator:
         self.settle = settle
 
     async def run(self, stopping: asyncio.Event) -> None:
-        conn = await dbmod.connect(self.database_url)
-        try:
-            wake = Wakeup(conn, SEQUENCED_CHANNEL)
-            await wake.listen()
-            while not stopping.is_set():
-                wake.clear()
-                if await self.step() >= self.batch:
-                    continue
-                await wake.wait(stopping, self.interval, self.settle)
-        finally:
-            await conn.close()
+        await follow(
+            self.database_url,
+            SEQUENCED_CHANNEL,
+            self.step,
+            stopping,
+            batch=self.batch,
+            interval=self.interval,
+            settle=self.settle,
+        )
 
     async def step(self) -> int:
         raw = await self.redis.get(CURSOR_KEY)

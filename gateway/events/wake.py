@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import asyncpg
+
+from gateway import db as dbmod
 
 
 class Wakeup:
@@ -47,3 +50,32 @@ async def sleep_until(stopping: asyncio.Event, event: asyncio.Event | None, time
     finally:
         for w in waiters:
             w.cancel()
+
+
+async def follow(
+    database_url: str,
+    channel: str,
+    step: Callable[[], Awaitable[int]],
+    stopping: asyncio.Event,
+    *,
+    batch: int,
+    interval: float,
+    settle: float = 0.0,
+) -> None:
+    """Run `step` (which consumes up to `batch` items) whenever `channel` is notified, at
+    least every `interval`, and at once again after a full batch, until `stopping`.
+
+    The loop of every log-tailing subscriber: a NOTIFY lost while a step ran is not
+    missed, because the flag is cleared before the step reads, not after.
+    """
+    conn = await dbmod.connect(database_url)
+    try:
+        wake = Wakeup(conn, channel)
+        await wake.listen()
+        while not stopping.is_set():
+            wake.clear()
+            if await step() >= batch:
+                continue
+            await wake.wait(stopping, interval, settle)
+    finally:
+        await conn.close()

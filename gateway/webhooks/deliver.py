@@ -38,14 +38,13 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 
-from gateway import db as dbmod
 from gateway import queue
 from gateway.core.ids import new_id
 from gateway.events import log
 from gateway.events.model import TypeFilter, public_event
 from gateway.events.outbox import NewEvent, emit
 from gateway.events.sequencer import SEQUENCED_CHANNEL
-from gateway.events.wake import Wakeup
+from gateway.events.wake import follow
 from gateway.logs import get_logger
 from gateway.settings import WebhookSettings
 from gateway.webhooks import repo, signing, ssrf
@@ -95,16 +94,21 @@ async def fanout_step(pool: asyncpg.Pool, batch: int) -> int:
                             public_event(row),
                         )
                     )
-        for delivery in await repo.insert_deliveries(conn, new):
-            job_id = await queue.enqueue(
-                conn,
-                QUEUE,
-                {"delivery_id": str(delivery["id"])},
-                tenant_id=delivery["tenant_id"],
-                trace_id=delivery["trace_id"],
-                max_attempts=JOB_ATTEMPTS,
-            )
-            await repo.set_delivery_job(conn, delivery["id"], job_id)
+        deliveries = await repo.insert_deliveries(conn, new)
+        job_ids = await queue.enqueue_many(
+            conn,
+            [
+                queue.NewJob(
+                    QUEUE,
+                    {"delivery_id": str(d["id"])},
+                    tenant_id=d["tenant_id"],
+                    trace_id=d["trace_id"],
+                    max_attempts=JOB_ATTEMPTS,
+                )
+                for d in deliveries
+            ],
+        )
+        await repo.set_delivery_jobs(conn, [d["id"] for d in deliveries], job_ids)
         await conn.execute(
             "UPDATE event_cursors SET seq = $2, updated_at = now() WHERE name = $1",
             CURSOR,
@@ -130,17 +134,15 @@ class Fanout:
         self.settle = settle
 
     async def run(self, stopping: asyncio.Event) -> None:
-        conn = await dbmod.connect(self.database_url)
-        try:
-            wake = Wakeup(conn, SEQUENCED_CHANNEL)
-            await wake.listen()
-            while not stopping.is_set():
-                wake.clear()
-                if await fanout_step(self.pool, self.batch) >= self.batch:
-                    continue
-                await wake.wait(stopping, self.interval, self.settle)
-        finally:
-            await conn.close()
+        await follow(
+            self.database_url,
+            SEQUENCED_CHANNEL,
+            lambda: fanout_step(self.pool, self.batch),
+            stopping,
+            batch=self.batch,
+            interval=self.interval,
+            settle=self.settle,
+        )
 
 
 # --- delivery -------------------------------------------------------------------------

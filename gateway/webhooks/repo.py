@@ -120,6 +120,23 @@ async def set_delivery_job(
     )
 
 
+async def set_delivery_jobs(
+    conn: asyncpg.Connection, delivery_ids: list[uuid.UUID], job_ids: list[int]
+) -> None:
+    """Link fresh deliveries to their first jobs, pairwise, in one statement."""
+    if not delivery_ids:
+        return
+    await conn.execute(
+        """
+        UPDATE webhook_deliveries d SET job_id = j.job_id, next_attempt_at = now(), updated_at = now()
+        FROM unnest($1::uuid[], $2::bigint[]) AS j(id, job_id)
+        WHERE d.id = j.id
+        """,
+        delivery_ids,
+        job_ids,
+    )
+
+
 async def list_deliveries(
     db: Db,
     tenant_id: uuid.UUID,

@@ -14,20 +14,10 @@ def settings(database_url: str, redis_url: str):
     return fast_settings(database_url, redis_url)
 
 
-# Both app fixtures ask for the database first, so the app is closed before the test's
-# database is dropped (the other order makes every background task crash on teardown).
-
-
-@pytest.fixture
-async def client(database_url, redis_url, aiohttp_client, settings):
-    from gateway.app import create_app
-
-    return await aiohttp_client(create_app(settings, role="all"))
-
-
 @pytest.fixture
 def app_client(database_url, redis_url, aiohttp_client):
-    """A client for an app with other settings or another role."""
+    """A client for an app with other settings or another role (asks for the database
+    first, so the app is closed before the test's database is dropped)."""
     from gateway.app import create_app
 
     async def make(role: str = "all", **overrides):
