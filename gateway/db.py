@@ -9,6 +9,8 @@ silently differ from what the file says.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -17,7 +19,11 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
+from gateway.logs import get_logger
+
+log = get_logger(__name__)
 MIGRATION_LOCK_KEY = 0x7472756E6B  # "trunk"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -61,8 +67,72 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
+class Waker:
+    """NOTIFY after commit, coalesced: what the pool's transactions ask to wake, sent once
+    they have committed, by one statement at a time for the whole process.
+
+    PostgreSQL serializes commits that carry NOTIFY: the notify lock is held across the
+    commit's WAL flush, so notifying transactions flush one by one instead of sharing
+    flushes (measured: single-row INSERT transactions at 4,900/s plain, 1,500/s with a
+    NOTIFY). Sent after commit, wake-ups are their own tiny transactions and many commits
+    share one. A wake-up lost to a crash between commit and send costs latency only:
+    every listener also wakes on a safety timer.
+    """
+
+    def __init__(self) -> None:
+        self.pool: asyncpg.Pool | None = None
+        self._pending: set[tuple[str, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def poke(self, wakes: set[tuple[str, str]]) -> None:
+        """Queue (channel, payload) wake-ups of committed work; sends without blocking."""
+        self._pending |= wakes
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="db-waker")
+
+    async def _drain(self) -> None:
+        while self._pending and self.pool is not None:
+            wakes, self._pending = self._pending, set()
+            channels, payloads = zip(*sorted(wakes), strict=True)
+            try:
+                await self.pool.execute(
+                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS w(c, p)",
+                    list(channels),
+                    list(payloads),
+                )
+            except Exception as exc:  # listeners' safety timers pick the work up
+                log.warning(
+                    "wake-up NOTIFY failed", channels=sorted(set(channels)), error=repr(exc)
+                )
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is pending (bounded by `timeout`), then stop."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            self._task.cancel()
+        self.pool = None
+
+
+class _Transaction(Transaction):
+    """Hands the connection's wake-ups to the waker once the outermost block commits."""
+
+    async def __aexit__(self, extype, ex, tb):  # type: ignore[no-untyped-def]
+        await super().__aexit__(extype, ex, tb)
+        self._connection._transaction_ended(committed=extype is None)
+
+    async def commit(self) -> None:
+        await super().commit()
+        self._connection._transaction_ended(committed=True)
+
+    async def rollback(self) -> None:
+        await super().rollback()
+        self._connection._transaction_ended(committed=False)
+
+
 class PooledConnection(asyncpg.Connection):
-    """A pooled connection released without asyncpg's reset query.
+    """A pooled connection: released without asyncpg's reset query, and whose
+    transactions send their wake-ups after commit (see Waker).
 
     asyncpg sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
     release: one more round trip per acquire. Pooled connections here never hold
@@ -71,22 +141,81 @@ class PooledConnection(asyncpg.Connection):
     transaction is still rolled back by asyncpg itself.
     """
 
+    waker: Waker | None = None
+    _wakes: set[tuple[str, str]] | None = None
+
     def get_reset_query(self) -> str:
         return ""
+
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False
+    ) -> Transaction:
+        return _Transaction(self, isolation, readonly, deferrable)
+
+    def wake_after_commit(self, channel: str, payload: str) -> bool:
+        """Wake `channel` once the current transaction commits; False if there is none
+        (the caller's own statement must NOTIFY: it commits on its own) or no waker."""
+        if self.waker is None or not self.is_in_transaction():
+            return False
+        if self._wakes is None:
+            self._wakes = set()
+        self._wakes.add((channel, payload))
+        return True
+
+    def _transaction_ended(self, *, committed: bool) -> None:
+        if self.is_in_transaction():
+            return  # a savepoint ended; the outer transaction decides
+        wakes, self._wakes = self._wakes, None
+        if committed and wakes and self.waker is not None:
+            self.waker.poke(wakes)
+
+
+def defer_wake(conn: asyncpg.Connection, channel: str, payload: str = "") -> bool:
+    """True if `conn` will NOTIFY `channel` after its transaction commits; False means
+    the caller must put `pg_notify` in its own statement (a connection outside our pools)."""
+    wake = getattr(conn, "wake_after_commit", None)
+    return bool(wake is not None and wake(channel, payload))
+
+
+class Pool(asyncpg.Pool):
+    """asyncpg's pool, owning the Waker its connections hand their wake-ups to."""
+
+    def __init__(self, *args: Any, waker: Waker, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waker = waker
+
+    async def close(self) -> None:
+        await self.waker.close()
+        await super().close()
 
 
 async def create_pool(
     url: str, *, min_size: int = 2, max_size: int = 10, command_timeout: float = 30.0
-) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+) -> Pool:
+    waker = Waker()
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        conn.waker = waker  # type: ignore[attr-defined]
+
+    pool = Pool(
         url,
+        waker=waker,
         min_size=min_size,
         max_size=max_size,
-        command_timeout=command_timeout,
-        init=_init_connection,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        connect=None,
+        setup=None,
+        init=init,
+        reset=None,
+        loop=None,
         connection_class=PooledConnection,
+        record_class=asyncpg.Record,
+        command_timeout=command_timeout,
     )
-    assert pool is not None
+    await pool
+    waker.pool = pool
     return pool
 
 

@@ -3,7 +3,7 @@
 Jobs are claimed with `FOR UPDATE SKIP LOCKED` under a lease, so any number
 of worker processes share a queue and a worker killed mid-job loses nothing:
 its lease runs out and the job is claimed again. Workers sleep on
-LISTEN/NOTIFY (enqueue notifies in the same transaction, delivered on commit)
+LISTEN/NOTIFY (sent once the enqueueing transaction has committed)
 and otherwise only until the next scheduled retry or lease expiry, never in a
 busy loop. Failures are retried with exponential backoff and full jitter until
 the job's retry budget is spent; then it is `dead`, with its last error, for
@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.db import defer_wake
 from gateway.logs import bind, get_logger
 
 log = get_logger(__name__)
@@ -79,38 +80,41 @@ class NewJob:
     run_at: datetime | None = None
 
 
-_ENQUEUE = """
-WITH job AS (
+_INSERT_JOBS = """
     INSERT INTO jobs (queue, tenant_id, payload, max_attempts, trace_id, run_at)
     SELECT q, t, p, m, tr, coalesce(r, now())
     FROM unnest($1::text[], $2::uuid[], $3::jsonb[], $4::int[], $5::text[], $6::timestamptz[])
          WITH ORDINALITY AS u(q, t, p, m, tr, r, ord)
     ORDER BY ord
     RETURNING id
-), wake AS (
-    SELECT pg_notify($7, q) FROM (SELECT DISTINCT unnest($1::text[]) AS q) queues
+"""
+_ENQUEUE = f"WITH job AS ({_INSERT_JOBS}) SELECT array_agg(id ORDER BY id) FROM job"
+_ENQUEUE_AND_NOTIFY = f"""
+WITH job AS ({_INSERT_JOBS}),
+wake AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', q) FROM (SELECT DISTINCT unnest($1::text[]) AS q) qs
 )
-SELECT (SELECT array_agg(id ORDER BY id) FROM job) AS ids, (SELECT count(*) FROM wake) AS woke
+SELECT (SELECT array_agg(id ORDER BY id) FROM job) WHERE (SELECT count(*) FROM wake) >= 0
 """
 
 
 async def enqueue_many(conn: asyncpg.Connection, jobs: list[NewJob]) -> list[int]:
-    """Add jobs inside the caller's transaction with one statement and one wake-up per
-    queue; they become visible (and wake workers) on commit. Ids in the given order."""
+    """Add jobs inside the caller's transaction with one statement; they become visible
+    on commit, and each queue's workers are woken once then. Ids in the given order."""
     if not jobs:
         return []
-    row = await conn.fetchrow(
-        _ENQUEUE,
+    queues = {j.queue for j in jobs}
+    deferred = all([defer_wake(conn, NOTIFY_CHANNEL, q) for q in sorted(queues)])
+    ids = await conn.fetchval(
+        _ENQUEUE if deferred else _ENQUEUE_AND_NOTIFY,
         [j.queue for j in jobs],
         [j.tenant_id for j in jobs],
         [j.payload for j in jobs],
         [j.max_attempts for j in jobs],
         [j.trace_id for j in jobs],
         [j.run_at for j in jobs],
-        NOTIFY_CHANNEL,
     )
-    assert row is not None
-    return list(row["ids"])
+    return list(ids)
 
 
 async def enqueue(
@@ -253,7 +257,7 @@ async def replay_dead(
         job_id,
         tenant_id,
     )
-    if row is not None:
+    if row is not None and not defer_wake(conn, NOTIFY_CHANNEL, row["queue"]):
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, row["queue"])
     return row
 
