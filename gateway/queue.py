@@ -138,11 +138,12 @@ def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> f
 
 
 _CLAIM = """
+WITH done AS (DELETE FROM jobs WHERE id = ANY($5::bigint[]) AND locked_by = $3)
 UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_by = $3,
                 locked_until = now() + make_interval(secs => $4), updated_at = now()
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE queue = $1 AND (
+    WHERE queue = $1 AND id <> ALL($5::bigint[]) AND (
         (state = 'ready' AND run_at <= now()) OR (state = 'running' AND locked_until < now()))
     ORDER BY run_at
     LIMIT $2
@@ -158,9 +159,17 @@ SELECT least(
 
 
 async def claim(
-    db: asyncpg.Pool | asyncpg.Connection, queue: str, worker_id: str, *, limit: int, lease: float
+    db: asyncpg.Pool | asyncpg.Connection,
+    queue: str,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    completed: list[int] | None = None,
 ) -> list[Job]:
-    rows = await db.fetch(_CLAIM, queue, limit, worker_id, lease)
+    """Claim up to `limit` due jobs; in the same statement, delete the `completed` ones
+    (this worker's finished jobs), so a busy worker spends one commit per claim, not two."""
+    rows = await db.fetch(_CLAIM, queue, limit, worker_id, lease, completed or [])
     return [Job.from_row(r) for r in rows]
 
 
@@ -293,6 +302,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        # Finished jobs not yet deleted: the next claim deletes them. Until then a crash
+        # only re-runs them after their lease, as a crash just after the handler always could.
+        self._completed: list[int] = []
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         if payload == self.queue:
@@ -305,11 +317,7 @@ class Worker:
             while not stopping.is_set():
                 self._wake.clear()
                 free = self.concurrency - len(self._running)
-                jobs = (
-                    await claim(self.db, self.queue, self.worker_id, limit=free, lease=self.lease)
-                    if free
-                    else []
-                )
+                jobs = await self._claim(free) if free or self._completed else []
                 for job in jobs:
                     await self._slots.acquire()
                     task = asyncio.create_task(
@@ -319,7 +327,7 @@ class Worker:
                     task.add_done_callback(self._finished)
                 if jobs and len(jobs) == free:
                     continue  # there may be more ready work
-                await self._idle(stopping)
+                await self._idle(stopping, busy=len(self._running) == self.concurrency)
         except asyncio.CancelledError:
             for task in self._running:  # killed: jobs in hand stop too (their leases will lapse)
                 task.cancel()
@@ -329,18 +337,36 @@ class Worker:
                 # Let jobs in hand finish; if the supervisor's deadline cancels us, gather cancels them.
                 if self._running:
                     await asyncio.gather(*self._running, return_exceptions=True)
+                if self._completed:
+                    await self._claim(0)
             finally:
                 await listener.close()
+
+    async def _claim(self, limit: int) -> list[Job]:
+        done, self._completed = self._completed, []
+        try:
+            return await claim(
+                self.db,
+                self.queue,
+                self.worker_id,
+                limit=limit,
+                lease=self.lease,
+                completed=done,
+            )
+        except BaseException:
+            self._completed[:0] = done  # still ours to delete
+            raise
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._slots.release()
         self._wake.set()
 
-    async def _idle(self, stopping: asyncio.Event) -> None:
-        """Sleep until notified, a slot frees, the next scheduled job is due, or stopping."""
-        delay = await self.db.fetchval(_NEXT_WAKE, self.queue)
+    async def _idle(self, stopping: asyncio.Event, *, busy: bool) -> None:
+        """Sleep until notified, a slot frees, the next scheduled job is due, or stopping.
+        With every slot busy only a freed slot matters: no need to ask when work is due."""
         timeout = self.idle_wait_max
+        delay = None if busy else await self.db.fetchval(_NEXT_WAKE, self.queue)
         if delay is not None:
             timeout = max(0.0, min(timeout, delay.total_seconds()))
         stop_wait = asyncio.create_task(stopping.wait())
@@ -392,7 +418,7 @@ class Worker:
                     )
                     await retry_later(self.db, job, self.worker_id, reason, delay)
             else:
-                await complete(self.db, job, self.worker_id)
+                self._completed.append(job.id)  # deleted by the next claim (see run)
         finally:
             heartbeat.cancel()
 

@@ -7,9 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+
+T = TypeVar("T")
 
 # Transactional sends exempt from calling hours, for tests that run at whatever hour CI does
 # and are not about calling hours (those inject a clock: tests/guardrails).
@@ -56,3 +60,17 @@ async def wait_ready(base_url: str, timeout: float = 30) -> None:
                 pass
             await asyncio.sleep(0.05)
     raise TimeoutError(f"{base_url} not ready within {timeout}s")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll `check` until it returns something truthy (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,7 +1,6 @@
 """Dispatch under faults: a worker killed mid-send, a failing provider, an exhausted retry budget."""
 
 import asyncio
-import time
 
 import pytest
 
@@ -17,18 +16,7 @@ from gateway.providers.sandbox import messaging as sandbox
 from gateway.providers.sandbox.messaging import SandboxMessaging
 from gateway.resources import RESOURCES
 from gateway.settings import load_settings
-from tests.helpers import EXEMPT_TRANSACTIONAL, auth
-
-
-async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
+from tests.helpers import EXEMPT_TRANSACTIONAL, auth, eventually
 
 
 class SendsThenHangs(SandboxMessaging):
