@@ -149,6 +149,7 @@ def main() -> None:
             services,
             port,
             TRUNKLINE_PROVIDERS__SANDBOX__RECEIPT_DELAY="0",
+            TRUNKLINE_HTTP__REUSE_PORT=str(args.api_processes > 1).lower(),
             # The full chain runs; the limits are raised so they measure the path, not throttle it.
             TRUNKLINE_GUARDRAILS__POLICY__EXEMPT_TRANSACTIONAL_FROM_CALLING_HOURS="true",
             TRUNKLINE_GUARDRAILS__RATE_LIMITS__TENANT__RATE="1000000",

@@ -38,7 +38,9 @@ async def serve(settings: Settings, role: Role, app: web.Application | None = No
     await runner.setup()
     try:
         if role != "worker":
-            site = web.TCPSite(runner, settings.http.host, settings.http.port)
+            site = web.TCPSite(
+                runner, settings.http.host, settings.http.port, reuse_port=settings.http.reuse_port
+            )
             await site.start()
             log.info("listening", url=site.name, role=role)
         else:

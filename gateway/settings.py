@@ -34,6 +34,10 @@ class HttpSettings(_Section):
         default=30.0, gt=0, description="Seconds in-flight work may take after SIGTERM."
     )
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    reuse_port: bool = Field(
+        default=False,
+        description="SO_REUSEPORT: several API processes share the port (one per core).",
+    )
 
 
 class DatabaseSettings(_Section):
@@ -368,6 +372,18 @@ class CallsSettings(_Section):
     )
     twilio_hold_seconds: int = Field(
         default=600, ge=1, description="the Pause a Twilio call holds in until bridged"
+    )
+    max_duration: int = Field(
+        default=14400,
+        ge=1,
+        description="seconds an answered call may last before the gateway hangs it up "
+        "(error_code max_duration); a call's own max_duration can only be lower",
+    )
+    amd_timeout: float = Field(
+        default=35.0,
+        gt=0,
+        description="seconds after the answer an AMD verdict may take; then the call goes on "
+        "as amd_result 'unknown' (above Twilio's 30 s MachineDetectionTimeout and AMD()'s 5 s)",
     )
 
 

@@ -22,6 +22,7 @@ BODIES: dict[tuple[str, str], dict] = {
 # Query parameters a route requires.
 QUERIES: dict[tuple[str, str], dict] = {
     ("GET", "/v1/usage"): {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
+    ("GET", "/v1/usage/voice"): {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
 }
 
 
@@ -147,6 +148,16 @@ async def test_tenant_a_sees_nothing_of_tenant_b_on_any_route(client, make_key, 
         "b-secret-error",
         *b_ids.values(),
     }
+
+    # Counts are B's data too: B's live call (seed_calls) holds a channel of the shared api
+    # pool, which A's view of the pools must not show (A has no call yet).
+    def occupancy(body: dict) -> dict[str, tuple[int, int]]:
+        return {p["name"]: (p["in_use"], p["waiting"]) for p in body["pools"]}
+
+    seen_by_a = await (await client.get("/v1/pools", headers=auth(token_a))).json()
+    seen_by_b = await (await client.get("/v1/pools", headers=auth(token_b))).json()
+    assert set(occupancy(seen_by_a).values()) == {(0, 0)}, seen_by_a
+    assert occupancy(seen_by_b)["api"] == (1, 0), seen_by_b
 
     endpoints = v1_endpoints()
     assert endpoints, "no /v1 routes found"

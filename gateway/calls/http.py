@@ -4,7 +4,15 @@ import uuid
 
 from aiohttp import web
 
-from gateway.calls.schemas import BridgeCall, Call, CallDetail, PlaceCall, Pools
+from gateway.calls.schemas import (
+    BridgeCall,
+    Call,
+    CallDetail,
+    PlaceCall,
+    Pools,
+    VoiceUsage,
+    VoiceUsageQuery,
+)
 from gateway.core.errors import NotFound
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
@@ -100,9 +108,24 @@ async def bridge_call(request: web.Request, body: BridgeCall) -> web.Response:
 
 @routes.get(
     "/v1/pools",
-    summary="The SIP trunk's channel pools: size, channels in use, callers waiting",
+    summary="The SIP trunk's channel pools: their size, and the channels your calls hold and "
+    "your calls waiting in each (never other tenants' traffic)",
     scope="calls:read",
     response=Pools,
 )
 async def get_pools(request: web.Request) -> Pools:
-    return await request.app[VOICE].service.pool_states()
+    return await request.app[VOICE].service.pool_states(principal_of(request).tenant_id)
+
+
+@routes.get(
+    "/v1/usage/voice",
+    summary="Metered voice usage in [from, to): answered calls and billable seconds (talk time "
+    "rounded up per call), per provider, by the time each call ended",
+    scope="usage:read",
+    query=VoiceUsageQuery,
+    response=VoiceUsage,
+)
+async def get_voice_usage(request: web.Request, query: VoiceUsageQuery) -> VoiceUsage:
+    return await request.app[VOICE].service.voice_usage(
+        principal_of(request).tenant_id, query.from_, query.to
+    )

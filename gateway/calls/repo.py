@@ -17,7 +17,8 @@ CALL_COLUMNS = """
     c.ring_timeout, c.on_answer, c.amd, c.on_machine, c.amd_result, c.amd_detail, c.agent,
     c.bridged_with, c.hangup_cause, c.hangup_cause_text, c.sip_code, c.error_code,
     c.error_detail, c.send_at, c.metadata, c.created_at, c.updated_at, c.dialing_at,
-    c.ringing_at, c.answered_at, c.bridged_at, c.hangup_requested_at, c.ended_at
+    c.ringing_at, c.answered_at, c.bridged_at, c.hangup_requested_at, c.ended_at,
+    c.max_duration
 """
 
 _FINAL = sorted(FINAL)
@@ -29,8 +30,9 @@ async def insert_call(conn: asyncpg.Connection, row: dict[str, Any]) -> asyncpg.
         f"""
         INSERT INTO calls AS c (id, tenant_id, to_number, from_number, purpose, status, pool,
                                 provider, ring_timeout, on_answer, amd, on_machine, error_code,
-                                error_detail, send_at, trace_id, metadata)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                error_detail, send_at, trace_id, metadata, max_duration)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                $18)
         RETURNING {CALL_COLUMNS}
         """,
         row["id"],
@@ -50,6 +52,7 @@ async def insert_call(conn: asyncpg.Connection, row: dict[str, Any]) -> asyncpg.
         row.get("send_at"),
         row["trace_id"],
         row.get("metadata", {}),
+        row.get("max_duration"),
     )
 
 
@@ -254,4 +257,61 @@ async def live_calls(conn: Conn) -> list[asyncpg.Record]:
     """Calls that hold a channel now (for lease renewal)."""
     return await conn.fetch(
         "SELECT id, tenant_id, trace_id, pool FROM calls WHERE status IN ('dialing', 'ringing', 'answered')"
+    )
+
+
+async def calls_of_tenant(conn: Conn, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these call ids are the tenant's (pool holders are bare call ids in Redis)."""
+    rows = await conn.fetch(
+        "SELECT id FROM calls WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, ids
+    )
+    return {r["id"] for r in rows}
+
+
+# Voice usage rows in usage_records (shared with messaging): channel 'voice', one row per
+# answered call and unit. The call id is the subject, so UNIQUE (subject, unit) makes metering
+# a call twice (a report re-applied, reconcile racing a late Hangup) a no-op.
+VOICE_CALL_UNIT = "voice_call"
+VOICE_SECOND_UNIT = "voice_second"
+
+
+async def record_voice_usage(conn: asyncpg.Connection, call_id: uuid.UUID) -> None:
+    """Meter an ended call: 1 call and its talk time rounded up to the second, dated by its
+    end (a call counts in the period it ended in). Unanswered calls are not billable."""
+    await conn.execute(
+        """
+        INSERT INTO usage_records
+            (tenant_id, subject, channel, unit, quantity, provider, recorded_at)
+        SELECT c.tenant_id, c.id::text, 'voice', u.unit, u.quantity, c.provider, c.ended_at
+        FROM calls c, LATERAL (VALUES
+            ($2::text, 1),
+            ($3::text, ceil(extract(epoch FROM c.ended_at - c.answered_at))::integer)
+        ) AS u (unit, quantity)
+        WHERE c.id = $1 AND c.answered_at IS NOT NULL AND c.ended_at IS NOT NULL
+        ON CONFLICT (subject, unit) DO NOTHING
+        """,
+        call_id,
+        VOICE_CALL_UNIT,
+        VOICE_SECOND_UNIT,
+    )
+
+
+async def voice_usage(
+    conn: Conn, tenant_id: uuid.UUID, start: Any, end: Any
+) -> list[asyncpg.Record]:
+    """Calls and billable seconds per provider in [start, end)."""
+    return await conn.fetch(
+        """
+        SELECT coalesce(provider, 'unknown') AS provider,
+               coalesce(sum(quantity) FILTER (WHERE unit = $4), 0)::bigint AS calls,
+               coalesce(sum(quantity) FILTER (WHERE unit = $5), 0)::bigint AS billable_seconds
+        FROM usage_records
+        WHERE tenant_id = $1 AND channel = 'voice' AND recorded_at >= $2 AND recorded_at < $3
+        GROUP BY 1 ORDER BY 1
+        """,
+        tenant_id,
+        start,
+        end,
+        VOICE_CALL_UNIT,
+        VOICE_SECOND_UNIT,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -50,6 +50,16 @@ class OnAnswer(BaseModel):
         return self
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class PlaceCall(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -70,12 +80,26 @@ class PlaceCall(BaseModel):
         default="continue", description="with amd: what to do when a machine answers"
     )
     ring_timeout: int = Field(default=30, ge=5, le=120, description="seconds to let it ring")
+    max_duration: int | None = Field(
+        default=None,
+        ge=1,
+        description="seconds the answered call may last before the gateway hangs it up; "
+        "never more than calls.max_duration (the default)",
+    )
     purpose: Literal["marketing", "transactional"] = "marketing"
     when_closed: Literal["deny", "defer"] = Field(
         default="defer",
         description="outside calling hours: refuse now, or call at the next opening",
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> PlaceCall:
+        """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422), not at the
+        INSERT (500)."""
+        if _has_nul(self.model_dump()):
+            raise ValueError("text must not contain the NUL character (U+0000)")
+        return self
 
 
 class BridgeCall(BaseModel):
@@ -107,10 +131,16 @@ class Call(BaseModel):
     )
     channel: str | None = Field(description="Asterisk channel name of the called party's leg")
     ring_timeout: int
+    max_duration: int | None = Field(
+        description="seconds after the answer when the gateway hangs the call up"
+    )
     on_answer: dict[str, Any] | None
     amd: bool
     on_machine: str
-    amd_result: str | None
+    amd_result: str | None = Field(
+        description="human | machine | notsure (the detector's verdict) | unknown (no verdict "
+        "within calls.amd_timeout)"
+    )
     amd_detail: str | None
     agent: dict[str, Any] | None = Field(description="the AI-agent leg: session, SIP URI, state")
     bridged_with: uuid.UUID | None
@@ -149,13 +179,49 @@ class CallDetail(Call):
 
 
 class PoolState(BaseModel):
+    """A pool as one tenant sees it: its size, and that tenant's own calls in it. The pools
+    are shared by every tenant on the trunk, so other tenants' channels are never shown."""
+
     name: str
     trunk: str
-    size: int
-    in_use: int
-    waiting: int
-    free: int
+    size: int = Field(description="channels in the pool (shared by every tenant on the trunk)")
+    in_use: int = Field(description="channels your calls hold now")
+    waiting: int = Field(description="your calls queued for a channel of this pool")
 
 
 class Pools(BaseModel):
     pools: list[PoolState]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class VoiceUsageQuery(BaseModel):
+    """The period, as for GET /v1/usage: [from, to); a time without an offset is UTC."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: datetime = Field(alias="from")
+    to: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VoiceUsageQuery:
+        self.from_, self.to = _as_utc(self.from_), _as_utc(self.to)
+        if self.to <= self.from_:
+            raise ValueError("to must be after from")
+        return self
+
+
+class VoiceUsageLine(BaseModel):
+    provider: str = Field(description="asterisk:<name>, twilio or sandbox")
+    calls: int = Field(description="answered calls that ended in the period")
+    billable_seconds: int = Field(description="their talk time, each call rounded up to a second")
+
+
+class VoiceUsage(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    from_: datetime = Field(alias="from")
+    to: datetime
+    calls: int
+    billable_seconds: int
+    providers: list[VoiceUsageLine]

@@ -6,6 +6,11 @@ the status moves forward or the report is recorded as a no-op, the event is writ
 change, and follow-up work (bridge the agent, hang up, fail over) is queued in the same commit.
 A pool permit is released right after the commit that ends the call.
 
+Deadlines: the commit that answers a call also queues its max_duration job (hang up, as
+POST …/hangup does, with error_code max_duration) and, with AMD, its amd_timeout job (no
+verdict in time: go on as "unknown"). Usage: the commit that ends an answered call meters it
+(usage_records: one voice_call and its talk time rounded up as voice_second).
+
 Failover: an unanswered end marked ``failover`` (carrier congestion, 408, unreachable — never
 busy, declined, not found or no answer) does not end the call while an untried provider is
 left: the attempt is closed as ``failed_over`` and the call is dispatched again.
@@ -17,7 +22,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -31,6 +36,8 @@ from gateway.calls.schemas import (
     Durations,
     Pools,
     PoolState,
+    VoiceUsage,
+    VoiceUsageLine,
 )
 from gateway.calls.states import FINAL, LIVE
 from gateway.core.errors import Conflict, NotFound
@@ -47,6 +54,8 @@ log = get_logger(__name__)
 
 CALL_DISPATCH_QUEUE = "calls"
 CALL_CONTROL_QUEUE = "call_control"
+# amd_result when no verdict came within calls.amd_timeout: not a machine, so on_answer goes on.
+AMD_UNKNOWN = "unknown"
 After = list[Callable[[], Awaitable[object]]]
 
 
@@ -90,20 +99,40 @@ class CallService:
         timeline = [TimelineEntry.model_validate(e) for e in data.pop("timeline")]
         return CallDetail(**call_from_row(data).model_dump(), attempts=attempts, timeline=timeline)
 
-    async def pool_states(self) -> Pools:
-        stats = await self.pools.stats()
+    async def pool_states(self, tenant_id: uuid.UUID) -> Pools:
+        """Each pool's size and the tenant's own share of it. The pools are the whole trunk's,
+        so the trunk-wide in-use and waiting figures would show one tenant the traffic of the
+        others: only holders (Redis) that are this tenant's calls (PostgreSQL) are counted."""
+        occupancy = await self.pools.occupancy()
+        seen = {h for o in occupancy.values() for h in (*o.holders, *o.waiting)}
+        ids = [i for i in map(_call_id, seen) if i is not None]
+        mine = await repo.calls_of_tenant(self.db, tenant_id, ids) if ids else set()
+
+        def count(holders: tuple[str, ...]) -> int:
+            return sum(_call_id(h) in mine for h in holders)
+
         return Pools(
             pools=[
                 PoolState(
-                    name=s.pool,
-                    trunk=s.trunk,
-                    size=s.size,
-                    in_use=s.in_use,
-                    waiting=s.waiting,
-                    free=s.free,
+                    name=o.pool,
+                    trunk=o.trunk,
+                    size=o.size,
+                    in_use=count(o.holders),
+                    waiting=count(o.waiting),
                 )
-                for s in stats.values()
+                for o in occupancy.values()
             ]
+        )
+
+    async def voice_usage(self, tenant_id: uuid.UUID, start: datetime, end: datetime) -> VoiceUsage:
+        rows = await repo.voice_usage(self.db, tenant_id, start, end)
+        lines = [VoiceUsageLine.model_validate(dict(r)) for r in rows]
+        return VoiceUsage(
+            from_=start,
+            to=end,
+            calls=sum(line.calls for line in lines),
+            billable_seconds=sum(line.billable_seconds for line in lines),
+            providers=lines,
         )
 
     # -- permits ----------------------------------------------------------------------------
@@ -193,6 +222,10 @@ class CallService:
             await repo.update_call(conn, call["id"], channel=r.channel)
         if r.amd is not None and call["amd_result"] is None:
             call = await self._amd(conn, call, r)
+        elif r.amd is not None and call["amd_result"] == AMD_UNKNOWN:
+            # The wait gave up already and the call went on: recorded, never acted on.
+            late = {"result": r.amd, "detail": r.amd_detail, "source": r.source}
+            await emit(conn, event(call, "amd_late", late))
         if r.fact in ("bridged", "unbridged"):
             await self._bridge_fact(conn, call, r)
         if r.status is not None:
@@ -267,6 +300,7 @@ class CallService:
         self, conn: asyncpg.Connection, call: asyncpg.Record, n: int, after: After
     ) -> None:
         await repo.close_attempt(conn, call["id"], n, "originated", only_open=True)
+        await repo.record_voice_usage(conn, call["id"])
         await emit(conn, event(call, "permit_released", {"pool": call["pool"]}))
         call_id, pool = call["id"], call["pool"]
         after.append(lambda: self.release_permit(call_id, pool))
@@ -277,9 +311,66 @@ class CallService:
             await self._control(conn, call, "end_agent_session")
 
     async def _answered(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
+        await self._schedule_deadlines(conn, call)
         if call["amd"] and call["amd_result"] is None:
-            return  # the verdict decides what happens next (_amd)
+            return  # the verdict decides what happens next (_amd), or its timeout does
         await self._after_verdict(conn, call)
+
+    def max_duration_of(self, call: asyncpg.Record) -> int:
+        return call["max_duration"] or self.settings.calls.max_duration
+
+    async def _schedule_deadlines(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
+        """The answered call's deadlines as control jobs committed with the answer: they run
+        on whichever worker is alive then, so a restart in between loses neither."""
+        answered = call["answered_at"]
+        limit = timedelta(seconds=self.max_duration_of(call))
+        await self._control(conn, call, "max_duration", run_at=answered + limit)
+        if call["amd"] and call["amd_result"] is None:
+            wait = timedelta(seconds=self.settings.calls.amd_timeout)
+            await self._control(conn, call, "amd_timeout", run_at=answered + wait)
+
+    async def amd_timed_out(self, call_id: uuid.UUID) -> None:
+        """No AMD verdict in time (AMD() never ran, its VarSets were filtered or lost, the
+        provider never said AnsweredBy): go on as 'unknown' instead of holding the called
+        party in silence forever. A verdict that beat this job wins."""
+        async with self.db.acquire() as conn, conn.transaction():
+            call = await repo.get_call(conn, call_id, lock=True)
+            if call is None or call["status"] != "answered" or call["amd_result"] is not None:
+                return
+            waited = self.settings.calls.amd_timeout
+            detail = f"no verdict within {waited:g} s of the answer"
+            await repo.update_call(conn, call_id, amd_result=AMD_UNKNOWN, amd_detail=detail)
+            await emit(
+                conn,
+                event(call, "amd_timeout", {"after_seconds": waited}),
+                event(call, "amd", {"result": AMD_UNKNOWN, "detail": detail, "source": "timeout"}),
+            )
+            fresh = await repo.get_call(conn, call_id)
+            assert fresh is not None
+            await self._after_verdict(conn, fresh)
+
+    async def max_duration_reached(self, call_id: uuid.UUID) -> None:
+        """Hang up an answered call at its max_duration, the way POST …/hangup does, with
+        error_code max_duration. The job may run late (no worker up), never early: a run
+        before the deadline (another clock) is put back to the deadline."""
+        async with self.db.acquire() as conn, conn.transaction():
+            call = await repo.get_call(conn, call_id, lock=True)
+            if call is None or call["status"] != "answered":
+                return
+            limit = self.max_duration_of(call)
+            due = call["answered_at"] + timedelta(seconds=limit)
+            if await conn.fetchval("SELECT now() < $1::timestamptz", due):
+                raise queue.Reschedule(due, "the call's max_duration is not reached yet")
+            data = {"max_duration": limit, "answered_at": call["answered_at"].isoformat()}
+            if call["hangup_requested_at"] is not None:
+                # Someone asked already and it is still up: ask the provider again.
+                await emit(conn, event(call, "max_duration", data | {"repeated": True}))
+                await self._control(conn, call, "hangup")
+                return
+            detail = f"hung up after its maximum duration of {limit} s"
+            await repo.update_call(conn, call_id, error_code="max_duration", error_detail=detail)
+            await emit(conn, event(call, "max_duration", data))
+            await self._request_hangup(conn, call, reason="max_duration")
 
     async def _after_verdict(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
         if call["amd"] and call["amd_result"] == "machine" and call["on_machine"] == "hangup":
@@ -380,7 +471,13 @@ class CallService:
     # -- requests ---------------------------------------------------------------------------
 
     async def _control(
-        self, conn: asyncpg.Connection, call: asyncpg.Record, op: str, **extra: Any
+        self,
+        conn: asyncpg.Connection,
+        call: asyncpg.Record,
+        op: str,
+        *,
+        run_at: datetime | None = None,
+        **extra: Any,
     ) -> None:
         await queue.enqueue(
             conn,
@@ -389,6 +486,7 @@ class CallService:
             tenant_id=call["tenant_id"],
             trace_id=call["trace_id"],
             max_attempts=self.settings.calls.max_attempts + 2,
+            run_at=run_at,
         )
 
     async def _request_hangup(
@@ -568,6 +666,7 @@ class CallService:
             await repo.close_attempt(
                 conn, call["id"], call["attempt_n"], "originated", only_open=True
             )
+            await repo.record_voice_usage(conn, call["id"])
             await emit(
                 conn,
                 event(moved, "reconciled", {"action": "closed", "was": call["status"]}),
@@ -576,6 +675,14 @@ class CallService:
             )
         await self.release_permit(call["id"], call["pool"])
         return 1
+
+
+def _call_id(holder: str) -> uuid.UUID | None:
+    """A pool holder id as a call id (holders are call ids; anything else is nobody's call)."""
+    try:
+        return uuid.UUID(holder)
+    except ValueError:
+        return None
 
 
 def _cause(r: CallReport) -> dict[str, Any]:

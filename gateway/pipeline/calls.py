@@ -19,8 +19,10 @@ asked. Then providers are tried in order:
 - it refused for good (bad number, no caller id): the call fails.
 
 Control (worker): hangup, bridge two calls, connect the answered call to its AI agent (create
-the agent session, dial its SIP URI, bridge when it answers). Each is a queued job, so an API
-process never needs the AMI connection and a worker that dies mid-action loses nothing.
+the agent session, dial its SIP URI, bridge when it answers), and the deadlines of an answered
+call (max_duration, amd_timeout: jobs with a run_at, committed with the answer). Each is a
+queued job, so an API process never needs the AMI connection and a worker that dies mid-action
+loses nothing.
 """
 
 from __future__ import annotations
@@ -244,13 +246,13 @@ class CallPipeline:
                     taken.append((req.pool, str(call_id)))  # given back if anything fails
         if acquire is not None and (exc := acquire.exception()) is not None:
             if isinstance(exc, PoolExhausted):
+                # The pool is shared by every tenant: say that it is full and when to retry,
+                # not how many channels and queued calls the others have (GET /v1/pools).
                 raise PoolFull(
-                    str(exc),
+                    f"pool {exc.pool!r} has no free channel (size {exc.size})",
                     headers={"Retry-After": str(max(1, round(exc.retry_after)))},
                     pool=exc.pool,
                     size=exc.size,
-                    in_use=exc.in_use,
-                    waiting=exc.waiting,
                     retry_after=exc.retry_after,
                 ) from None
             raise exc
@@ -287,6 +289,7 @@ class CallPipeline:
             "pool": req.pool,
             "provider": route.provider,
             "ring_timeout": req.ring_timeout,
+            "max_duration": self._max_duration(req),
             "on_answer": on_answer,
             "amd": req.amd,
             "on_machine": req.on_machine,
@@ -310,6 +313,11 @@ class CallPipeline:
             },
         )
         return _Plan(row, [accepted, decision.event], verdict)
+
+    def _max_duration(self, req: PlaceCall) -> int:
+        """The call's own cap, fixed now: what it asked for, never above calls.max_duration."""
+        cap = self.settings.calls.max_duration
+        return cap if req.max_duration is None else min(req.max_duration, cap)
 
     async def _persist(self, conn: asyncpg.Connection, plan: _Plan) -> Outcome:
         row, verdict = plan.row, plan.verdict
@@ -495,11 +503,8 @@ class CallDispatcher:
             async with self.db.acquire() as conn, conn.transaction():
                 await emit(
                     conn,
-                    event(
-                        call,
-                        "waiting_for_pool",
-                        {"pool": exc.pool, "in_use": exc.in_use, "waiting": exc.waiting},
-                    ),
+                    # The pool's size, not the trunk's load: that is other tenants' traffic.
+                    event(call, "waiting_for_pool", {"pool": exc.pool, "size": exc.size}),
                 )
             until = datetime.now(UTC) + timedelta(seconds=max(0.5, exc.retry_after))
             raise queue.Reschedule(until, f"pool {exc.pool} is full") from exc
@@ -669,6 +674,12 @@ class CallController:
         # The called party's leg; its end hangs up an agent leg still ringing (hangup_agent),
         # and a bridged agent leg goes with it anyway (04).
         await self._voice(call).hangup(call_ref(call))
+
+    async def _op_max_duration(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        await self.service.max_duration_reached(call["id"])
+
+    async def _op_amd_timeout(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        await self.service.amd_timed_out(call["id"])
 
     async def _op_hangup_agent(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         agent = call["agent"] or {}

@@ -9,7 +9,7 @@ async with pools.get("api").permit(timeout=2): ...                  # short jobs
 
 from sip.pools.config import DEFAULT_SIZES, PoolConfig, TrunkPoolsConfig
 from sip.pools.errors import PermitLost, PoolError, PoolExhausted, PoolTimeout, UnknownPool
-from sip.pools.pool import Permit, Pool, PoolStats, TrunkPools
+from sip.pools.pool import Permit, Pool, PoolOccupancy, PoolStats, TrunkPools
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -19,6 +19,7 @@ __all__ = [
     "PoolConfig",
     "PoolError",
     "PoolExhausted",
+    "PoolOccupancy",
     "PoolStats",
     "PoolTimeout",
     "TrunkPools",

@@ -160,6 +160,17 @@ return redis.call('ZRANGE', leases, 0, -1)
 """
 )
 
+# ARGV: size -> {holder ids with a live lease, ticket members in queue order}: one snapshot,
+# so a permit handed from the queue to a waiter is counted once, never as both or neither
+OCCUPANCY = (
+    _PRELUDE
+    + """
+reap()
+grant()
+return {redis.call('ZRANGE', leases, 0, -1), redis.call('ZRANGE', queue, 0, -1)}
+"""
+)
+
 # ARGV: size, min_age_ms, live holder ids... -> released holder ids
 RECONCILE = (
     _PRELUDE
@@ -187,4 +198,5 @@ renew_script = LuaScript(RENEW, name="pool_renew")
 wait_status_script = LuaScript(WAIT_STATUS, name="pool_wait_status")
 stats_script = LuaScript(STATS, name="pool_stats")
 holders_script = LuaScript(HOLDERS, name="pool_holders")
+occupancy_script = LuaScript(OCCUPANCY, name="pool_occupancy")
 reconcile_script = LuaScript(RECONCILE, name="pool_reconcile")

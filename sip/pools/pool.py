@@ -60,6 +60,18 @@ class PoolStats:
         return max(0, self.size - self.in_use)
 
 
+@dataclass(frozen=True)
+class PoolOccupancy:
+    """Who holds a pool's permits and who waits for one (holder ids, oldest first), so a
+    caller can count what is its own (a tenant's calls) instead of the whole trunk's."""
+
+    trunk: str
+    pool: str
+    size: int
+    holders: tuple[str, ...]
+    waiting: tuple[str, ...]
+
+
 def _holder_id(holder: str | Permit) -> str:
     hid = holder.holder if isinstance(holder, Permit) else holder
     if not hid:
@@ -277,6 +289,16 @@ class Pool:
         reply = await self._owner._batcher.call(_lua.holders_script, self.keys, [self.size])
         return [_text(h) for h in reply]
 
+    async def occupancy(self) -> PoolOccupancy:
+        """Holders and waiting holders in one atomic snapshot."""
+        reply = await self._owner._batcher.call(_lua.occupancy_script, self.keys, [self.size])
+        leases, queue = reply
+        # A ticket member is `id|lease_ms|channel|holder`; the holder may itself contain `|`.
+        waiting = tuple(_text(m).split("|", 3)[3] for m in queue)
+        return PoolOccupancy(
+            self.trunk, self.name, self.size, tuple(_text(h) for h in leases), waiting
+        )
+
     async def reconcile(
         self, live_holder_ids: Iterable[str], *, min_age: float | None = None
     ) -> list[str]:
@@ -337,6 +359,10 @@ class TrunkPools:
     async def stats(self) -> dict[str, PoolStats]:
         results = await asyncio.gather(*(p.stats() for p in self._pools.values()))
         return {s.pool: s for s in results}
+
+    async def occupancy(self) -> dict[str, PoolOccupancy]:
+        results = await asyncio.gather(*(p.occupancy() for p in self._pools.values()))
+        return {o.pool: o for o in results}
 
     async def reconcile(
         self, live_holder_ids: Iterable[str], *, min_age: float | None = None

@@ -148,6 +148,14 @@ class Voice:
     async def in_use(self, pool: str = "api") -> int:
         return (await self.pools())[pool]["in_use"]
 
+    async def wait_in_use(self, pool: str, n: int, timeout: float = 3.0) -> None:
+        """Wait until this tenant holds `n` channels of `pool`: a permit is given back just
+        after the commit that ends its call, so right after the end it may still be held."""
+        deadline = time.monotonic() + timeout
+        while (held := await self.in_use(pool)) != n:
+            assert time.monotonic() < deadline, f"{held} channels of {pool} held, wanted {n}"
+            await asyncio.sleep(0.01)
+
     async def wait_connected(self, timeout: float = 5.0) -> None:
         for provider in self.runtime.registry.voice_providers():
             client = getattr(provider, "client", None)

@@ -46,7 +46,7 @@ async def test_originate_answer_bridge_to_agent_hangup(voice, ami: AMISimServer,
     done = await voice.wait(call_id, "completed")
     assert done["hangup_cause"] == 16 and done["error_code"] is None
     assert ami.actions("Hangup")[0].get("Channel") == bridged["channel"]
-    assert await voice.in_use("api") == 0
+    await voice.wait_in_use("api", 0)
     assert done["durations"]["talk_seconds"] is not None
     assert [a["outcome"] for a in done["attempts"]] == ["originated"]
 
@@ -97,7 +97,7 @@ async def test_two_answered_calls_bridged_then_one_hung_up_ends_both_and_bridge_
     await voice.post(f"/v1/calls/{a}/hangup")
     assert (await voice.wait(a, "completed"))["hangup_cause"] == 16
     assert (await voice.wait(b, "completed"))["hangup_cause"] == 16
-    assert await voice.in_use("api") == 0
+    await voice.wait_in_use("api", 0)
 
     # Only answered calls can be joined; a ringing one can be hung up (canceled).
     ami.outcomes["+14155550122"] = Answer(ring_for=5)
@@ -117,3 +117,14 @@ async def test_two_answered_calls_bridged_then_one_hung_up_ends_both_and_bridge_
     for target in ("sip:+19005550100@carrier", "sip:x@ultravox.example.com"):
         refused = await voice.place(on_answer={"bridge_to": target}, expect=422)
         assert refused["code"] == "bridge_target_not_allowed"
+
+
+async def test_text_postgresql_cannot_store_is_refused_as_bad_input(voice, ami):
+    """U+0000 fits JSON but not PostgreSQL text/jsonb: a 422, never a 500 at the INSERT."""
+    for body in (
+        {"metadata": {"order": "a\u0000b"}},
+        {"on_answer": {"agent": {"system_prompt": "be brief\u0000"}}},
+    ):
+        refused = await voice.place(expect=422, **body)
+        assert refused["code"] == "validation_error" and "NUL" in refused["detail"]
+    assert not ami.actions("Originate")

@@ -7,8 +7,6 @@ all the cases."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.amisim import (
@@ -60,7 +58,7 @@ class TestWithoutFallback:
             assert done["hangup_cause_text"] and done["ended_at"] and not done["answered_at"]
             assert len(done["attempts"]) == 1, "no other provider is configured"
             assert "call.permit_released" in types(done)
-        assert await voice.in_use("api") == 0
+        await voice.wait_in_use("api", 0)
 
     async def test_the_order_of_the_failure_events_does_not_matter(self, voice, ami):
         orders = [
@@ -125,8 +123,7 @@ class TestFailover:
         ami.remote_hangup(f"tl-{answered}-1")  # 02d: the far end hangs up: Cause 0
         done = await voice.wait(answered, "completed")
         assert done["hangup_cause"] == 0 and len(done["attempts"]) == 1
-        await asyncio.sleep(0.1)
-        assert await voice.in_use("api") == 0
+        await voice.wait_in_use("api", 0)
 
     async def test_asterisk_unreachable_fails_over_at_once(self, voice, ami):
         await ami.refuse_connections()

@@ -58,7 +58,16 @@ class TestSandbox:
         await voice.wait(up, "answered")
         await voice.post(f"/v1/calls/{up}/hangup")
         assert (await voice.wait(up, "completed"))["hangup_cause"] == 16
-        assert await voice.in_use("api") == 0
+        await voice.wait_in_use("api", 0)
+
+    async def test_a_sandbox_call_is_hung_up_at_its_max_duration(self, voice: Voice):
+        call_id = (await voice.place(to=sandbox.STAYS_UP, max_duration=1))["id"]
+        done = await voice.wait(call_id, "completed")
+        assert (done["error_code"], done["hangup_cause"]) == ("max_duration", 16)
+        assert done["durations"]["talk_seconds"] >= 1.0
+        requested = next(e for e in done["timeline"] if e["type"] == "call.hangup_requested")
+        assert requested["data"] == {"reason": "max_duration"}
+        await voice.wait_in_use("api", 0)
 
     async def test_sandbox_agent_bridge_and_two_call_bridge(self, voice: Voice):
         agent = (await voice.place(to=sandbox.STAYS_UP, on_answer={"agent": {"voice": "x"}}))["id"]
@@ -164,7 +173,7 @@ class TestTwilio:
 
         await voice.post(f"/v1/calls/{call_id}/hangup")
         done = await voice.wait(call_id, "completed")
-        assert await voice.in_use("api") == 0
+        await voice.wait_in_use("api", 0)
         seen = types(done)
         for kind in ("call.dialing", "call.ringing", "call.answered", "call.completed"):
             assert kind in seen

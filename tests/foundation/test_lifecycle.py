@@ -75,3 +75,38 @@ async def test_supervisor_restarts_a_crashed_task_and_stops_on_time():
     started = time.monotonic()
     await sup.stop(deadline=0.2)
     assert time.monotonic() - started < 2
+
+
+async def test_two_api_processes_share_a_port_with_reuse_port(daemon_env):
+    env = daemon_env | {"TRUNKLINE_HTTP__REUSE_PORT": "true"}
+    base = f"http://127.0.0.1:{env['TRUNKLINE_HTTP__PORT']}"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gateway.cli", "run", "--role", "api"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+
+    async def listening(proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while True:
+            line = await proc.stderr.readline()
+            assert line, "the process exited instead of binding the shared port"
+            if b'"event": "listening"' in line:
+                return
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(listening(p) for p in procs)), 60)
+        await wait_ready(base)
+        procs[0].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(procs[0].wait(), 30) == 0
+        await wait_ready(base, timeout=10)  # the other one still serves the port
+        assert procs[1].returncode is None
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()

@@ -362,6 +362,30 @@ async def test_stats_and_holders(make_pools: MakePools) -> None:
     assert sorted(await tp.get("api").holders()) == ["c2", "c4"]
 
 
+async def test_occupancy_names_holders_and_waiters_so_callers_count_their_own(
+    make_pools: MakePools,
+) -> None:
+    """The tenant view of GET /v1/pools counts its own calls among these ids."""
+    tp = await make_pools({"api": 1, "ivr": 1})
+    other = await make_pools({"api": 1, "ivr": 1})  # another process on the same trunk
+    await tp.get("api").try_acquire("call-a")
+    first = asyncio.create_task(other.get("api").acquire("call|with|bars", timeout=5))
+    await waiting(tp, "api", 1)
+    second = asyncio.create_task(tp.get("api").acquire("call-c", timeout=5))
+    await waiting(tp, "api", 2)
+    seen = await other.occupancy()
+    assert (seen["api"].size, seen["api"].holders) == (1, ("call-a",))
+    assert seen["api"].waiting == ("call|with|bars", "call-c"), "FIFO order, holder ids intact"
+    assert (seen["ivr"].holders, seen["ivr"].waiting) == ((), ())
+    await tp.get("api").release("call-a")
+    await first
+    after = await tp.get("api").occupancy()
+    assert (after.holders, after.waiting) == (("call|with|bars",), ("call-c",))
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+
+
 async def test_reconcile_releases_holders_that_are_no_longer_live(make_pools: MakePools) -> None:
     tp = await make_pools({"api": 3, "ivr": 2})
     for call in ("live-1", "dead-1", "dead-2"):
