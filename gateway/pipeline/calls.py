@@ -1,7 +1,8 @@
 """The outbound path for calls: accept → guardrails → pool → dispatch → provider → tracking.
 
 Accept (API): one transaction holds the idempotency claim, the call row, the guardrail verdict
-event, the acceptance event and the dispatch job. The channel is taken from the trunk pool
+event, the acceptance event and the dispatch job (shared with the other accepts in flight:
+see groupcommit.py). The channel is taken from the trunk pool
 first (``try_acquire``, holder = call id): a full pool answers 429 ``pool_exhausted`` with
 Retry-After and nothing is stored, so the same Idempotency-Key may simply retry.
 
@@ -58,7 +59,8 @@ from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
 from gateway.logs import bind, get_logger
 from gateway.messages import repo as messages_repo
-from gateway.pipeline.accept import Outcome, denial
+from gateway.pipeline.accept import denial
+from gateway.pipeline.groupcommit import GroupCommitter, Outcome
 from gateway.providers.agents.base import AgentError
 from gateway.providers.agents.sandbox import SandboxAgents
 from gateway.providers.contracts import (
@@ -159,6 +161,10 @@ class CallPipeline:
     registry: ProviderRegistry
     settings: Settings
     pools: TrunkPools
+    committer: GroupCommitter[_Plan] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = GroupCommitter(self.db, self._persist_many, name="calls")
 
     async def accept(
         self,
@@ -176,30 +182,25 @@ class CallPipeline:
 
         Decide outside any transaction (the guardrail chain and the pool use PostgreSQL and
         Redis themselves: a request holding a pooled connection while they wait for another
-        would deadlock the pool under load), then persist everything in one transaction.
+        would deadlock the pool under load), then commit with the other accepts in flight.
         """
-        key = idempotency_key
-        if key is not None:
-            replay = await idempotency.lookup(self.db, tenant_id, key, request_digest)
+        claim = None
+        if idempotency_key is not None:
+            replay = await idempotency.lookup(self.db, tenant_id, idempotency_key, request_digest)
             if replay is not None:
-                return Outcome(replay.status, replay.body, {"Idempotent-Replayed": "true"})
+                return Outcome.replay(replay)
+            claim = idempotency.Claim(
+                tenant_id, idempotency_key, "POST", "/v1/calls", request_digest
+            )
         taken: list[tuple[str, str]] = []
         try:
             plan = await self._plan(tenant_id, key_id, req, trace_id, wait_for_pool, taken)
-            async with self.db.acquire() as conn, conn.transaction():
-                if key is not None:
-                    replay = await idempotency.claim(
-                        conn, tenant_id, key, "POST", "/v1/calls", request_digest
-                    )
-                    if replay is not None:  # a racing first try won: ours gives its channel back
-                        return Outcome(replay.status, replay.body, {"Idempotent-Replayed": "true"})
-                outcome = await self._persist(conn, plan)
-                if key is not None:
-                    await idempotency.record(conn, tenant_id, key, outcome.status, outcome.body)
-            taken.clear()  # committed: the call owns its channel now
+            outcome = await self.committer.submit(plan, claim)
+            if not outcome.replayed:
+                taken.clear()  # committed: the call owns its channel now
             return outcome
         finally:
-            for pool, holder in taken:  # refused, replayed or rolled back: give it back
+            for pool, holder in taken:  # refused, replayed or failed: give it back
                 await self.pools.get(pool).release(holder)
 
     async def _plan(
@@ -318,6 +319,9 @@ class CallPipeline:
         """The call's own cap, fixed now: what it asked for, never above calls.max_duration."""
         cap = self.settings.calls.max_duration
         return cap if req.max_duration is None else min(req.max_duration, cap)
+
+    async def _persist_many(self, conn: asyncpg.Connection, plans: list[_Plan]) -> list[Outcome]:
+        return [await self._persist(conn, plan) for plan in plans]
 
     async def _persist(self, conn: asyncpg.Connection, plan: _Plan) -> Outcome:
         row, verdict = plan.row, plan.verdict
@@ -829,6 +833,7 @@ class VoiceRuntime:
         pipeline = CallPipeline(res.db, chain, registry, settings, pools)
         rt = cls(settings, res, registry, pools, service, pipeline)
         try:
+            await pipeline.committer.start()
             await rt._start(track)
         except BaseException:
             await rt.close()
@@ -934,6 +939,7 @@ class VoiceRuntime:
                 adapter.client.start_background()
 
     async def close(self) -> None:
+        await self.pipeline.committer.close(self.settings.http.shutdown_timeout)
         for lease in self.leases:
             await lease.close()
         for tracker in self.trackers.values():
