@@ -50,16 +50,6 @@ class OnAnswer(BaseModel):
         return self
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 class PlaceCall(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -92,14 +82,6 @@ class PlaceCall(BaseModel):
         description="outside calling hours: refuse now, or call at the next opening",
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
-
-    @model_validator(mode="after")
-    def _no_nul(self) -> PlaceCall:
-        """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422), not at the
-        INSERT (500)."""
-        if _has_nul(self.model_dump()):
-            raise ValueError("text must not contain the NUL character (U+0000)")
-        return self
 
 
 class BridgeCall(BaseModel):

@@ -23,6 +23,9 @@ Handler = Callable[..., Awaitable[Any]]
 RAW_BODY = web.RequestKey("raw_body", bytes)
 # pydantic custom error types that are also stable API error codes.
 CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number"})
+# A JSON \u0000 escape (preceded by an even number of backslashes, so not "\\u0000"):
+# PostgreSQL text and jsonb cannot hold U+0000, so it is refused here, not at an INSERT.
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _PATH_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
 
@@ -87,6 +90,10 @@ class Endpoint:
                 raise validation_problem(exc, "query") from None
         if self.body is not None:
             raw = await request.read()
+            if _JSON_NUL.search(raw):
+                raise ValidationFailed(
+                    "text must not contain the NUL character (U+0000)", code="nul_character"
+                )
             try:
                 kwargs["body"] = self.body.model_validate_json(raw or b"{}")
             except ValidationError as exc:

@@ -126,5 +126,5 @@ async def test_text_postgresql_cannot_store_is_refused_as_bad_input(voice, ami):
         {"on_answer": {"agent": {"system_prompt": "be brief\u0000"}}},
     ):
         refused = await voice.place(expect=422, **body)
-        assert refused["code"] == "validation_error" and "NUL" in refused["detail"]
+        assert refused["code"] == "nul_character"
     assert not ami.actions("Originate")

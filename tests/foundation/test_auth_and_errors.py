@@ -80,6 +80,28 @@ async def test_unknown_route_and_wrong_method_are_problem_json(client):
     assert "GET" in resp.headers["Allow"]
 
 
+async def test_text_postgresql_cannot_store_is_a_422_on_every_route(client, make_key, pg_pool):
+    """U+0000 fits JSON but not PostgreSQL text/jsonb: refused at the edge, never a 500."""
+    headers = auth(await make_key("acme"))
+    for path, body in (
+        ("/v1/templates", {"name": "otp", "body": "code\u0000"}),
+        ("/v1/messages", {"to": "+14155550100", "body": "hi", "metadata": {"k": "a\u0000"}}),
+        ("/v1/webhook-endpoints", {"url": "https://example.com/\u0000"}),
+    ):
+        resp = await client.post(path, json=body, headers=headers)  # sent as "\u0000"
+        assert resp.status == 422 and resp.content_type == PROBLEM, path
+        assert (await resp.json())["code"] == "nul_character", path
+    # An escaped backslash before "u0000" is ordinary text.
+    ok = await client.post(
+        "/v1/templates", data='{"name": "raw", "body": "C:\\\\u0000"}', headers=headers
+    )
+    assert ok.status == 200, await ok.text()  # templates are upserted
+    assert (
+        await pg_pool.fetchval("SELECT body FROM message_templates WHERE name = 'raw'")
+        == "C:\\u0000"
+    )
+
+
 async def test_healthz_readyz_and_metrics(client, make_key):
     assert (await client.get("/healthz")).status == 200
     resp = await client.get("/readyz")

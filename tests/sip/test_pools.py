@@ -24,6 +24,7 @@ from sip.pools import (
     TrunkPoolsConfig,
     UnknownPool,
 )
+from tests.helpers import eventually
 
 MakePools = Callable[..., Awaitable[TrunkPools]]
 
@@ -45,15 +46,6 @@ async def make_pools(redis_url: str) -> AsyncIterator[MakePools]:
     for tp, client in made:
         await tp.aclose()
         await client.aclose()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
-    """Wait for a condition the test cannot be told about (e.g. a ticket queued elsewhere)."""
-    for _ in range(int(timeout / 0.005)):
-        if await check():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def waiting(tp: TrunkPools, pool: str, n: int) -> None:
