@@ -84,6 +84,10 @@ class Endpoint:
         if not self.public:
             await authenticate(request, self.scope)
         if self.query is not None:
+            if any("\x00" in v for v in request.query.values()):
+                raise ValidationFailed(
+                    "the query must not contain the NUL character (U+0000)", code="nul_character"
+                )
             try:
                 kwargs["query"] = self.query.model_validate(dict(request.query))
             except ValidationError as exc:

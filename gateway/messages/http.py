@@ -120,7 +120,7 @@ async def get_template(request: web.Request) -> Template:
 
 @routes.get(
     "/v1/usage",
-    summary="Metered usage (SMS segments, WhatsApp messages) in [from, to)",
+    summary="Metered usage (SMS segments, WhatsApp messages, voice calls and seconds) in [from, to)",
     scope="usage:read",
     query=UsageQuery,
     response=Usage,

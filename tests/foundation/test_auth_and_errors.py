@@ -91,6 +91,8 @@ async def test_text_postgresql_cannot_store_is_a_422_on_every_route(client, make
         resp = await client.post(path, json=body, headers=headers)  # sent as "\u0000"
         assert resp.status == 422 and resp.content_type == PROBLEM, path
         assert (await resp.json())["code"] == "nul_character", path
+    resp = await client.get("/v1/usage?from=%00", headers=headers)
+    assert resp.status == 422 and (await resp.json())["code"] == "nul_character"
     # An escaped backslash before "u0000" is ordinary text.
     ok = await client.post(
         "/v1/templates", data='{"name": "raw", "body": "C:\\\\u0000"}', headers=headers
