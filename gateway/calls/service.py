@@ -647,6 +647,12 @@ class CallService:
             await self.pools.get(row["pool"]).acquire(str(row["id"]), timeout=0)  # renew/refresh
         except (PoolExhausted, UnknownPool):
             log.warning("an adopted call has no pool permit", call_id=str(row["id"]))
+            return
+        # If it ended while we adopted it, its release may have run before our acquire: look
+        # again now that we hold it (an end committed after this read releases after it).
+        call = await repo.get_call(self.db, row["id"])
+        if call is None or call["status"] in FINAL:
+            await self.release_permit(row["id"], row["pool"])
 
     async def _close_unobserved(self, row: asyncpg.Record) -> int:
         async with self.db.acquire() as conn, conn.transaction():
