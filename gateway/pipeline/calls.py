@@ -466,6 +466,7 @@ class CallDispatcher:
                 ring_timeout=call["ring_timeout"],
                 amd=call["amd"],
                 retry=attempt["reused"],
+                max_duration=call["max_duration"],
             )
             started = time.perf_counter()
             try:

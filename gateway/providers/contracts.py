@@ -108,6 +108,7 @@ class CallSpec:
     ring_timeout: int = 30
     amd: bool = False
     retry: bool = False  # the same attempt key again: the provider may have the call already
+    max_duration: int | None = None  # seconds once answered; providers that can enforce it do
 
 
 @dataclass(frozen=True)

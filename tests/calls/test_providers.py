@@ -157,7 +157,9 @@ class TestTwilio:
     ):
         voice = twilio_voice
         fake.script("+14155550100", call_outcome="in-progress")
-        placed = await voice.place(amd=True, on_answer={"bridge_to": "sip:agent@ultravox"})
+        placed = await voice.place(
+            amd=True, on_answer={"bridge_to": "sip:agent@ultravox"}, max_duration=600
+        )
         call_id = placed["id"]
         call = await voice.wait_event(call_id, "call.bridged")
         [create] = fake.requests_to("/Calls.json")
@@ -165,6 +167,7 @@ class TestTwilio:
         assert create.idempotency_token == key
         assert create.form["From"] == "+15005550006" and create.form["MachineDetection"]
         assert f"key={key}" in create.form["StatusCallback"]
+        assert create.form["TimeLimit"] == "600"  # Twilio enforces the cap too
         assert call["provider"] == "twilio" and call["provider_call_id"].startswith("CA")
         assert call["amd_result"] == "human"
         [update] = [r for r in fake.requests if "/Calls/CA" in r.path and "Twiml" in r.form]

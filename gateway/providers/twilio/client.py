@@ -298,6 +298,7 @@ class TwilioRestClient:
         status_callback_events: Sequence[str] = CALL_EVENTS,
         ring_timeout: int = 30,
         machine_detection: Literal["Enable", "DetectMessageEnd"] | None = None,
+        time_limit: int | None = None,
         idempotency_key: str | None = None,
     ) -> CallReceipt:
         """Originate an outbound call running `twiml` or fetching TwiML from `url` (one of)."""
@@ -316,6 +317,7 @@ class TwilioRestClient:
                 else values.unset,
                 timeout=ring_timeout,
                 machine_detection=_unset_if_none(machine_detection),
+                time_limit=_unset_if_none(time_limit),
             )
         status = str(call.status)
         return CallReceipt(str(call.sid), status, normalize_call_status(status))

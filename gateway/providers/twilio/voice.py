@@ -107,6 +107,7 @@ class TwilioVoice(VoiceProvider):
                 status_callback=self.status_callback(attempt_key, spec.trace_id),
                 ring_timeout=spec.ring_timeout,
                 machine_detection="Enable" if spec.amd else None,
+                time_limit=spec.max_duration,  # Twilio's own cap too, should our hangup be late
                 idempotency_key=attempt_key,
             )
         except TwilioError as exc:
