@@ -1,9 +1,10 @@
 """The guardrail chain against a big DNC list, beside PostgreSQL's own floors, in one run.
 
 1. Import: a generated file of N numbers (unsorted) goes through `trunkline dnc import`'s
-   code (COPY into staging → normalise + validate → one sorted INSERT … SELECT, one
-   transaction), beside the floor: raw COPY of the same file into an unindexed one-column
-   table plus CREATE UNIQUE INDEX on it.
+   code (each line checked and normalised on its way into COPY; a first registry list of this
+   size is copied straight into the new registry partition, indexed in one pass and swapped
+   in, in one transaction), beside the floor: raw COPY of the same file into an unindexed
+   one-column table plus CREATE UNIQUE INDEX on it.
 2. Checks: the full chain (suppression → content → calling hours → rate limits: one indexed
    query + one Lua call, for a number NOT on the list so every check runs) and the deny path
    (a listed number), beside the floor: a bare unique-index lookup on the same table, from the
@@ -103,9 +104,11 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
         print(f"raw COPY {copy_s:.1f} s + CREATE INDEX {index_s:.1f} s", flush=True)
         imported = await import_file(pool, path, source="national_registry")
         assert imported.inserted == args.numbers, imported
+        how = "into the new partition" if imported.direct else "to staging"
         print(
-            f"dnc import {imported.seconds:.1f} s (COPY to staging {imported.copy_seconds:.1f} s, "
-            f"normalise+validate+INSERT {imported.seconds - imported.copy_seconds:.1f} s)",
+            f"dnc import {imported.seconds:.1f} s (read+normalise+COPY {how} "
+            f"{imported.copy_seconds:.1f} s, then insert+index+swap "
+            f"{imported.seconds - imported.copy_seconds:.1f} s)",
             flush=True,
         )
         async with pool.acquire() as conn:
@@ -228,6 +231,7 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
                     duration=args.duration,
                 )
             )
+        await chain.aclose()
         await redis.aclose()
     finally:
         await pool.close()
@@ -245,6 +249,7 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
         import_numbers_per_s=round(imported.rate),
         raw_copy_plus_index_numbers_per_s=round(args.numbers / raw_s),
         import_vs_raw=round(imported.rate / (args.numbers / raw_s), 3),
+        import_direct=imported.direct,
         import_copy_s=round(imported.copy_seconds, 2),
         import_apply_s=round(imported.seconds - imported.copy_seconds, 2),
         raw_copy_s=round(copy_s, 2),

@@ -168,6 +168,7 @@ def create_app(
             yield
         finally:
             await pipeline.close()
+            await chain.aclose()
             await registry.close()
 
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:

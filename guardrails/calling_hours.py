@@ -27,7 +27,6 @@ time (inside a spring-forward gap) resolves with the pre-transition offset.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -87,9 +86,27 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-@functools.lru_cache(maxsize=65536)
-def _number_facts(number: str) -> tuple[phonenumbers.PhoneNumber, str, tuple[str, ...], int]:
+_NumberFacts = tuple[phonenumbers.PhoneNumber, str, tuple[str, ...], int]
+_PARSED: dict[str, _NumberFacts] = {}
+_PARSED_MAX = 65536
+
+
+def is_parsed(number: str) -> bool:
+    """Has this process parsed `number` already (so placing it costs no phonenumbers call)?"""
+    return number in _PARSED
+
+
+def _number_facts(number: str) -> _NumberFacts:
     """Parse, format, zones and type of a number: pure and slow (~0.4 ms), so cached."""
+    found = _PARSED.get(number)
+    if found is None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        found = _PARSED[number] = _parse_number(number)
+    return found
+
+
+def _parse_number(number: str) -> _NumberFacts:
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException as exc:
@@ -145,14 +162,24 @@ def _closures_at(
     instant: datetime, zones: Sequence[str], applied: Sequence[HoursRule], rules: Rules
 ) -> list[Closure]:
     """Every (rule, zone) pair that is closed at `instant`."""
+    local = [(z, instant.astimezone(_zone(z))) for z in zones]
+    stamps = {z: t.isoformat(timespec="minutes") for z, t in local}
+    return _closures_of(local, stamps, applied, rules)
+
+
+def _closures_of(
+    local: Sequence[tuple[str, datetime]],
+    stamps: dict[str, str],
+    applied: Sequence[HoursRule],
+    rules: Rules,
+) -> list[Closure]:
+    """`_closures_at` for an instant already converted to each zone's local time."""
     found: list[Closure] = []
-    for zone_name in zones:
-        local = instant.astimezone(_zone(zone_name))
-        stamp = local.isoformat(timespec="minutes")
+    for zone_name, when in local:
         for rule in applied:
-            why = _why_closed(rule, local, rules)
+            why = _why_closed(rule, when, rules)
             if why:
-                found.append(Closure(rule.id, zone_name, stamp, why))
+                found.append(Closure(rule.id, zone_name, stamps[zone_name], why))
     return found
 
 
@@ -222,6 +249,36 @@ def _as_utc(now: datetime) -> datetime:
     return now.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What calling hours know about a (number, address state, channel, purpose) before the
+    clock is read: pure, so computed once per process and reused by every check of it."""
+
+    recipient: Recipient
+    applied: tuple[HoursRule, ...]
+    frequency_caps: tuple[FrequencyCap, ...]
+
+
+@lru_cache(maxsize=65536)
+def _plan(
+    number: str, address_state: str | None, channel: Channel, purpose: Purpose, rules: Rules
+) -> _Plan:
+    recipient = resolve_recipient(number, rules=rules, address_state=address_state)
+    return _Plan(
+        recipient,
+        tuple(rules.rules_for(recipient.states, channel, purpose)),
+        tuple(rules.frequency_caps(recipient.states, channel, purpose)),
+    )
+
+
+def frequency_caps_for(
+    number: str, address_state: str | None, channel: Channel, purpose: Purpose, rules: Rules
+) -> tuple[FrequencyCap, ...]:
+    """`applicable_frequency_caps` of the number's recipient, from the same per-process cache
+    as the calling-hours check (raises ValueError for a number it cannot place)."""
+    return _plan(number, address_state, channel, purpose, rules).frequency_caps
+
+
 def check_calling_hours(
     number: str,
     now: datetime,
@@ -242,8 +299,10 @@ def check_calling_hours(
     now = _as_utc(now)
     if when_closed not in ("defer", "deny"):
         raise ValueError(f"when_closed must be 'defer' or 'deny', got {when_closed!r}")
-    recipient = resolve_recipient(number, rules=rules, address_state=address_state)
-    applied = rules.rules_for(recipient.states, channel, purpose)
+    plan = _plan(number, address_state, channel, purpose, rules)
+    recipient, applied = plan.recipient, plan.applied
+    local = [(z, now.astimezone(_zone(z))) for z in recipient.zones]
+    stamps = {z: t.isoformat(timespec="minutes") for z, t in local}
     inputs: dict[str, Any] = {
         "check": "calling_hours",
         "rules_version": rules.version,
@@ -259,13 +318,11 @@ def check_calling_hours(
         },
         "zones": list(recipient.zones),
         "zone_source": recipient.zone_source,
-        "local_times": {
-            z: now.astimezone(_zone(z)).isoformat(timespec="minutes") for z in recipient.zones
-        },
+        "local_times": stamps,
         "rules_applied": [r.id for r in applied],
         "frequency_caps": [
             {"rule": c.rule, "max": c.max, "window_hours": c.window_hours, "scope": c.scope}
-            for c in rules.frequency_caps(recipient.states, channel, purpose)
+            for c in plan.frequency_caps
         ],
     }
 
@@ -283,7 +340,7 @@ def check_calling_hours(
             inputs=inputs,
         )
 
-    closures = _closures_at(now, recipient.zones, applied, rules)
+    closures = _closures_of(local, stamps, applied, rules)
     if not closures:
         return Allow(inputs=inputs)
 

@@ -13,7 +13,7 @@ asked once per evaluation however many checks need it (guardrails/checks.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from guardrails.policy import GuardrailPolicy
 
 WhenClosed = Literal["deny", "defer"]
+_STOPS = (Deny, Defer)  # the verdicts that end an evaluation
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,9 @@ class GuardrailChain:
         Checks may also have `prepare(action, ctx)`, awaited for all of them concurrently before
         the checks run in order (so the database query and the Redis call overlap), and
         `release(action, ctx)`, awaited when the decision is a Deny or an error — to give back
-        what `prepare` took (rate-limit tokens): a refused action costs nothing.
+        what `prepare` took (rate-limit tokens): a refused action costs nothing. A check with
+        `prepare` may also have `start(action, ctx) -> bool`, called first and synchronously:
+        True means its request is already sent, and its `prepare` only collects the reply.
         """
         ctx = CheckContext(stage=stage, now=now or self.clock(), when_closed=when_closed, conn=conn)
         checked: list[str] = []
@@ -120,7 +123,7 @@ class GuardrailChain:
             for check in self.checks:
                 checked.append(check.name)
                 verdict = await check(action, ctx)
-                if isinstance(verdict, Deny | Defer):
+                if isinstance(verdict, _STOPS):
                     if isinstance(verdict, Deny):
                         await self._release(action, ctx)
                     return Decision(
@@ -136,8 +139,28 @@ class GuardrailChain:
         )
 
     async def _prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
-        steps = [p for c in self.checks if (p := getattr(c, "prepare", None))]
-        if not steps:
+        # A check whose `start` sent its request already only collects the reply in `prepare`:
+        # that is awaited last, with no task, while the other requests are on their way too.
+        steps, collect = [], []
+        for check in self.checks:
+            prepare = getattr(check, "prepare", None)
+            if prepare is None:
+                continue
+            start = getattr(check, "start", None)
+            (collect if start is not None and start(action, ctx) else steps).append(prepare)
+        await self._run_together(steps, action, ctx)
+        for prepare in collect:
+            await prepare(action, ctx)
+
+    @staticmethod
+    async def _run_together(
+        steps: list[Callable[[OutboundAction, CheckContext], Awaitable[None]]],
+        action: OutboundAction,
+        ctx: CheckContext,
+    ) -> None:
+        if len(steps) <= 1:
+            for step in steps:
+                await step(action, ctx)
             return
         # all but the first run as tasks, the first in this task: one task fewer to schedule
         others = [asyncio.ensure_future(p(action, ctx)) for p in steps[1:]]
@@ -157,3 +180,12 @@ class GuardrailChain:
             release = getattr(check, "release", None)
             if release is not None:
                 await release(action, ctx)
+
+    async def aclose(self) -> None:
+        """Give back what the checks hold between evaluations: the rate-limit check's Redis
+        connection and the suppression query's pool connection (both are also given up on
+        their own: see guardrails/resp.py and guardrails/lease.py)."""
+        for check in self.checks:
+            close = getattr(check, "aclose", None)
+            if close is not None:
+                await close()

@@ -10,8 +10,13 @@ Round trips: everything the database knows about one action — its DNC and
 opt-out rows (tenant and global), the tenant's name (for its policy) and
 whether the tenant ever sent marketing to this number — comes from ONE query
 (`SuppressionFacts`), shared by the checks through `CheckContext.memo`. Every
-bucket and cap is ONE Lua call. The chain starts both at once (`prepare`), so
-an allowed action costs about max(query, Lua call), not their sum.
+bucket and cap is ONE Lua call, over the check's own pipelined Redis connection
+(guardrails/resp.py); the query runs on a pool connection kept between evaluations
+(guardrails/lease.py). The rate-limit check sends it from `start`, before the chain
+awaits anything; the query follows at once (`prepare`), so an allowed action costs
+about max(query, Lua call), not their sum, and no task is scheduled for it. (Until
+this process has seen the tenant, its policy — which buckets apply — comes with the
+query, and the Lua call waits for it.)
 
 Tokens: the Lua call takes the tokens before the verdict is known; when the
 decision is a Deny (DNC, content, calling hours with `when_closed=deny`, or an
@@ -47,16 +52,15 @@ import redis.asyncio as aioredis
 
 from gateway.core.actions import OutboundAction
 from guardrails import ratelimit
-from guardrails.calling_hours import (
-    Recipient,
-    applicable_frequency_caps,
-    check_calling_hours,
-    resolve_recipient,
-)
+from guardrails.calling_hours import check_calling_hours, frequency_caps_for, is_parsed
 from guardrails.chain import Check, CheckContext
 from guardrails.content import check_content
+from guardrails.lease import LeasedConnection
 from guardrails.policy import GuardrailPolicy, blocks
+from guardrails.resp import ScriptPipe, Started
 from guardrails.verdicts import Allow, Deny, DenyCode, Verdict
+
+_CACHE_MAX = 100_000  # entries in a per-process cache before it starts again
 
 _FACTS_SQL = """
 SELECT
@@ -116,10 +120,17 @@ class SuppressionFacts:
 
     def __init__(self, db: asyncpg.Pool, policy: GuardrailPolicy) -> None:
         self.db = db
+        # The query runs on a connection kept while traffic is steady (guardrails/lease.py):
+        # the pool's checkout would cost as much CPU as the query.
+        self.lease = LeasedConnection(db)
         self.policy = policy
         # Tenant names never change, so the rate-limit check can choose a tenant's buckets
         # without waiting for the query once this process has seen the tenant.
         self.tenant_names: dict[Any, str | None] = {}
+
+    async def aclose(self) -> None:
+        """Give the kept connection back to the pool (the pool is its owner's to close)."""
+        await self.lease.aclose()
 
     def _wants_prior_marketing(self, action: OutboundAction) -> bool:
         return (
@@ -148,7 +159,7 @@ class SuppressionFacts:
         return facts
 
     async def _load(self, action: OutboundAction, ctx: CheckContext) -> Facts:
-        db = ctx.conn if ctx.conn is not None else self.db
+        db = ctx.conn if ctx.conn is not None else self.lease
         row = await db.fetchrow(
             _FACTS_SQL,
             action.to,
@@ -174,14 +185,6 @@ class SuppressionFacts:
         return facts
 
 
-def _recipient(action: OutboundAction, ctx: CheckContext, policy: GuardrailPolicy) -> Recipient:
-    found = ctx.memo.get("recipient")
-    if found is None:
-        found = resolve_recipient(action.to, rules=policy.rules, address_state=action.address_state)
-        ctx.memo["recipient"] = found
-    return found
-
-
 class SuppressionCheck:
     """DNC lists and consumer opt-outs (tenant and global), at both stages."""
 
@@ -193,6 +196,9 @@ class SuppressionCheck:
 
     async def prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
         await self.facts.get(action, ctx)  # concurrently with the rate-limit call
+
+    async def aclose(self) -> None:
+        await self.facts.aclose()
 
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
         facts = await self.facts.get(action, ctx)
@@ -237,6 +243,9 @@ class ContentCheck:
         self.facts = facts
         self.policy = policy
 
+    async def aclose(self) -> None:
+        await self.facts.aclose()
+
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
         rules = self.policy.rules
         if action.channel not in rules.content.channels or action.body is None:
@@ -270,6 +279,9 @@ class CallingHoursCheck:
     def __init__(self, facts: SuppressionFacts, policy: GuardrailPolicy) -> None:
         self.facts = facts
         self.policy = policy
+
+    async def aclose(self) -> None:
+        await self.facts.aclose()
 
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
         facts = await self.facts.get(action, ctx)
@@ -315,22 +327,52 @@ class RateLimitCheck:
         redis_slots: int = 32,
     ) -> None:
         self.redis = redis
+        # The Lua calls go over one lean pipelined connection (guardrails/resp.py): redis-py's
+        # own per-command overhead would be the largest cost of the whole chain.
+        self.runner = ScriptPipe(redis)
         self.facts = facts
         self.policy = policy
         # redis-py's asyncio pool raises instead of waiting when it is out of connections:
-        # a burst of concurrent sends queues here instead of failing.
+        # a burst of concurrent sends queues here instead of failing (should the calls fall
+        # back to it).
         self.slots = asyncio.Semaphore(redis_slots)
+        # The buckets that do not depend on the recipient, by (tenant, key, sender, channel,
+        # provider): built once, with their script arguments, not for every action.
+        self._shared: dict[
+            tuple[Any, ...], tuple[list[ratelimit.Bucket], list[ratelimit.Bucket]]
+        ] = {}
 
     def buckets(self, action: OutboundAction, tenant: str | None) -> list[ratelimit.Bucket]:
+        """Tenant, API key, sender, destination and provider buckets, in that order."""
+        provider = action.extra.get("provider") or self.policy.channel_providers.get(action.channel)
+        key = (action.tenant_id, tenant, action.key_id, action.from_, action.channel, provider)
+        shared = self._shared.get(key)
+        if shared is None:
+            if len(self._shared) > _CACHE_MAX:
+                self._shared.clear()
+            shared = self._shared[key] = self._shared_buckets(action, tenant, provider)
+        before, after = shared
+        destination = ratelimit.Bucket(
+            "destination",
+            f"tl:rl:dest:{action.tenant_id}:{action.to}",
+            **_rb(self.policy.limits.destination),
+        )
+        return [*before, destination, *after]
+
+    def _shared_buckets(
+        self, action: OutboundAction, tenant: str | None, provider: str | None
+    ) -> tuple[list[ratelimit.Bucket], list[ratelimit.Bucket]]:
+        """(the buckets before the destination's, the ones after it)."""
         p = self.policy
-        tid = action.tenant_id
-        out = [
+        before = [
             ratelimit.Bucket(
-                "tenant", f"tl:rl:tenant:{tid}", **_rb(p.tenant_limit(tenant, "tenant"))
+                "tenant",
+                f"tl:rl:tenant:{action.tenant_id}",
+                **_rb(p.tenant_limit(tenant, "tenant")),
             )
         ]
         if action.key_id:
-            out.append(
+            before.append(
                 ratelimit.Bucket(
                     "api_key",
                     f"tl:rl:key:{action.key_id}",
@@ -338,22 +380,17 @@ class RateLimitCheck:
                 )
             )
         if action.from_:
-            out.append(
+            before.append(
                 ratelimit.Bucket(
                     "sender", f"tl:rl:sender:{action.from_}", **_rb(p.sender_limit(action.from_))
                 )
             )
-        out.append(
-            ratelimit.Bucket(
-                "destination", f"tl:rl:dest:{tid}:{action.to}", **_rb(p.limits.destination)
-            )
-        )
         # Calls and messages of one provider account have separate throughput limits.
         kind = "voice" if action.channel == "voice" else "messaging"
-        provider = action.extra.get("provider") or p.channel_providers.get(action.channel)
         cps = p.limits.provider_cps.get(provider) if provider else None
+        after = []
         if cps:
-            out.append(
+            after.append(
                 ratelimit.Bucket(
                     f"provider_cps:{provider}",
                     f"tl:rl:provider:{provider}:{kind}",
@@ -361,12 +398,11 @@ class RateLimitCheck:
                     burst=max(1, int(cps)),
                 )
             )
-        return out
+        return before, after
 
     def caps(self, action: OutboundAction, ctx: CheckContext) -> list[ratelimit.Cap]:
-        recipient = _recipient(action, ctx, self.policy)
-        found = applicable_frequency_caps(
-            recipient, channel=action.channel, purpose=action.purpose, rules=self.policy.rules
+        found = frequency_caps_for(
+            action.to, action.address_state, action.channel, action.purpose, self.policy.rules
         )
         # "Same subject" cannot be told apart reliably, so every marketing action of the
         # tenant to the number counts against the cap (the conservative reading).
@@ -380,9 +416,41 @@ class RateLimitCheck:
             for c in found
         ]
 
+    def start(self, action: OutboundAction, ctx: CheckContext) -> bool:
+        """Send the Lua call now, before the chain awaits anything, if nothing it needs is
+        missing (the tenant's policy, an open connection); True if it did.
+
+        The chain then awaits the database query while the call is on its way, and `prepare`
+        only collects the reply: the two round trips overlap with no task in between.
+        """
+        if (
+            ctx.stage != "accept"
+            or action.tenant_id not in self.facts.tenant_names
+            # A number not parsed yet costs ~0.4 ms (guardrails/calling_hours.py): that is
+            # better spent in `prepare`, while the query is on its way.
+            or not is_parsed(action.to)
+        ):
+            return False
+        tenant = self.facts.tenant_names[action.tenant_id]
+        buckets, caps = self.buckets(action, tenant), self.caps(action, ctx)
+        sent = ratelimit.start_hit(self.runner, buckets, caps, member=action.subject)
+        if sent is None:
+            return False
+        ctx.memo["limits"] = _Taking(buckets, caps, sent)
+        return True
+
     async def prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
         """Take the tokens now, concurrently with the database query; `release` gives them back."""
         if ctx.stage != "accept":
+            return
+        taking = ctx.memo.get("limits")
+        if isinstance(taking, _Taking):  # sent by `start`: collect the reply
+            reply = await taking.sent.result()
+            ctx.memo["limits"] = (
+                taking.buckets,
+                taking.caps,
+                ratelimit.outcome_of(reply, taking.buckets, taking.caps),
+            )
             return
         if action.tenant_id in self.facts.tenant_names:
             tenant = self.facts.tenant_names[action.tenant_id]
@@ -390,20 +458,35 @@ class RateLimitCheck:
             tenant = (await self.facts.get(action, ctx)).tenant
         buckets, caps = self.buckets(action, tenant), self.caps(action, ctx)
         async with self.slots:
-            outcome = await ratelimit.hit(self.redis, buckets, caps, member=action.subject)
+            outcome = await ratelimit.hit(self.runner, buckets, caps, member=action.subject)
         ctx.memo["limits"] = (buckets, caps, outcome)
 
     async def release(self, action: OutboundAction, ctx: CheckContext) -> None:
         taken = ctx.memo.pop("limits", None)
+        if isinstance(taken, _Taking):  # refused before the reply was read: read it now
+            try:
+                reply = await taken.sent.result()
+            except Exception:  # the call failed: it took nothing
+                return
+            taken = (
+                taken.buckets,
+                taken.caps,
+                ratelimit.outcome_of(reply, taken.buckets, taken.caps),
+            )
         if taken is not None and taken[2].admitted:
             buckets, caps, _ = taken
             async with self.slots:
-                await ratelimit.refund(self.redis, buckets, caps, member=action.subject)
+                await ratelimit.refund(self.runner, buckets, caps, member=action.subject)
+
+    async def aclose(self) -> None:
+        """Close the check's own Redis connection (the client is its owner's to close)."""
+        await self.runner.aclose()
+        await self.facts.aclose()
 
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
         if ctx.stage != "accept":
             return Allow(inputs={"check": "rate_limits", "skipped": "counted once, at accept"})
-        if "limits" not in ctx.memo:
+        if not isinstance(ctx.memo.get("limits"), tuple):  # not prepared (or only started)
             await self.prepare(action, ctx)
         outcome = ctx.memo["limits"][2]
         inputs: dict[str, Any] = {
@@ -436,6 +519,15 @@ class RateLimitCheck:
             rule=f"rate_limit.{bucket['limit']}",
             inputs=inputs,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Taking:
+    """A rate-limit call on its way (see `RateLimitCheck.start`)."""
+
+    buckets: list[ratelimit.Bucket]
+    caps: list[ratelimit.Cap]
+    sent: Started
 
 
 def _rb(limit: Any) -> dict[str, Any]:

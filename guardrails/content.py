@@ -132,6 +132,9 @@ class ContentScanner:
         self._terms = _TermIndex(terms) if terms else None
 
         self._shortener = None
+        # "Does the text hold any shortener domain at all?" as one pass (the same test as
+        # `any(d in lowered for d in domains)`), before the exact pattern runs.
+        self._shortener_hint = re.compile("|".join(re.escape(d) for d in cfg.url_shorteners))
         if cfg.block_url_shorteners and cfg.url_shorteners:
             domains = "|".join(
                 re.escape(d) for d in sorted(cfg.url_shorteners, key=len, reverse=True)
@@ -166,7 +169,7 @@ class ContentScanner:
                 hit = text[start:end]
                 found.append(ContentViolation(rule, f"{what} content: {hit!r}", start, end, hit))
         lowered = text.lower()
-        if self._shortener is not None and any(d in lowered for d in cfg.url_shorteners):
+        if self._shortener is not None and self._shortener_hint.search(lowered):
             for m in self._shortener.finditer(text):
                 found.append(
                     ContentViolation(

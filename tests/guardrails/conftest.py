@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -40,8 +40,11 @@ def merged(settings: Settings, **sections: dict[str, Any]) -> Settings:
 
 
 @pytest.fixture
-def make_chain(pg_pool, redis_client, settings) -> Callable[..., GuardrailChain]:
+async def make_chain(
+    pg_pool, redis_client, settings
+) -> AsyncIterator[Callable[..., GuardrailChain]]:
     """A chain built exactly as the app builds it, from settings with some overrides."""
+    made: list[GuardrailChain] = []
 
     def make(**sections: dict[str, Any]) -> GuardrailChain:
         # The shipped default policy, whatever the shared test settings say.
@@ -49,9 +52,12 @@ def make_chain(pg_pool, redis_client, settings) -> Callable[..., GuardrailChain]
             settings, guardrails={"policy": {"exempt_transactional_from_calling_hours": False}}
         )
         policy = GuardrailPolicy.from_settings(merged(base, **sections))
-        return GuardrailChain(build_checks(policy, pg_pool, redis_client), policy=policy)
+        made.append(GuardrailChain(build_checks(policy, pg_pool, redis_client), policy=policy))
+        return made[-1]
 
-    return make
+    yield make
+    for chain in made:  # their own Redis connections (the client is the fixture's)
+        await chain.aclose()
 
 
 @pytest.fixture

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+import pytest
+
+from gateway import db
 from gateway.core.ids import new_id
 from guardrails import ratelimit
+from guardrails.lease import LeasedConnection
 from guardrails.verdicts import Defer, Deny
 from tests.guardrails.conftest import OPT_OUT_LINE, action
 
@@ -300,24 +305,29 @@ async def test_one_query_and_one_redis_call_per_evaluation(
     chain = make_chain()
     facts = chain.checks[0].facts
     calls = {"pg": 0, "redis": 0}
+    query = facts.lease.fetchrow  # the pool's connection, or the one the chain keeps
 
-    class CountingPool:
-        def __init__(self, pool):
-            self.pool = pool
+    async def counting_query(*args):
+        calls["pg"] += 1
+        return await query(*args)
 
-        async def fetchrow(self, *args):
-            calls["pg"] += 1
-            return await self.pool.fetchrow(*args)
-
-    facts.db = CountingPool(pg_pool)
+    facts.lease.fetchrow = counting_query
     limits = chain.checks[2]
-    real = redis_client.evalsha
+    # A Redis round trip is an EVALSHA, whichever connection carries it: the client's, or the
+    # lean pipelined one the check uses (guardrails/resp.py), which must be the one used.
+    real, lean = redis_client.evalsha, limits.runner._write
 
     async def counting(*args):
         calls["redis"] += 1
+        calls["client"] = calls.get("client", 0) + 1
         return await real(*args)
 
+    def counting_lean(*args):
+        calls["redis"] += 1
+        return lean(*args)
+
     limits.redis.evalsha = counting
+    limits.runner._write = counting_lean
     await limits.redis.script_load(ratelimit.SCRIPT.source)
     await limits.redis.script_load(ratelimit.REFUND.source)
     # the first sight of a tenant: still one query (the rate-limit call waits for its policy)
@@ -376,3 +386,40 @@ async def test_a_refused_action_gives_its_tokens_back_and_a_deferred_one_keeps_t
         assert d.verdict.code == "frequency_cap"
     cap_key = fl_chain.checks[0].caps(action(tid, to=fl), type("C", (), {"memo": {}})())[0].key
     assert await limits.redis.zcard(cap_key) == 3
+
+
+async def test_tokens_already_on_their_way_when_the_query_fails_are_given_back(
+    make_chain, tenant, database_url
+):
+    """The Lua call leaves before the database query (`start`); a query that fails refunds it."""
+    tid, _ = tenant
+    # (a bucket that does not refill while the test runs)
+    chain = make_chain(guardrails={"rate_limits": {"tenant": {"rate": 0.001, "burst": 100}}})
+    limits = chain.checks[2]
+
+    async def tenant_tokens() -> int:
+        bucket = limits.buckets(action(tid), "acme")[0]
+        peek = await ratelimit.hit(limits.redis, [bucket], member="peek", dry_run=True)
+        return peek.buckets[0]["remaining"]
+
+    assert (await chain.evaluate(action(tid), stage="accept", now=OPEN)).allowed
+    assert await tenant_tokens() == 99
+    closed = await db.create_pool(database_url, min_size=1, max_size=1)
+    await closed.close()
+    facts = chain.checks[0].facts
+    await facts.aclose()
+    facts.lease = LeasedConnection(closed)
+    sent, write = [], limits.runner._write
+
+    def counting(*args):
+        sent.append(args)
+        return write(*args)
+
+    limits.runner._write = counting
+    with pytest.raises(asyncpg.InterfaceError):
+        await chain.evaluate(action(tid), stage="accept", now=OPEN)
+    # the hit, sent before the query was tried, then its refund (loaded on first use, so the
+    # refund may be sent twice)
+    assert ratelimit.SCRIPT.sha.encode() in sent[0][1]
+    assert all(ratelimit.REFUND.sha.encode() in command for _, command in sent[1:]) and sent[1:]
+    assert await tenant_tokens() == 99

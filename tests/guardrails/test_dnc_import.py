@@ -216,3 +216,129 @@ async def test_a_large_registry_import_rebuilds_the_partition(pg_pool, acme):
         "SELECT count(*) FROM pg_constraint WHERE conrelid = 'dnc_entries_registry'::regclass AND contype = 'f'"
     )
     assert fks == 1
+
+
+async def leftovers(conn) -> set[str]:
+    """Tables and indexes an import made and should have renamed or dropped."""
+    rows = await conn.fetch("SELECT relname FROM pg_class WHERE relname LIKE 'dnc_entries%next%'")
+    return {r["relname"] for r in rows}
+
+
+async def test_a_first_large_registry_list_is_copied_straight_into_the_new_partition(pg_pool, acme):
+    """The fast path: COPY into the new partition, one index build, swapped in."""
+    async with pg_pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO dnc_entries (number, tenant_id, source) VALUES "
+            "('+12025550199', NULL, 'litigator'), ('+12025550101', $1, 'national_registry'), "
+            "('+12025550102', NULL, 'internal')",
+            acme,
+        )
+        lines = b"phone\n+12025550101\n2025550102\n(202) 555-0103\n"
+        report = await import_numbers(
+            conn,
+            io.BytesIO(lines),
+            source="national_registry",
+            note="FTC 2026-05",
+            total_bytes=len(lines) * 100_000,  # as large as a registry file, as far as it knows
+            rebuild_min=0,
+        )
+        assert report.direct and report.rebuilt
+        assert (report.lines, report.inserted, report.unchanged) == (3, 3, 0)
+        assert await leftovers(conn) == set()
+        # the partition's defaults are the parent's again (only the COPY used the import's)
+        await conn.execute(
+            "INSERT INTO dnc_entries_registry (number, source) VALUES ('+12025550188', 'litigator')"
+        )
+    rows = await pg_pool.fetch(
+        "SELECT number, source::text, tenant_id IS NULL AS global, note, origin FROM dnc_entries "
+        "ORDER BY 1, 2, 3"
+    )
+    imported = [tuple(r)[:3] for r in rows if r["origin"].startswith("import:")]
+    assert imported == [
+        ("+12025550101", "national_registry", True),
+        ("+12025550102", "national_registry", True),
+        ("+12025550103", "national_registry", True),
+    ]
+    assert {r["note"] for r in rows if r["origin"].startswith("import:")} == {"FTC 2026-05"}
+    assert [tuple(r)[:3] for r in rows if not r["origin"].startswith("import:")] == [
+        ("+12025550101", "national_registry", False),  # the tenant's own entry survived
+        ("+12025550102", "internal", True),
+        ("+12025550188", "litigator", True),
+        ("+12025550199", "litigator", True),
+    ]
+    assert {r["origin"] for r in rows if r["number"] == "+12025550188"} == {"api"}
+    with pytest.raises(Exception, match="duplicate key"):
+        await pg_pool.execute(
+            "INSERT INTO dnc_entries (number, tenant_id, source) VALUES ('+12025550103', NULL, 'national_registry')"
+        )
+    await pg_pool.execute("DELETE FROM tenants WHERE id = $1", acme)
+    assert (
+        await pg_pool.fetchval("SELECT count(*) FROM dnc_entries WHERE tenant_id IS NOT NULL") == 0
+    )
+
+
+async def test_a_direct_load_that_repeats_numbers_keeps_one_of_each(pg_pool, acme):
+    lines = b"+12025550101\n2025550101\n2025550102\n202,5550102\n2025550103\n"
+    async with pg_pool.acquire() as conn:
+        report = await import_numbers(
+            conn,
+            io.BytesIO(lines),
+            source="state_registry",
+            tenant_id=acme,
+            tenant="acme",
+            total_bytes=len(lines) * 100_000,
+            rebuild_min=0,
+        )
+        assert report.direct
+        assert (report.lines, report.inserted, report.unchanged) == (5, 3, 2)
+        assert await leftovers(conn) == set()
+    rows = await pg_pool.fetch("SELECT number, tenant_id FROM dnc_entries ORDER BY 1")
+    assert [(r["number"], r["tenant_id"]) for r in rows] == [
+        ("+12025550101", acme),
+        ("+12025550102", acme),
+        ("+12025550103", acme),
+    ]
+
+
+async def test_a_reimport_onto_a_listed_registry_takes_the_staged_path(pg_pool):
+    lines = b"2025550101\n2025550102\n"
+    async with pg_pool.acquire() as conn:
+        kw = {"source": "national_registry", "total_bytes": 10**7, "rebuild_min": 0}
+        first = await import_numbers(conn, io.BytesIO(lines), **kw)
+        again = await import_numbers(conn, io.BytesIO(lines + b"2025550103\n"), **kw)
+    assert first.direct and not again.direct and again.rebuilt
+    assert (again.inserted, again.unchanged) == (1, 2)
+    assert await pg_pool.fetchval("SELECT count(*) FROM dnc_entries") == 3
+
+
+async def test_a_direct_load_smaller_than_it_looked_is_inserted_row_by_row(pg_pool):
+    """Judged large from its size (long comment lines), the file holds two numbers."""
+    lines = b"#" + b"x" * 5000 + b"\n2025550101\n2025550102\n"
+    async with pg_pool.acquire() as conn:
+        report = await import_numbers(
+            conn, io.BytesIO(lines), source="litigator", total_bytes=len(lines), rebuild_min=100
+        )
+        assert not report.direct and not report.rebuilt and report.inserted == 2
+        assert await leftovers(conn) == set()
+
+
+async def test_a_rejected_direct_load_leaves_everything_as_it_was(pg_pool):
+    async with pg_pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO dnc_entries (number, source) VALUES ('+12025550199', 'litigator')"
+        )
+        oid = await conn.fetchval("SELECT 'dnc_entries_registry'::regclass::oid")
+        with pytest.raises(ImportRejected) as caught:
+            await import_numbers(
+                conn,
+                io.BytesIO(b"2025550101\nnope\n2025550102\n"),
+                source="national_registry",
+                total_bytes=10**7,
+                rebuild_min=0,
+            )
+        assert caught.value.report.rejected_lines == [(2, "nope")]
+        assert await conn.fetchval("SELECT 'dnc_entries_registry'::regclass::oid") == oid
+        assert await leftovers(conn) == set()
+    assert [r["number"] for r in await pg_pool.fetch("SELECT number FROM dnc_entries")] == [
+        "+12025550199"
+    ]
