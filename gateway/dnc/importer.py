@@ -358,8 +358,15 @@ async def _apply_staged(conn: asyncpg.Connection, report: ImportReport, target: 
         report.rebuilt = True
         report.inserted = await _rebuild(conn, target)
         return
+    await _insert_rows(conn, report, target, _STAGING)
+
+
+async def _insert_rows(
+    conn: asyncpg.Connection, report: ImportReport, target: _Target, staging: str
+) -> None:
+    """Merge `staging` into the target list row by row (inserted and updated counted)."""
     row = await conn.fetchrow(
-        _INSERT.format(scope=target.scope, staging=_STAGING),
+        _INSERT.format(scope=target.scope, staging=staging),
         target.tenant_id,
         target.source,
         target.expires_at,
@@ -379,16 +386,7 @@ async def _apply_direct(
     needs; the loaded table then serves as the staging table of the row-by-row insert.)
     """
     if not await _rebuilds(conn, target, report.lines):
-        row = await conn.fetchrow(
-            _INSERT.format(scope=target.scope, staging=_NEXT),
-            target.tenant_id,
-            target.source,
-            target.expires_at,
-            target.note,
-            target.origin,
-            timeout=NO_TIMEOUT,
-        )
-        report.inserted, report.updated = row["inserted"], row["updated"]
+        await _insert_rows(conn, report, target, _NEXT)
         await conn.execute(f"DROP TABLE {_NEXT}")
         return
     report.rebuilt = report.direct = True
