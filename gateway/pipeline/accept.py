@@ -28,7 +28,7 @@ from gateway.messages import repo
 from gateway.messages.schemas import SendMessage
 from gateway.messages.service import message_from_row
 from gateway.messages.templates import render
-from gateway.pipeline.groupcommit import GroupCommitter, Outcome
+from gateway.pipeline.groupcommit import GroupCommitter, KeyLocks, Outcome
 from gateway.pipeline.router import route_message
 from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
@@ -66,6 +66,7 @@ class MessagePipeline:
     settings: Settings
     metrics: Registry | None = None
     committer: GroupCommitter[_Plan] = field(init=False)
+    _key_locks: KeyLocks = field(init=False, default_factory=lambda: KeyLocks())
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(
@@ -95,8 +96,11 @@ class MessagePipeline:
         replayed before anything runs; two first tries racing with the same key both
         run the chain, and the commit's claim lets exactly one of them persist.
         """
-        claim = None
-        if idempotency_key is not None:
+        if idempotency_key is None:
+            return await self.committer.submit(await self._plan(principal, req, trace_id))
+        # Duplicates in this process wait for their first try, then replay it: the chain (and
+        # its rate-limit tokens) runs once per key, and the answer is the one that was counted.
+        async with self._key_locks.hold((principal.tenant_id, idempotency_key)):
             replay = await idempotency.lookup(
                 self.db, principal.tenant_id, idempotency_key, request_digest
             )
@@ -105,8 +109,8 @@ class MessagePipeline:
             claim = idempotency.Claim(
                 principal.tenant_id, idempotency_key, "POST", "/v1/messages", request_digest
             )
-        plan = await self._plan(principal, req, trace_id)
-        return await self.committer.submit(plan, claim)
+            plan = await self._plan(principal, req, trace_id)
+            return await self.committer.submit(plan, claim)
 
     async def _plan(self, principal: Principal, req: SendMessage, trace_id: str) -> _Plan:
         text = req.body
