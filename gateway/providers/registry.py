@@ -26,7 +26,7 @@ class ProviderRegistry:
         self._routes = routes
         self._voice: dict[
             str, VoiceProvider
-        ] = {}  # added by the voice runtime (gateway.pipeline.calls)
+        ] = {}  # added by the voice runtime (gateway.pipeline.calls.runtime)
         self._agents: dict[str, AgentProvider] = {}
 
     @classmethod

@@ -36,7 +36,7 @@ from tests.fakes.twilio_server import FakeTwilio
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("gateway", "sip", "ivr", "campaigns", "guardrails", "bench")
-DISPATCHERS = {"gateway/pipeline/dispatch.py", "gateway/pipeline/calls.py"}
+DISPATCHERS = {"gateway/pipeline/dispatch.py", "gateway/pipeline/calls/dispatch.py"}
 MINT = "_" + "mint"  # spelled so that this file does not match its own rule
 
 

@@ -1,0 +1,196 @@
+"""Control (worker): hangup, bridge, connect to the AI agent, and an answered call's deadlines.
+
+Each is a queued job, so an API process never needs the AMI connection and a worker that
+dies mid-action loses nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from gateway import queue
+from gateway.calls import repo
+from gateway.calls.service import (
+    CallService,
+    event,
+)
+from gateway.calls.states import FINAL
+from gateway.events.outbox import emit
+from gateway.logs import bind
+from gateway.pipeline.calls.route import attempt_key_of, call_ref
+from gateway.providers.agents.base import AgentError
+from gateway.providers.contracts import (
+    PermanentProviderError,
+    ProviderError,
+    SipTarget,
+    VoiceProvider,
+)
+from gateway.providers.registry import ProviderRegistry, ProviderUnavailable
+from gateway.providers.sandbox.voice import SandboxVoice
+from gateway.settings import Settings
+from sip import calls as sip_calls
+from sip.asterisk import AsteriskVoice
+
+# Providers whose own events say when two legs are bridged (AMI BridgeEnter, the sandbox).
+_REPORTS_BRIDGES = (AsteriskVoice, SandboxVoice)
+
+
+@dataclass
+class CallController:
+    db: asyncpg.Pool
+    registry: ProviderRegistry
+    service: CallService
+    settings: Settings
+
+    async def __call__(self, job: queue.Job) -> None:
+        op = job.payload["op"]
+        call_id = uuid.UUID(job.payload["call_id"])
+        bind(call_id=str(call_id), op=op)
+        call = await repo.get_call(self.db, call_id)
+        if call is None:
+            return
+        try:
+            await getattr(self, f"_op_{op}")(call, job.payload)
+        except (ProviderError, AgentError) as exc:
+            transient = exc.transient
+            if transient:
+                raise queue.RetryableError(f"{op}: {exc}") from exc
+            await self._failed(call, op, exc)
+
+    async def _failed(self, call: asyncpg.Record, op: str, exc: Exception) -> None:
+        code = getattr(exc, "code", None)
+        async with self.db.acquire() as conn, conn.transaction():
+            await emit(
+                conn, event(call, "control_failed", {"op": op, "code": code, "error": str(exc)})
+            )
+            if op in ("connect", "bridge_legs"):  # an AI call with no AI: end it
+                fresh = await repo.get_call(conn, call["id"], lock=True)
+                if fresh is not None and fresh["status"] not in FINAL:
+                    await self.service._request_hangup(conn, fresh, reason="agent_unavailable")
+
+    def _voice(self, call: asyncpg.Record) -> VoiceProvider:
+        return self.registry.voice(call["provider"])
+
+    async def _op_hangup(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        if call["status"] in FINAL and not payload.get("force"):
+            return
+        if call["attempt_n"] == 0:
+            return  # never dialled: the dispatcher cancels it
+        # The called party's leg; its end hangs up an agent leg still ringing (hangup_agent),
+        # and a bridged agent leg goes with it anyway (04).
+        await self._voice(call).hangup(call_ref(call))
+
+    async def _op_max_duration(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        await self.service.max_duration_reached(call["id"])
+
+    async def _op_amd_timeout(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        await self.service.amd_timed_out(call["id"])
+
+    async def _op_hangup_agent(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        agent = call["agent"] or {}
+        if agent.get("leg_key") and agent.get("state") != "ended":
+            await self._voice(call).hangup(call_ref(call, leg="agent"))
+
+    async def _op_end_agent_session(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        agent = call["agent"] or {}
+        if agent.get("session_id") and agent.get("provider"):
+            try:
+                await self.registry.agent(agent["provider"]).end_session(agent["session_id"])
+            except ProviderUnavailable:
+                pass
+
+    async def _op_connect(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        """The answered call goes to its AI agent: a new session, or the SIP URI given."""
+        if call["status"] != "answered":
+            return
+        agent: dict[str, Any] = dict(call["agent"] or {})
+        if agent and agent.get("state") != "requested":
+            return  # dialled already
+        if not agent:
+            agent = await self._new_agent_leg(call)
+            if not agent:
+                return
+        voice = self._voice(call)
+        result = await voice.bridge(call_ref(call), SipTarget(agent["sip_uri"], agent["leg_key"]))
+        await self.db.execute(
+            """
+            UPDATE calls SET agent = jsonb_set(agent, '{state}', to_jsonb($2::text)),
+                             updated_at = now()
+            WHERE id = $1 AND agent->>'state' = 'requested'
+            """,
+            call["id"],
+            "bridged" if result.joined else "dialing",
+        )
+        if result.joined:
+            await self._joined(call, voice, "agent")
+
+    async def _new_agent_leg(self, call: asyncpg.Record) -> dict[str, Any] | None:
+        """Create the agent session (if asked for one) and record the leg about to be dialled."""
+        on_answer = call["on_answer"] or {}
+        key = attempt_key_of(call)
+        agent: dict[str, Any] = {"leg_key": sip_calls.agent_key(key), "state": "requested"}
+        events = []
+        if "agent" in on_answer:
+            spec = on_answer["agent"]
+            name = spec.get("provider") or self.settings.agents.provider
+            session = await self.registry.agent(name).create_session(
+                spec, call_id=str(call["id"]), trace_id=call["trace_id"], idempotency_key=key
+            )
+            agent |= {
+                "provider": session.provider,
+                "session_id": session.session_id,
+                "sip_uri": session.sip_uri,
+            }
+            events.append(
+                event(
+                    call,
+                    "agent_session_created",
+                    {"provider": session.provider, "session_id": session.session_id},
+                )
+            )
+        else:
+            agent["sip_uri"] = on_answer["bridge_to"]
+        async with self.db.acquire() as conn, conn.transaction():
+            fresh = await repo.get_call(conn, call["id"], lock=True)
+            if fresh is None or fresh["agent"] or fresh["status"] != "answered":
+                return None
+            await repo.update_call(conn, call["id"], agent=agent)
+            events.append(event(call, "agent_dialing", {"sip_uri": agent["sip_uri"]}))
+            await emit(conn, *events)
+        return agent
+
+    async def _op_bridge_legs(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        """The agent leg answered: join it with the call."""
+        agent = call["agent"] or {}
+        if call["status"] != "answered" or agent.get("state") != "answered":
+            return
+        voice = self._voice(call)
+        result = await voice.bridge(call_ref(call), call_ref(call, leg="agent"))
+        if result.joined:
+            await self._joined(call, voice, "agent")
+
+    async def _op_bridge(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        other = await repo.get_call(self.db, uuid.UUID(payload["other"]))
+        if other is None or call["status"] != "answered" or other["status"] != "answered":
+            raise PermanentProviderError(
+                "both calls must still be answered to be bridged", code="not_bridgeable"
+            )
+        voice = self._voice(call)
+        result = await voice.bridge(call_ref(call), call_ref(other))
+        if result.joined:
+            await self._joined(call, voice, str(other["id"]))
+            await self._joined(other, voice, str(call["id"]))
+
+    async def _joined(self, call: asyncpg.Record, voice: VoiceProvider, with_: str) -> None:
+        if isinstance(voice, _REPORTS_BRIDGES):
+            return  # its BridgeEnter events report it
+        await self.service.record_bridged(call["id"], with_=with_, source=f"control:{voice.name}")
+
+    async def on_dead(self, job: queue.Job, reason: str) -> None:
+        call = await repo.get_call(self.db, uuid.UUID(job.payload["call_id"]))
+        if call is not None:
+            await self._failed(call, job.payload.get("op", "?"), RuntimeError(reason))
