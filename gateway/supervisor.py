@@ -1,7 +1,10 @@
 """Owns the background tasks of a process: starts them, restarts crashes, stops them on time.
 
 A task is a coroutine factory. If it raises, the supervisor logs why and
-restarts it after an exponential backoff; if it returns, it is done. On stop,
+restarts it after an exponential backoff; if it returns, it is done. The backoff
+starts over once a run has lasted `healthy_after` seconds: otherwise every short
+outage (a Redis blip) would leave the task restarting ever more slowly, until one
+blip stalls it for `backoff_max`. On stop,
 `stopping` is set so loops can finish the job in hand; whatever is still
 running at the deadline is cancelled.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -23,10 +27,12 @@ TaskFactory = Callable[[asyncio.Event], Awaitable[None]]
 class Supervisor:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    healthy_after: float = 10.0  # a run at least this long resets the backoff
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _factories: dict[str, TaskFactory] = field(default_factory=dict)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    last_wait: dict[str, float] = field(default_factory=dict)  # seconds before the last restart
 
     def add(self, name: str, factory: TaskFactory) -> None:
         if self._tasks or self.stopping.is_set():
@@ -44,6 +50,7 @@ class Supervisor:
     async def _run(self, name: str, factory: TaskFactory) -> None:
         delay = self.backoff_initial
         while not self.stopping.is_set():
+            started = time.monotonic()
             try:
                 await factory(self.stopping)
                 return
@@ -51,7 +58,10 @@ class Supervisor:
                 raise
             except Exception as exc:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
+                if time.monotonic() - started >= self.healthy_after:
+                    delay = self.backoff_initial  # it was healthy: this is a new failure
                 wait = min(self.backoff_max, delay) * random.uniform(0.8, 1.2)
+                self.last_wait[name] = wait
                 log.exception(
                     "task crashed; restarting",
                     task=name,

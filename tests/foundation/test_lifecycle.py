@@ -110,3 +110,38 @@ async def test_two_api_processes_share_a_port_with_reuse_port(daemon_env):
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+
+
+async def test_supervisor_backoff_starts_over_after_a_healthy_run():
+    """Issue 10 item 8: short outages must not leave a task restarting ever more slowly."""
+    gaps: list[float] = []
+    crashed_at = 0.0
+    runs = 0
+    done = asyncio.Event()
+
+    async def blippy(stopping: asyncio.Event) -> None:
+        nonlocal runs, crashed_at
+        if crashed_at:
+            gaps.append(time.monotonic() - crashed_at)
+        runs += 1
+        if runs == 6:
+            await asyncio.sleep(0.3)  # a healthy run, longer than healthy_after
+        elif runs == 7:
+            done.set()
+            await stopping.wait()
+            return
+        crashed_at = time.monotonic()
+        raise ConnectionError("redis blip")
+
+    sup = Supervisor(backoff_initial=0.02, backoff_max=5.0, healthy_after=0.2)
+    sup.add("events", blippy)
+    sup.start()
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await sup.stop(deadline=1)
+    # Five quick crashes doubled the backoff: 0.02 → 0.32 (± 20 %); without the reset the
+    # sixth crash, after a healthy run, would wait 0.64 ± 20 %. With it, the initial 0.02.
+    assert gaps[4] >= 0.32 * 0.8
+    assert sup.last_wait["events"] <= 0.02 * 1.2
+    assert gaps[5] < 0.3
