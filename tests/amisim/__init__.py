@@ -1,6 +1,11 @@
 """A protocol-level AMI server for tests, rebuilt from the real transcripts in
 ../shared/asterisk-ami/: ``framing`` (wire format), ``scenarios`` (event sequences per call
-outcome), ``server`` (the TCP server and its test hooks)."""
+outcome), ``server`` (the TCP server and its test hooks).
+
+``captures/`` holds the transcripts the tests replay byte for byte (the ``*.raw.jsonl`` files
+that tests/sip/test_ami_wire.py reads) and the transcripts' README, copied verbatim from
+../shared/asterisk-ami/ so a clone runs every test; the README indexes the full set, of which
+only those files are kept here."""
 
 from .framing import Action
 from .scenarios import (

@@ -1,4 +1,4 @@
-"""AMI wire framing, as captured in ../shared/asterisk-ami/ (see its README, "Wire format facts").
+"""AMI wire framing, as captured in ../shared/asterisk-ami/ (its README is in captures/: "Wire format facts").
 
 A message is ``Key: Value`` lines ended by CR LF, closed by an empty line. The server greets with
 one banner line and *no* empty line after it. Header names sent by clients are case-insensitive
