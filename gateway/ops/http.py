@@ -4,6 +4,7 @@ from importlib import resources as pkg_resources
 
 from aiohttp import web
 
+from gateway.core.errors import Problem
 from gateway.http.middleware import METRICS
 from gateway.http.routing import RouteTable, json_response
 from gateway.ops.schemas import Health, Readiness
@@ -30,15 +31,14 @@ async def readyz(request: web.Request) -> web.Response:
     result = await readiness(request.app[RESOURCES])
     if result.status == "ready":
         return json_response(result)
-    body = {
-        "type": "https://trunkline.dev/problems/not_ready",
-        "title": "Not ready",
-        "status": 503,
-        "code": "not_ready",
-        "detail": "not ready: " + ", ".join(k for k, c in result.checks.items() if not c.ok),
-        **result.model_dump(mode="json"),
-    }
-    return web.json_response(body, status=503, content_type="application/problem+json")
+    # problem+json: `status` is the HTTP status; the component states go in `checks`
+    raise Problem(
+        "not ready: " + ", ".join(k for k, c in result.checks.items() if not c.ok),
+        status=503,
+        code="not_ready",
+        title="Not ready",
+        checks={k: c.model_dump(mode="json") for k, c in result.checks.items()},
+    )
 
 
 @routes.get("/metrics", summary="Prometheus metrics", public=True, stream="text/plain")

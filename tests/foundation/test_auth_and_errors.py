@@ -137,3 +137,37 @@ async def test_readyz_names_what_is_not_ready(aiohttp_client, settings, pg_pool)
     assert body["checks"]["redis"]["ok"] is False
     assert body["checks"]["migrations"]["ok"] is False
     assert "redis" in body["detail"] and "migrations" in body["detail"]
+
+
+async def test_readyz_503_is_valid_problem_json_without_internal_error_text(
+    aiohttp_client, settings
+):
+    """`status` is the HTTP status (an int), and the public body names the failed component in
+    fixed words: the exception text (host, port, errno) goes to the log, once per change."""
+    from structlog.testing import capture_logs
+
+    from gateway.app import create_app
+    from gateway.settings import load_settings
+
+    broken = load_settings(
+        database={"url": settings.database_url(), "migrate_on_start": False},
+        redis={"url": "redis://127.0.0.1:1"},
+    )
+    client = await aiohttp_client(create_app(broken, role="api"))
+    with capture_logs() as logs:
+        first = await client.get("/readyz")
+        second = await client.get("/readyz")
+    for resp in (first, second):
+        assert resp.status == 503
+        assert resp.content_type == PROBLEM
+        text = await resp.text()
+        body = await resp.json()
+        assert body["status"] == 503 and isinstance(body["status"], int)
+        assert {"type", "title", "code", "detail"} <= body.keys()
+        assert body["checks"]["redis"] == {"ok": False, "detail": "unreachable"}
+        assert body["checks"]["postgres"]["ok"] is True
+        for leak in ("127.0.0.1", ":1", "Error", "Connection", "refused"):
+            assert leak not in text, (leak, text)
+    failures = [e for e in logs if e["event"] == "readiness check failed"]
+    assert len(failures) == 1  # logged when it changed, not per poll
+    assert failures[0]["component"] == "redis" and "127.0.0.1" in failures[0]["error"]
