@@ -1,12 +1,13 @@
 """The pool's Lua scripts, embedded as strings so the package needs no package-data.
 
-Every script starts with the same prelude and works on one pool's five keys:
+Every script starts with the same prelude and works on one pool's six keys:
 
   KEYS[1] leases  ZSET holder -> lease expiry (ms, Redis server clock)
   KEYS[2] since   HASH holder -> acquired at (ms), so reconcile can spare young permits
   KEYS[3] queue   ZSET ticket -> sequence number (FIFO order of waiters)
   KEYS[4] qexp    ZSET ticket -> ticket deadline (ms); a dead waiter's ticket lapses here
   KEYS[5] seq     STRING counter giving tickets their order
+  KEYS[6] epoch   STRING the trunk's state marker, shared by its pools (see below)
 
 A ticket member is `id|lease_ms|channel|holder` (holder last, so it may contain `|`).
 ARGV[1] is always the pool size. Every script first "settles" the pool: expired leases
@@ -15,6 +16,13 @@ tickets (the lease is written for the waiter and `id|expiry` is published on the
 waiter's channel). Because of that hand-off, a free permit exists only while the queue
 is empty, so a newcomer can never overtake a waiter, and a waiter that misses the
 message still finds its permit in `leases`.
+
+The epoch marker says "these keys are a faithful copy of who holds a channel". It is
+written only by REBUILD, in the same script that restores every pool's holders from the
+calls table (PostgreSQL), so a Redis that restarts empty or is flushed loses the marker
+together with the holders. ACQUIRE refuses while it is missing ({3}: rebuild needed)
+instead of admitting into a pool that only looks empty; RENEW answers -1, and STATS and
+OCCUPANCY report it, so readers rebuild before they show a pool as free.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 from gateway.redis import LuaScript
 
 _PRELUDE = """
-local leases, since, queue, qexp = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local leases, since, queue, qexp, epoch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local size = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -76,9 +84,11 @@ end
 # ARGV: size, holder, lease_ms, wait_ms (0 = do not queue), ticket member
 # -> expiry (an integer: granted; the common case, cheapest to parse)
 #    | {0, next_expiry, now, waiting, in_use} full | {2, next_expiry, now} queued
+#    | {3} the state marker is missing: rebuild the holders before admitting anyone
 ACQUIRE = (
     _PRELUDE
     + """
+if redis.call('EXISTS', epoch) == 0 then return {3} end
 reap()
 local waiting = grant()
 local holder, lease_ms, wait_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -110,9 +120,11 @@ return n
 )
 
 # ARGV: size, holder, lease_ms -> new expiry | 0 (the lease had already lapsed)
+#   | -1 (the state marker is missing: the holders must be rebuilt first)
 RENEW = (
     _PRELUDE
     + """
+if redis.call('EXISTS', epoch) == 0 then return -1 end
 reap()
 grant()
 if not redis.call('ZSCORE', leases, ARGV[2]) then return 0 end
@@ -140,13 +152,14 @@ return {0, next_expiry(), now, redis.call('ZCARD', queue), redis.call('ZCARD', l
 """
 )
 
-# ARGV: size -> {in_use, waiting, next_expiry, now}
+# ARGV: size -> {in_use, waiting, next_expiry, now, marker present (1|0)}
 STATS = (
     _PRELUDE
     + """
 reap()
 grant()
-return {redis.call('ZCARD', leases), redis.call('ZCARD', queue), next_expiry(), now}
+return {redis.call('ZCARD', leases), redis.call('ZCARD', queue), next_expiry(), now,
+        redis.call('EXISTS', epoch)}
 """
 )
 
@@ -160,14 +173,16 @@ return redis.call('ZRANGE', leases, 0, -1)
 """
 )
 
-# ARGV: size -> {holder ids with a live lease, ticket members in queue order}: one snapshot,
-# so a permit handed from the queue to a waiter is counted once, never as both or neither
+# ARGV: size -> {holder ids with a live lease, ticket members in queue order, marker 1|0}: one
+# snapshot, so a permit handed from the queue to a waiter is counted once, never as both or
+# neither
 OCCUPANCY = (
     _PRELUDE
     + """
 reap()
 grant()
-return {redis.call('ZRANGE', leases, 0, -1), redis.call('ZRANGE', queue, 0, -1)}
+return {redis.call('ZRANGE', leases, 0, -1), redis.call('ZRANGE', queue, 0, -1),
+        redis.call('EXISTS', epoch)}
 """
 )
 
@@ -192,6 +207,54 @@ return released
 """
 )
 
+# Restore every pool of a trunk at once and set the marker, atomically.
+# KEYS: epoch, rebuild lock, then per pool: leases, since
+# ARGV: lock token, marker value, pool count, then per pool:
+#       size, lease_ms, n_live, n_pending, live holders..., pending holders...
+# Live holders (calls on the trunk) are all restored, even past the size: they hold a
+# channel whether or not we like it. Pending ones (accepted, not dialled yet) only fill
+# free room, in the order given. Nothing is written unless the lock is still ours: a
+# flush between our read of PostgreSQL and this script took the lock with it, and the
+# holders we read must not be marked as the whole truth of an empty Redis.
+# -> 0 lock lost (nothing written) | {restored holders of pool 1}, {… of pool 2}, …
+REBUILD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local out = {}
+local npools = tonumber(ARGV[3])
+local at = 4
+for p = 1, npools do
+  local leases, since = KEYS[1 + 2 * p], KEYS[2 + 2 * p]
+  local size, lease_ms = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local n_live, n_pending = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  at = at + 4
+  local dead = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  for i = 1, #dead do redis.call('HDEL', since, dead[i]) end
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  local restored = {}
+  for i = at, at + n_live + n_pending - 1 do
+    local h = ARGV[i]
+    local room = i < at + n_live or redis.call('ZCARD', leases) < size
+    if room and not redis.call('ZSCORE', leases, h) then
+      redis.call('ZADD', leases, now + lease_ms, h)
+      redis.call('HSET', since, h, now)
+      restored[#restored + 1] = h
+    end
+  end
+  at = at + n_live + n_pending
+  out[p] = restored
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return out
+"""
+
+# KEYS: lock; ARGV: token -> 1 if the lock was ours and is now released
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 acquire_script = LuaScript(ACQUIRE, name="pool_acquire")
 release_script = LuaScript(RELEASE, name="pool_release")
 renew_script = LuaScript(RENEW, name="pool_renew")
@@ -200,3 +263,5 @@ stats_script = LuaScript(STATS, name="pool_stats")
 holders_script = LuaScript(HOLDERS, name="pool_holders")
 occupancy_script = LuaScript(OCCUPANCY, name="pool_occupancy")
 reconcile_script = LuaScript(RECONCILE, name="pool_reconcile")
+rebuild_script = LuaScript(REBUILD, name="pool_rebuild")
+unlock_script = LuaScript(UNLOCK, name="pool_unlock")

@@ -43,6 +43,8 @@ class TrunkPoolsConfig:
     `retry_after_min/max` bound the Retry-After hint of a rejection. `reconcile_min_age`
     spares permits younger than this from `reconcile`: a call takes its permit before
     Originate, so for a moment it holds a permit that Asterisk does not list yet.
+    `rebuild_timeout` bounds how long an acquire waits for the pools' state to be rebuilt
+    after Redis lost it (and how long one process may hold the rebuild lock).
     """
 
     trunk: str = "default"
@@ -50,6 +52,7 @@ class TrunkPoolsConfig:
     retry_after_min: float = 1.0
     retry_after_max: float = 30.0
     reconcile_min_age: float = 10.0
+    rebuild_timeout: float = 10.0
     key_prefix: str = "tl:pool"
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class TrunkPoolsConfig:
             raise ValueError("retry_after_min/max: expected 0 <= min <= max")
         if self.reconcile_min_age < 0:
             raise ValueError("reconcile_min_age: expected seconds >= 0")
+        if not self.rebuild_timeout > 0:
+            raise ValueError("rebuild_timeout: expected seconds > 0")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrunkPoolsConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 
 class PoolError(Exception):
     """Base for channel-pool errors."""
@@ -68,3 +70,17 @@ class PermitLost(PoolError):
         self.trunk = trunk
         self.pool = pool
         self.holder = holder
+
+
+class PoolStateUnavailable(PoolError, RedisConnectionError):
+    """The pools' Redis state was lost (Redis restarted empty, or was flushed) and could not
+    be rebuilt from the calls table within `rebuild_timeout`.
+
+    Nothing is admitted meanwhile. It is a Redis `ConnectionError` on purpose: to a caller
+    it is Redis being unusable (an outage of ours: answer 503, let the job wait), not a full
+    pool and not a provider's failure.
+    """
+
+    def __init__(self, trunk: str, detail: str) -> None:
+        super().__init__(f"trunk {trunk!r}: channel pool state is being rebuilt ({detail})")
+        self.trunk = trunk

@@ -11,6 +11,10 @@ release, a lapsed lease or `reconcile` are handed to the queue head inside the s
 script, and the head's process is woken through pub/sub. A waiter also sets one timer
 for the earliest lease expiry so that a permit freed by a crashed holder is reclaimed
 without anyone polling.
+
+Losing Redis (a restart without persistence, a flush) loses every holder with the epoch
+marker: until one process has rebuilt the holders from the source of truth (`rebuild_from`,
+the calls table in the daemon), acquire does not admit — see `_rebuild`.
 """
 
 from __future__ import annotations
@@ -28,11 +32,20 @@ import redis.asyncio as aioredis
 import structlog
 
 from sip.pools import _lua
+from sip.pools._rebuild import HolderSource, Rebuilder
 from sip.pools._transport import ScriptBatcher, Waiter, Waker
 from sip.pools.config import PoolConfig, TrunkPoolsConfig
-from sip.pools.errors import PermitLost, PoolError, PoolExhausted, PoolTimeout, UnknownPool
+from sip.pools.errors import (
+    PermitLost,
+    PoolError,
+    PoolExhausted,
+    PoolStateUnavailable,
+    PoolTimeout,
+    UnknownPool,
+)
 
-_GRANTED, _FULL, _QUEUED = 1, 0, 2
+_GRANTED, _FULL, _QUEUED, _REBUILD = 1, 0, 2, 3
+_REBUILD_TRIES = 3  # a flush during each of these rebuilds is an outage, not a race
 
 log = structlog.get_logger(__name__)
 
@@ -97,12 +110,13 @@ class Pool:
         self.size = config.size
         self.lease = config.lease
         base = f"{owner.config.key_prefix}:{{{self.trunk}}}:{name}:"
-        self.keys: tuple[str, str, str, str, str] = (
+        self.keys: tuple[str, str, str, str, str, str] = (
             base + "leases",
             base + "since",
             base + "queue",
             base + "qexp",
             base + "seq",
+            owner.marker_key,
         )
 
     def __repr__(self) -> str:
@@ -138,14 +152,21 @@ class Pool:
                 waiter = Waiter(ticket, holder, member, self._recheck)
                 owner._waker.register(waiter)  # before the ticket exists: no grant can slip by
                 args = [self.size, holder, lease_ms, _ms(timeout), member]
-            call = owner._batcher.call(_lua.acquire_script, self.keys, args)
-            reply = await asyncio.shield(call)
+            for _ in range(_REBUILD_TRIES):
+                call = owner._batcher.call(_lua.acquire_script, self.keys, args)
+                reply = await asyncio.shield(call)
+                if isinstance(reply, int) or reply[0] != _REBUILD:
+                    break
+                call = None  # refused outright: nothing to give back
+                await owner.ensure_state()
+            else:
+                raise PoolStateUnavailable(self.trunk, "Redis lost it again during each rebuild")
             if isinstance(reply, int):
                 return self._permit(holder, reply)
             if waiter is None:
                 raise self._exhausted(reply)
             return await self._wait(waiter, started + timeout, reply, started)
-        except (PoolExhausted, PermitLost):
+        except (PoolExhausted, PermitLost, PoolStateUnavailable):
             raise
         except BaseException:
             if call is not None:
@@ -274,7 +295,10 @@ class Pool:
         hid = _holder_id(holder)
         args = [self.size, hid, _ms(self.lease if lease is None else lease)]
         expiry = await self._owner._batcher.call(_lua.renew_script, self.keys, args)
-        if not expiry:
+        if expiry == -1:  # Redis lost the holders: restore them (ours too), then renew
+            await self._owner.ensure_state()
+            expiry = await self._owner._batcher.call(_lua.renew_script, self.keys, args)
+        if expiry is None or expiry <= 0:
             raise PermitLost(self.trunk, self.name, hid)
         return self._permit(hid, expiry)
 
@@ -282,6 +306,9 @@ class Pool:
 
     async def stats(self) -> PoolStats:
         reply = await self._owner._batcher.call(_lua.stats_script, self.keys, [self.size])
+        if not reply[4]:  # an empty pool after a state loss is not free: rebuild, look again
+            await self._owner.ensure_state()
+            reply = await self._owner._batcher.call(_lua.stats_script, self.keys, [self.size])
         return PoolStats(self.trunk, self.name, self.size, int(reply[0]), int(reply[1]))
 
     async def holders(self) -> list[str]:
@@ -292,7 +319,10 @@ class Pool:
     async def occupancy(self) -> PoolOccupancy:
         """Holders and waiting holders in one atomic snapshot."""
         reply = await self._owner._batcher.call(_lua.occupancy_script, self.keys, [self.size])
-        leases, queue = reply
+        if not reply[2]:  # as in stats: show the rebuilt holders, never a lost state as free
+            await self._owner.ensure_state()
+            reply = await self._owner._batcher.call(_lua.occupancy_script, self.keys, [self.size])
+        leases, queue, _ = reply
         # A ticket member is `id|lease_ms|channel|holder`; the holder may itself contain `|`.
         waiting = tuple(_text(m).split("|", 3)[3] for m in queue)
         return PoolOccupancy(
@@ -326,6 +356,7 @@ class TrunkPools:
         config: TrunkPoolsConfig | Mapping[str, Any] | None = None,
         *,
         lanes: int = 2,
+        holders: HolderSource | None = None,
     ) -> None:
         if config is None:
             config = TrunkPoolsConfig()
@@ -333,6 +364,10 @@ class TrunkPools:
             config = TrunkPoolsConfig.from_mapping(config)
         self.config = config
         self.redis = redis
+        self.marker_key = f"{config.key_prefix}:{{{config.trunk}}}:epoch"
+        self._rebuilder = Rebuilder(
+            redis, config.trunk, self.marker_key, timeout=config.rebuild_timeout, source=holders
+        )
         self._batcher = ScriptBatcher(redis, lanes=lanes)
         self._waker = Waker(redis, f"{config.key_prefix}:wake:{uuid.uuid4().hex}")
         self._pools = {name: Pool(self, name, pc) for name, pc in config.pools.items()}
@@ -355,6 +390,22 @@ class TrunkPools:
     @property
     def names(self) -> list[str]:
         return list(self._pools)
+
+    def rebuild_from(self, source: HolderSource) -> None:
+        """Where holders come from after Redis lost them (the daemon: the calls table).
+        Without a source a lost state is rebuilt empty — right only where nothing outlives
+        Redis, e.g. a pool used for short jobs alone."""
+        self._rebuilder.source = source
+
+    @property
+    def rebuilds(self) -> int:
+        """How many times this instance rebuilt the pools' state."""
+        return self._rebuilder.rebuilds
+
+    async def ensure_state(self) -> None:
+        """Return once the pools' Redis state is whole, rebuilding it first if Redis lost it
+        (`PoolStateUnavailable` if no rebuild finishes within `rebuild_timeout`)."""
+        await self._rebuilder.ensure(list(self._pools.values()))
 
     async def stats(self) -> dict[str, PoolStats]:
         results = await asyncio.gather(*(p.stats() for p in self._pools.values()))

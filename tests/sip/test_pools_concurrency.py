@@ -185,7 +185,10 @@ async def _spawn_and_wait_for(url: str, mode: str, line: bytes) -> asyncio.subpr
         stdout=asyncio.subprocess.PIPE,
     )
     assert child.stdout is not None
-    assert await asyncio.wait_for(child.stdout.readline(), 30) == line
+    # The child may log first (e.g. the pools' state being initialised on a fresh Redis).
+    async with asyncio.timeout(30):
+        while (got := await child.stdout.readline()) != line:
+            assert got, f"the child exited before printing {line!r}"
     return child
 
 
