@@ -253,6 +253,15 @@ async def unfinished_call_ids(conn: Conn) -> list[str]:
     return [r["id"] for r in rows]
 
 
+async def permit_holders(conn: Conn) -> list[asyncpg.Record]:
+    """Calls that may hold a pool permit, oldest first: on the trunk (dialing, ringing,
+    answered) or accepted and waiting to dial (queued; a campaign call queues without one)."""
+    return await conn.fetch(
+        "SELECT id::text AS id, pool, status FROM calls"
+        " WHERE status IN ('queued', 'dialing', 'ringing', 'answered') ORDER BY created_at, id"
+    )
+
+
 async def live_calls(conn: Conn) -> list[asyncpg.Record]:
     """Calls that hold a channel now (for lease renewal)."""
     return await conn.fetch(

@@ -48,7 +48,7 @@ from gateway.providers.contracts import CallReport
 from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
 from sip.calls import LiveLeg
-from sip.pools import PermitLost, PoolExhausted, TrunkPools, UnknownPool
+from sip.pools import PermitLost, PoolExhausted, PoolHolders, TrunkPools, UnknownPool
 
 log = get_logger(__name__)
 
@@ -135,7 +135,25 @@ class CallService:
             providers=lines,
         )
 
+    def __post_init__(self) -> None:
+        # The calls table is the truth about who holds a channel; Redis is its cache.
+        self.pools.rebuild_from(self.permit_holders)
+
     # -- permits ----------------------------------------------------------------------------
+
+    async def permit_holders(self) -> dict[str, PoolHolders]:
+        """Each pool's holders per the calls table, for the pools to rebuild from after Redis
+        lost their state: every call on the trunk, then the queued ones (which may or may
+        not hold a permit yet) to fill whatever room is left."""
+        live: dict[str, list[str]] = {}
+        pending: dict[str, list[str]] = {}
+        for row in await repo.permit_holders(self.db):
+            into = pending if row["status"] == "queued" else live
+            into.setdefault(row["pool"], []).append(row["id"])
+        return {
+            pool: PoolHolders(live=live.get(pool, []), pending=pending.get(pool, []))
+            for pool in {*live, *pending}
+        }
 
     async def release_permit(self, call_id: uuid.UUID | str, pool: str) -> None:
         try:
