@@ -25,6 +25,7 @@ from gateway.http import idempotency
 from gateway.http.metrics import Registry
 from gateway.http.middleware import METRICS, context_middleware
 from gateway.http.routing import RouteTable, openapi_document
+from gateway.http.server import client_gone_middleware
 from gateway.limits.http import routes as limit_routes
 from gateway.logs import get_logger
 from gateway.messages.http import routes as message_routes
@@ -131,7 +132,8 @@ def create_app(
     extra_tasks: Callable[[web.Application], dict[str, TaskFactory]] | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[context_middleware], client_max_size=settings.http.max_body_bytes
+        middlewares=[context_middleware, client_gone_middleware],
+        client_max_size=settings.http.max_body_bytes,
     )
     registry = Registry()
     app[METRICS] = registry

@@ -18,6 +18,7 @@ from gateway import db
 from gateway.app import Role, create_app
 from gateway.core.errors import Problem
 from gateway.devservices import DevServiceError, PrivatePostgres, PrivateRedis
+from gateway.http.server import AppRunner
 from gateway.logs import configure_logging, get_logger
 from gateway.settings import ConfigError, Settings, load_settings
 
@@ -28,7 +29,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 async def serve(settings: Settings, role: Role, app: web.Application | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight work, close."""
     app = app if app is not None else create_app(settings, role=role)
-    runner = web.AppRunner(
+    runner = AppRunner(
         app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout, access_log=None
     )
     stop = asyncio.Event()
