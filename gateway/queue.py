@@ -40,15 +40,24 @@ class PermanentError(Exception):
 
 
 class Reschedule(Exception):
-    """Run the job again at `until` without spending its retry budget (e.g. calling hours)."""
+    """Run the job again at `until` without spending its retry budget (e.g. calling hours).
 
-    def __init__(self, until: datetime, reason: str) -> None:
+    One clock (DESIGN.md, principle 12): the queue compares `run_at` with the database's
+    `now()`, so an `until` computed on another clock (the process's, or one a test injects)
+    must come with `now`, the instant of that same clock it was computed at. The job is then
+    due `until - now` after the database's `now()`: a worker whose clock is behind the
+    database's is not handed back, at once and again and again, a job it will only defer
+    again. Without `now`, `until` must be on the database's clock (e.g. read from a row).
+    """
+
+    def __init__(self, until: datetime, reason: str, *, now: datetime | None = None) -> None:
         super().__init__(reason)
         self.until = until
 
 
 @dataclass(frozen=True)
 class Job:
+        self.delay: float | None = None if now is None else (until - now).total_seconds()
     id: int
     queue: str
     tenant_id: uuid.UUID | None
@@ -77,14 +86,19 @@ class NewJob:
     tenant_id: uuid.UUID | None = None
     trace_id: str | None = None
     max_attempts: int = 8
-    run_at: datetime | None = None
+    run_at: datetime | None = None  # on the database's clock
+    # Or: due this many seconds after the database's now() — for a time computed on another
+    # clock (the guardrails' deferral), so that the queue's clock decides only the wait.
+    run_after: float | None = None
 
 
 _INSERT_JOBS = """
     INSERT INTO jobs (queue, tenant_id, payload, max_attempts, trace_id, run_at)
-    SELECT q, t, p, m, tr, coalesce(r, now())
-    FROM unnest($1::text[], $2::uuid[], $3::jsonb[], $4::int[], $5::text[], $6::timestamptz[])
-         WITH ORDINALITY AS u(q, t, p, m, tr, r, ord)
+    SELECT q, t, p, m, tr,
+           coalesce(r, now() + make_interval(secs => greatest(d, 0)), now())
+    FROM unnest($1::text[], $2::uuid[], $3::jsonb[], $4::int[], $5::text[], $6::timestamptz[],
+                $7::float8[])
+         WITH ORDINALITY AS u(q, t, p, m, tr, r, d, ord)
     ORDER BY ord
     RETURNING id
 """
@@ -117,6 +131,7 @@ async def enqueue_many(conn: asyncpg.Connection, jobs: list[NewJob]) -> list[int
     return list(ids)
 
 
+        [j.run_after for j in jobs],
 async def enqueue(
     conn: asyncpg.Connection,
     queue: str,
@@ -127,9 +142,10 @@ async def enqueue(
     max_attempts: int = 8,
     run_at: datetime | None = None,
 ) -> int:
-    """Add one job inside the caller's transaction (see enqueue_many)."""
-    job = NewJob(queue, payload, tenant_id, trace_id, max_attempts, run_at)
+    """Add one job inside the caller's transaction (see enqueue_many and NewJob)."""
+    job = NewJob(queue, payload, tenant_id, trace_id, max_attempts, run_at, run_after)
     return (await enqueue_many(conn, [job]))[0]
+    run_after: float | None = None,
 
 
 def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
@@ -198,12 +214,23 @@ async def retry_later(
 
 
 async def reschedule(
-    db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str, until: datetime, reason: str
+    db: asyncpg.Pool | asyncpg.Connection,
+    job: Job,
+    worker_id: str,
+    until: datetime,
+    reason: str,
+    *,
+    delay: float | None = None,
 ) -> None:
     await db.execute(
         """
-        UPDATE jobs SET state = 'ready', run_at = $3, attempts = greatest(attempts - 1, 0), last_error = $4,
+        UPDATE jobs SET state = 'ready',
+                        run_at = CASE WHEN $5::float8 IS NULL THEN $3
+                                      ELSE now() + make_interval(secs => greatest($5::float8, 0)) END,
+                        attempts = greatest(attempts - 1, 0), last_error = $4,
                         locked_by = NULL, locked_until = NULL, updated_at = now()
+    """Put a job back, due at `until` (database clock) or, given `delay`, that many seconds
+    after the database's now() (see `Reschedule`)."""
         WHERE id = $1 AND locked_by = $2
         """,
         job.id,
@@ -214,6 +241,7 @@ async def reschedule(
 
 
 async def bury(
+        delay,
     db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str | None, error: str
 ) -> None:
     await db.execute(
@@ -398,7 +426,9 @@ class Worker:
             try:
                 await self.handler(job)
             except Reschedule as exc:
-                await reschedule(self.db, job, self.worker_id, exc.until, str(exc))
+                await reschedule(
+                    self.db, job, self.worker_id, exc.until, str(exc), delay=exc.delay
+                )
             except PermanentError as exc:
                 await self._dead(job, f"permanent: {exc}")
             except Exception as exc:

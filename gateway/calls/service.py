@@ -39,7 +39,7 @@ from gateway.calls.schemas import (
     VoiceUsage,
     VoiceUsageLine,
 )
-from gateway.calls.states import FINAL, LIVE
+from gateway.calls.states import FINAL, LIVE, settled
 from gateway.core.errors import Conflict, NotFound
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import get_logger
@@ -287,6 +287,10 @@ class CallService:
                     max_attempts=self.settings.calls.max_attempts,
                 )
                 return
+        # A final report ends the call whatever live status we held: "canceled" or "failed"
+        # for a call we know was answered is its end, recorded as completed with its cause.
+        new = settled(current, new)
+        remapped = new != r.status
         moved = await repo.move_status(
             conn,
             call["id"],
@@ -295,7 +299,7 @@ class CallService:
             hangup_cause=r.hangup_cause,
             hangup_cause_text=r.hangup_cause_text,
             sip_code=r.sip_code,
-            error_code=r.error_code if new in FINAL else None,
+            error_code=r.error_code if new in FINAL and not remapped else None,
         )
         if moved is None:
             if new != current:
@@ -308,7 +312,10 @@ class CallService:
                     ),
                 )
             return
-        await emit(conn, event(moved, new, {"source": r.source, "n": n, **_cause(r)}))
+        data = {"source": r.source, "n": n, **_cause(r)}
+        if remapped:
+            data = {k: v for k, v in data.items() if k != "error_code"} | {"reported": r.status}
+        await emit(conn, event(moved, new, data))
         if new == "answered":
             await self._answered(conn, moved)
         if new in FINAL:
