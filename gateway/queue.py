@@ -53,11 +53,11 @@ class Reschedule(Exception):
     def __init__(self, until: datetime, reason: str, *, now: datetime | None = None) -> None:
         super().__init__(reason)
         self.until = until
+        self.delay: float | None = None if now is None else (until - now).total_seconds()
 
 
 @dataclass(frozen=True)
 class Job:
-        self.delay: float | None = None if now is None else (until - now).total_seconds()
     id: int
     queue: str
     tenant_id: uuid.UUID | None
@@ -127,11 +127,11 @@ async def enqueue_many(conn: asyncpg.Connection, jobs: list[NewJob]) -> list[int
         [j.max_attempts for j in jobs],
         [j.trace_id for j in jobs],
         [j.run_at for j in jobs],
+        [j.run_after for j in jobs],
     )
     return list(ids)
 
 
-        [j.run_after for j in jobs],
 async def enqueue(
     conn: asyncpg.Connection,
     queue: str,
@@ -141,11 +141,11 @@ async def enqueue(
     trace_id: str | None = None,
     max_attempts: int = 8,
     run_at: datetime | None = None,
+    run_after: float | None = None,
 ) -> int:
     """Add one job inside the caller's transaction (see enqueue_many and NewJob)."""
     job = NewJob(queue, payload, tenant_id, trace_id, max_attempts, run_at, run_after)
     return (await enqueue_many(conn, [job]))[0]
-    run_after: float | None = None,
 
 
 def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
@@ -222,6 +222,8 @@ async def reschedule(
     *,
     delay: float | None = None,
 ) -> None:
+    """Put a job back, due at `until` (database clock) or, given `delay`, that many seconds
+    after the database's now() (see `Reschedule`)."""
     await db.execute(
         """
         UPDATE jobs SET state = 'ready',
@@ -229,19 +231,17 @@ async def reschedule(
                                       ELSE now() + make_interval(secs => greatest($5::float8, 0)) END,
                         attempts = greatest(attempts - 1, 0), last_error = $4,
                         locked_by = NULL, locked_until = NULL, updated_at = now()
-    """Put a job back, due at `until` (database clock) or, given `delay`, that many seconds
-    after the database's now() (see `Reschedule`)."""
         WHERE id = $1 AND locked_by = $2
         """,
         job.id,
         worker_id,
         until,
         f"rescheduled: {reason}"[:2000],
+        delay,
     )
 
 
 async def bury(
-        delay,
     db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str | None, error: str
 ) -> None:
     await db.execute(

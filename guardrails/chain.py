@@ -51,10 +51,18 @@ class Decision:
     rule: str | None
     event: NewEvent
     cleared: ClearedAction | None = None
+    at: datetime | None = None  # the chain's clock when it decided (a Defer's `until` is on it)
 
     @property
     def allowed(self) -> bool:
         return isinstance(self.verdict, Allow)
+
+    def defer_delay(self) -> float | None:
+        """Seconds from the decision to a Defer's `until`, measured on the one clock that
+        computed both: what the queue should wait, on its own clock (DESIGN.md, principle 12)."""
+        if not isinstance(self.verdict, Defer) or self.at is None:
+            return None
+        return (self.verdict.until - self.at).total_seconds()
 
 
 def _verdict_event(
@@ -127,7 +135,10 @@ class GuardrailChain:
                     if isinstance(verdict, Deny):
                         await self._release(action, ctx)
                     return Decision(
-                        verdict, check.name, _verdict_event(action, ctx, verdict, checked)
+                        verdict,
+                        check.name,
+                        _verdict_event(action, ctx, verdict, checked),
+                        at=ctx.now,
                     )
                 inputs[check.name] = verdict.inputs
         except BaseException:
@@ -135,7 +146,11 @@ class GuardrailChain:
             raise
         allow = Allow(inputs=inputs)
         return Decision(
-            allow, None, _verdict_event(action, ctx, allow, checked), cleared=_mint(action, stage)
+            allow,
+            None,
+            _verdict_event(action, ctx, allow, checked),
+            cleared=_mint(action, stage),
+            at=ctx.now,
         )
 
     async def _prepare(self, action: OutboundAction, ctx: CheckContext) -> None:

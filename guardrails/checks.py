@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -67,7 +66,8 @@ SELECT
     (SELECT name FROM tenants WHERE id = $2) AS tenant,
     (SELECT json_agg(json_build_object(
                 'source', d.source, 'global', d.tenant_id IS NULL, 'expires_at', d.expires_at,
-                'created_at', d.created_at, 'confirmation_message_id', d.confirmation_message_id))
+                'age_s', extract(epoch FROM now() - d.created_at),
+                'confirmation_message_id', d.confirmation_message_id))
        FROM dnc_entries d
       WHERE d.number = $1 AND (d.tenant_id IS NULL OR d.tenant_id = $2)
         AND (d.expires_at IS NULL OR d.expires_at > $3)) AS entries,
@@ -85,7 +85,7 @@ class Entry:
     source: str
     scope: str  # "tenant" | "global"
     expires_at: str | None
-    created_at: datetime
+    age_s: float  # since the row was written, on the database's clock (which wrote it)
     confirmation_message_id: str | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -98,18 +98,19 @@ class Facts:
     entries: tuple[Entry, ...]
     prior_marketing: bool | None  # None: not asked (not a marketing SMS/WhatsApp)
 
-    def confirmation_entry(
-        self, action: OutboundAction, now: datetime, window_s: float
-    ) -> Entry | None:
-        """The fresh opt-out whose one confirmation this action is, if it is."""
+    def confirmation_entry(self, action: OutboundAction, window_s: float) -> Entry | None:
+        """The fresh opt-out whose one confirmation this action is, if it is.
+
+        Its age is measured by the database that stamped it (DESIGN.md, principle 12), not
+        by the chain's clock: a worker with a skewed (or a test's pinned) clock judges the
+        window the same way."""
         if action.purpose != "transactional":
             return None
         for e in self.entries:
             if (
                 e.source == "consumer_opt_out"
                 and e.confirmation_message_id == action.subject
-                # (-60 s: the row's time is the database's clock, `now` this process's)
-                and -60 <= (now - e.created_at).total_seconds() <= window_s
+                and e.age_s <= window_s
             ):
                 return e
         return None
@@ -173,7 +174,7 @@ class SuppressionFacts:
                 source=e["source"],
                 scope="global" if e["global"] else "tenant",
                 expires_at=e["expires_at"],
-                created_at=datetime.fromisoformat(e["created_at"]),
+                age_s=float(e["age_s"]),
                 confirmation_message_id=e["confirmation_message_id"],
             )
             for e in (row["entries"] or ())
@@ -208,7 +209,7 @@ class SuppressionCheck:
             "purpose": action.purpose,
             "entries": [e.as_dict() for e in facts.entries],
         }
-        exempt = facts.confirmation_entry(action, ctx.now, self.policy.confirmation_window)
+        exempt = facts.confirmation_entry(action, self.policy.confirmation_window)
         if exempt is not None:
             inputs["exempt"] = "opt-out confirmation: the one reply this opt-out allows"
         blocking = [
@@ -285,7 +286,7 @@ class CallingHoursCheck:
 
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
         facts = await self.facts.get(action, ctx)
-        if facts.confirmation_entry(action, ctx.now, self.policy.confirmation_window):
+        if facts.confirmation_entry(action, self.policy.confirmation_window):
             return Allow(
                 inputs={
                     "check": "calling_hours",

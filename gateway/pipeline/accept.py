@@ -182,7 +182,7 @@ class MessagePipeline:
                 "key_id": principal.key_id,
             },
         )
-        return _Plan(row, [accepted, decision.event], verdict)
+        return _Plan(row, [accepted, decision.event], verdict, decision.defer_delay())
 
     async def _persist_many(self, conn: asyncpg.Connection, plans: list[_Plan]) -> list[Outcome]:
         """Every plan's rows in set-based statements: messages, events, dispatch jobs."""
@@ -197,7 +197,8 @@ class MessagePipeline:
                     tenant_id=p.row["tenant_id"],
                     trace_id=p.row["trace_id"],
                     max_attempts=self.settings.messaging.max_attempts,
-                    run_at=p.row["send_at"],
+                    # the deferral's wait, counted on the queue's clock (see queue.NewJob)
+                    run_after=p.delay,
                 )
                 for p in plans
                 if not isinstance(p.verdict, Deny)
@@ -225,3 +226,4 @@ class _Plan:
     row: dict[str, Any]
     events: list[NewEvent]
     verdict: Verdict
+    delay: float | None = None  # a deferral's wait in seconds (None: due now)

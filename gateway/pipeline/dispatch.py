@@ -84,7 +84,11 @@ class MessageDispatcher:
                     message_id,
                     decision.verdict.until,
                 )
-            raise queue.Reschedule(decision.verdict.until, decision.verdict.reason)
+            # Due after the same interval the chain measured on its own clock, counted on the
+            # queue's (the database's): never at an instant another clock says is past.
+            raise queue.Reschedule(
+                decision.verdict.until, decision.verdict.reason, now=decision.at
+            )
         assert decision.cleared is not None
         async with self.db.acquire() as conn, conn.transaction():
             attempt = await repo.open_attempt(
@@ -195,9 +199,10 @@ class MessageDispatcher:
         try:
             breaker, permit = await choose(first, second)
         except AllProvidersOpen as exc:
-            until = datetime.now(UTC) + timedelta(seconds=max(1.0, exc.retry_after_s))
+            now = datetime.now(UTC)
+            until = now + timedelta(seconds=max(1.0, exc.retry_after_s))
             raise queue.Reschedule(
-                until, f"every provider for {msg['channel']} is unavailable"
+                until, f"every provider for {msg['channel']} is unavailable", now=now
             ) from exc
         if breaker.name != primary:
             async with self.db.acquire() as conn, conn.transaction():

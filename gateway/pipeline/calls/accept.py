@@ -204,7 +204,7 @@ class CallPipeline:
                 "amd": req.amd,
             },
         )
-        return CallPlan(row, [accepted, decision.event], verdict)
+        return CallPlan(row, [accepted, decision.event], verdict, decision.defer_delay())
 
     def _max_duration(self, req: PlaceCall) -> int:
         """The call's own cap, fixed now: what it asked for, never above calls.max_duration."""
@@ -227,7 +227,7 @@ class CallPipeline:
             tenant_id=row["tenant_id"],
             trace_id=row["trace_id"],
             max_attempts=self.settings.calls.max_attempts,
-            run_at=row["send_at"],
+            run_after=plan.delay,  # the deferral's wait, on the queue's clock (queue.NewJob)
         )
         body = call_from_row(inserted)
         return Outcome(202, json.loads(body.model_dump_json(by_alias=True)), {})
@@ -240,3 +240,4 @@ class CallPlan:
     row: dict[str, Any]
     events: list[NewEvent]
     verdict: Verdict
+    delay: float | None = None  # a deferral's wait in seconds (None: due now)

@@ -106,7 +106,7 @@ class CallDispatcher:
                     until,
                 )
             await self.service.release_permit(call_id, call["pool"])
-            raise queue.Reschedule(until, decision.verdict.reason)
+            raise queue.Reschedule(until, decision.verdict.reason, now=decision.at)
         assert decision.cleared is not None
         if isinstance(admitted, BaseException):
             raise admitted
@@ -204,8 +204,9 @@ class CallDispatcher:
                     # The pool's size, not the trunk's load: that is other tenants' traffic.
                     event(call, "waiting_for_pool", {"pool": exc.pool, "size": exc.size}),
                 )
-            until = datetime.now(UTC) + timedelta(seconds=max(0.5, exc.retry_after))
-            raise queue.Reschedule(until, f"pool {exc.pool} is full") from exc
+            now = datetime.now(UTC)
+            until = now + timedelta(seconds=max(0.5, exc.retry_after))
+            raise queue.Reschedule(until, f"pool {exc.pool} is full", now=now) from exc
 
     async def _attempt_failed(
         self,
