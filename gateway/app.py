@@ -36,6 +36,7 @@ from gateway.ops.http import routes as ops_routes
 from gateway.pipeline.accept import DISPATCH_QUEUE, MessagePipeline
 from gateway.pipeline.calls import VOICE, VoiceRuntime, call_tasks
 from gateway.pipeline.dispatch import MessageDispatcher
+from gateway.pipeline.receipts import ReceiptReconciler
 from gateway.pipeline.wiring import CHAIN, PIPELINE, PROVIDERS
 from gateway.providers.health import ProviderHealth
 from gateway.providers.registry import ProviderRegistry
@@ -103,9 +104,13 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         concurrency=settings.messaging.dispatch_concurrency,
         lease=settings.messaging.lease_seconds,
     )
+    receipts = ReceiptReconciler(res.db, app[PROVIDERS], app[VOICE].service, settings.receipts)
     return (
         {
             "dispatch": dispatch.run,
+            "receipt-reconciler": lambda stopping: periodic(
+                stopping, settings.receipts.interval, receipts.run_once
+            ),
             "idempotency-janitor": lambda stopping: periodic(
                 stopping, 300, lambda: idempotency.purge_expired(res.db)
             ),

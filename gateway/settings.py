@@ -129,6 +129,29 @@ class MessagingSettings(_Section):
     )
 
 
+class ReceiptsSettings(_Section):
+    """The receipt reconciler (worker role): asks providers what a lost callback said."""
+
+    interval: float = Field(default=60.0, gt=0, description="seconds between rounds")
+    message_age: float = Field(
+        default=600.0,
+        gt=0,
+        description="a message queued/sent at the provider this long without news is asked about",
+    )
+    call_age: float = Field(
+        default=300.0,
+        gt=0,
+        description="a call short of its end this long without news is asked about "
+        "(and again every call_age while it lasts)",
+    )
+    give_up_after: float = Field(
+        default=72 * 3600.0, gt=0, description="older than this (no news), nobody asks any more"
+    )
+    batch: int = Field(default=200, ge=1, description="messages, and calls, asked about per round")
+    concurrency: int = Field(default=8, ge=1, description="provider lookups in flight")
+    fetch_timeout: float = Field(default=15.0, gt=0, description="seconds per provider lookup")
+
+
 class EventsSettings(_Section):
     retention: float = Field(
         default=604800.0, gt=0, description="seconds events are kept in the log (default 7 days)"
@@ -429,6 +452,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     providers: ProvidersSettings = ProvidersSettings()
     messaging: MessagingSettings = MessagingSettings()
+    receipts: ReceiptsSettings = ReceiptsSettings()
     events: EventsSettings = EventsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     guardrails: GuardrailSettings = GuardrailSettings()

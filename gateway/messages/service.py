@@ -119,7 +119,7 @@ async def apply_report(db: asyncpg.Pool, report: StatusReport) -> bool | None:
             conn,
             message,
             report.status,
-            source=f"receipt:{report.provider}",
+            source=report.source or f"receipt:{report.provider}",
             error_code=report.error_code,
         )
 

@@ -55,13 +55,20 @@ class StatusReport:
     error_code: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     occurred_at: datetime | None = None
+    source: str | None = None  # how it reached us when not a receipt (e.g. "twilio:fetch")
 
 
 class MessagingProvider(ABC):
-    """SMS/WhatsApp: `send`. Status arrives later as StatusReports."""
+    """SMS/WhatsApp: `send`. Status arrives later as StatusReports.
+
+    `fetch_status` is optional: a provider that can be asked about a message (Twilio's
+    Message resource) sets `fetches_status` and overrides it, so a receipt we failed to
+    store is recovered by asking (DESIGN principle 11). Callback-only providers cannot.
+    """
 
     name: str
     channels: frozenset[str]
+    fetches_status: bool = False
 
     async def send(self, cleared: ClearedAction, attempt_key: str) -> SendResult:
         action = ClearedAction.verify(cleared)  # unbound: a look-alike's own verify() never runs
@@ -73,6 +80,11 @@ class MessagingProvider(ABC):
 
     @abstractmethod
     async def _send(self, action: OutboundAction, attempt_key: str) -> SendResult: ...
+
+    async def fetch_status(self, provider_message_id: str) -> StatusReport | None:
+        """The message's status as the provider knows it now; None when it cannot say.
+        Raises `ProviderError` when asking failed (try again later)."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional lifecycle hook
         """Open clients that need a running event loop."""
@@ -177,9 +189,14 @@ class VoiceProvider(ABC):
     `originate` only accepts a `ClearedAction`. `hangup` and `bridge` act on a call that was
     cleared when it was placed and reach no new consumer (a bridge joins two of the tenant's
     own calls, or the call and the tenant's AI agent), and hanging up is never refused.
+
+    `fetch_status` is optional, as for messaging: a provider whose calls can be looked up
+    (Twilio's Call resource) sets `fetches_status`; one whose status comes from an event
+    stream that is reconciled as a whole (Asterisk's CoreShowChannels) does not need it.
     """
 
     name: str
+    fetches_status: bool = False
 
     async def originate(
         self, cleared: ClearedAction, attempt_key: str, spec: CallSpec
@@ -196,6 +213,11 @@ class VoiceProvider(ABC):
 
     async def bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
         return await self._bridge(call, target)
+
+    async def fetch_status(self, call: CallRef) -> CallReport | None:
+        """The call's status as the provider knows it now, as a report on `call.attempt_key`;
+        None when it cannot say. Raises `ProviderError` when asking failed."""
+        return None
 
     @abstractmethod
     async def _originate(

@@ -96,6 +96,9 @@ class Script:
     statuses: list[str] | None = None  # callback sequence as sent: reorder/duplicate freely
     callback_error_code: int | None = None  # ErrorCode on failed/undelivered callbacks
     call_outcome: CallOutcome = "completed"
+    # Statuses whose callback is lost on the way (we were down, answered 503, Twilio does not
+    # retry): the resource still moves to them, so a fetch tells what the callback would have.
+    lost_callbacks: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class SentCallback:
     headers: dict[str, str]
     status: int | None = None  # the receiver's HTTP status; None when delivery failed
     error: str | None = None
+    lost: bool = False  # scripted as lost: never delivered
 
 
 def _now() -> str:
@@ -368,7 +372,8 @@ class FakeTwilio:
                 code = script.callback_error_code or _DEFAULT_CALLBACK_ERROR[status]
                 params["ErrorCode"] = str(code)
                 msg["error_code"] = code
-            await self._send_callback(url, params)
+            msg["date_updated"] = _now()
+            await self._send_callback(url, params, lost=status in script.lost_callbacks)
 
     async def _create_call(self, request: web.Request) -> web.Response:
         def validate(form: MultiDictProxy[str]) -> int | None:
@@ -412,6 +417,7 @@ class FakeTwilio:
         call["_callback"] = form.get("StatusCallback") if script.callbacks else None
         call["_events"] = set(form.getall("StatusCallbackEvent", [])) or {"completed"}
         call["_amd"] = bool(form.get("MachineDetection"))
+        call["_lost"] = script.lost_callbacks
         statuses = script.statuses or _CALL_PROGRESS[script.call_outcome]
         self._call_tasks[sid] = self._spawn(self._call_progress(call, statuses))
         return _public(call)
@@ -424,6 +430,7 @@ class FakeTwilio:
 
     async def _call_status(self, call: dict[str, Any], status: str) -> None:
         call["status"] = status
+        call["date_updated"] = _now()
         if status == "in-progress":
             call["start_time"] = _now()
             call["answered_by"] = "human" if call["_amd"] else None
@@ -453,7 +460,7 @@ class FakeTwilio:
             params["AnsweredBy"] = call["answered_by"]
         if status in _CALL_TERMINAL:
             params["CallDuration"] = params["Duration"] = "0"
-        await self._send_callback(url, params)
+        await self._send_callback(url, params, lost=status in call["_lost"])
 
     async def _update_call(self, request: web.Request) -> web.Response:
         call = self.calls.get(request.match_info["sid"])
@@ -473,6 +480,8 @@ class FakeTwilio:
             self._spawn(self._call_status(call, final))
         return web.json_response(_public(call))
 
+    # GET …/Messages/{sid}.json and …/Calls/{sid}.json: what the fake last knew, whether or
+    # not its callback arrived (how a lost receipt is recovered).
     async def _fetch_message(self, request: web.Request) -> web.Response:
         msg = self.messages.get(request.match_info["sid"])
         return web.json_response(msg) if msg else self._error(20404, path=request.path)
@@ -489,8 +498,8 @@ class FakeTwilio:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _send_callback(self, url: str, params: dict[str, str]) -> None:
-        """POST a form-encoded callback signed exactly as Twilio signs it."""
+    async def _send_callback(self, url: str, params: dict[str, str], *, lost: bool = False) -> None:
+        """POST a form-encoded callback signed exactly as Twilio signs it (unless `lost`)."""
         target = url
         for public, local in self._routes:
             if url.startswith(public):
@@ -501,8 +510,10 @@ class FakeTwilio:
             IDEMPOTENCY_HEADER: f"{secrets.token_hex(8)}-{secrets.token_hex(8)}",
             "User-Agent": "TwilioProxy/1.1",
         }
-        sent = SentCallback(url=url, delivered_to=target, params=params, headers=headers)
+        sent = SentCallback(url=url, delivered_to=target, params=params, headers=headers, lost=lost)
         self.callbacks.append(sent)
+        if lost:
+            return
         assert self._session is not None
         try:
             # encoded=True: deliver the URL byte for byte, as signed (yarl would requote it).

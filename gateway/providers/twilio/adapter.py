@@ -9,10 +9,12 @@ from gateway.providers.contracts import (
     MessagingProvider,
     PermanentProviderError,
     SendResult,
+    StatusReport,
     TransientProviderError,
 )
 from gateway.providers.twilio.client import (
     TwilioConfig,
+    TwilioError,
     TwilioPermanentError,
     TwilioRestClient,
     TwilioTransientError,
@@ -25,6 +27,7 @@ STATUS_PATH = "/webhooks/twilio/status"
 class TwilioMessaging(MessagingProvider):
     name = "twilio"
     channels = frozenset({"sms", "whatsapp"})
+    fetches_status = True
 
     def __init__(
         self,
@@ -73,6 +76,24 @@ class TwilioMessaging(MessagingProvider):
             return None  # no public URL: receipts cannot reach us (documented in the README)
         return f"{self.public_base_url}{STATUS_PATH}?{urlencode({'trace_id': action.trace_id})}"
 
+    async def fetch_status(self, provider_message_id: str) -> StatusReport | None:
+        """Ask Twilio for a message whose receipt we may have lost (`client.messages(sid)
+        .fetch()`); a status Twilio added after this code is None, as in a callback."""
+        try:
+            state = await self.client.fetch_message(provider_message_id)
+        except TwilioError as exc:
+            raise _provider_error(exc) from exc
+        if state.status is None:
+            return None
+        return StatusReport(
+            self.name,
+            state.sid,
+            state.status,
+            state.error_code,
+            {"MessageStatus": state.twilio_status, "ErrorCode": state.error_code},
+            source="twilio:fetch",
+        )
+
     async def _send(self, action: OutboundAction, attempt_key: str) -> SendResult:
         to, from_ = action.to, action.from_
         if action.channel == "whatsapp":
@@ -101,3 +122,11 @@ class TwilioMessaging(MessagingProvider):
         except ValueError as exc:  # no sender and no messaging service
             raise PermanentProviderError(str(exc), code="no_sender", ambiguous=False) from exc
         return SendResult(receipt.sid, receipt.status or "queued")
+
+
+def _provider_error(exc: TwilioError) -> TransientProviderError | PermanentProviderError:
+    code = str(exc.code or exc.status or "timeout")
+    if isinstance(exc, TwilioPermanentError):
+        return PermanentProviderError(exc.message, code=code, ambiguous=False)
+    ambiguous = exc.ambiguous if isinstance(exc, TwilioTransientError) else True
+    return TransientProviderError(exc.message, code=code, ambiguous=ambiguous)

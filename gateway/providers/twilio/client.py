@@ -131,6 +131,26 @@ class CallReceipt:
     status: CallStatus | None
 
 
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    """A fetched message: its status (raw and normalized) and Twilio's error code, if any."""
+
+    sid: str
+    twilio_status: str
+    status: MessageStatus | None
+    error_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    """A fetched call: its status (raw and normalized) and the AMD verdict, if any."""
+
+    sid: str
+    twilio_status: str
+    status: CallStatus | None
+    answered_by: str | None
+
+
 def rebase_url(url: str, base: SplitResult) -> str:
     """Swap scheme and host of `url` for `base`'s, prefixing `base`'s path."""
     parts = urlsplit(url)
@@ -336,6 +356,22 @@ class TwilioRestClient:
                 raise
         status = str(call.status)
         return CallReceipt(str(call.sid), status, normalize_call_status(status))
+
+    async def fetch_message(self, sid: str) -> MessageState:
+        """What Twilio knows about a message now (GET …/Messages/{sid}.json)."""
+        with _twilio_errors("fetch message"):
+            msg = await self.sdk.messages(sid).fetch_async()
+        status = str(msg.status)
+        code = str(msg.error_code) if msg.error_code not in (None, "", 0) else None
+        return MessageState(str(msg.sid), status, normalize_message_status(status), code)
+
+    async def fetch_call(self, sid: str) -> CallState:
+        """What Twilio knows about a call now (GET …/Calls/{sid}.json)."""
+        with _twilio_errors("fetch call"):
+            call = await self.sdk.calls(sid).fetch_async()
+        status = str(call.status)
+        answered_by = str(call.answered_by) if call.answered_by else None
+        return CallState(str(call.sid), status, normalize_call_status(status), answered_by)
 
 
 def _unset_if_none(value: object) -> object:

@@ -15,6 +15,7 @@ Callbacks are mapped into the one call vocabulary by ``report_from_callback``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
@@ -61,6 +62,7 @@ def hold_twiml(seconds: int) -> str:
 
 class TwilioVoice(VoiceProvider):
     name = "twilio"
+    fetches_status = True
 
     def __init__(
         self,
@@ -121,6 +123,21 @@ class TwilioVoice(VoiceProvider):
             await self.client.hangup_call(call.provider_call_id)
         except TwilioError as exc:
             raise _provider_error(exc) from exc
+
+    async def fetch_status(self, call: CallRef) -> CallReport | None:
+        """Ask Twilio for a call whose callbacks we may have lost (`client.calls(sid).fetch()`),
+        read as a callback would be; None without a CallSid or for a status that says nothing."""
+        if not call.provider_call_id:
+            return None
+        try:
+            state = await self.client.fetch_call(call.provider_call_id)
+        except TwilioError as exc:
+            raise _provider_error(exc) from exc
+        form = {"CallSid": state.sid, "CallStatus": state.twilio_status}
+        if state.answered_by:
+            form["AnsweredBy"] = state.answered_by
+        report = report_from_callback(form, call.attempt_key)
+        return None if report is None else replace(report, source="twilio:fetch")
 
     async def _bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
         if isinstance(target, SipTarget):
