@@ -153,6 +153,57 @@ async def test_a_forged_receipt_is_rejected_and_recorded(twilio_client, fake, ma
     )
 
 
+async def test_a_flood_of_forged_receipts_writes_a_bounded_number_of_events(
+    twilio_client, fake, make_key, pg_pool, redis_client
+):
+    """Anyone can forge receipts naming a tenant's message, as fast as they like: each is a
+    403 and counted, but the tenant's timeline gets one event per window, and the next one
+    says how many were left out."""
+    token = await make_key("acme")
+    resp = await twilio_client.post(
+        "/v1/messages",
+        json={"to": "+14155550123", "body": "hello", "purpose": "transactional"},
+        headers=auth(token),
+    )
+    msg = await resp.json()
+
+    async def sid():
+        return await pg_pool.fetchval(
+            "SELECT provider_message_id FROM messages WHERE id = $1::uuid", msg["id"]
+        )
+
+    provider_sid = await eventually(sid)
+    await fake.wait_callbacks()
+    params = {"MessageSid": provider_sid, "MessageStatus": "failed"}
+
+    async def forge(n: int) -> None:
+        for _ in range(n):
+            resp = await twilio_client.post(
+                "/webhooks/twilio/status", data=params, headers={"X-Twilio-Signature": "bad"}
+            )
+            assert resp.status == 403
+
+    async def rejected_events() -> list:
+        return await pg_pool.fetch(
+            "SELECT data FROM events WHERE type = 'webhook.signature_rejected' ORDER BY id"
+        )
+
+    await forge(40)
+    assert len(await rejected_events()) == 1
+    metrics = await (await twilio_client.get("/metrics")).text()
+    assert 'trunkline_webhook_signature_rejected_total{provider="twilio"} 40.0' in metrics
+    assert 'trunkline_webhook_signature_events_suppressed_total{provider="twilio"} 39.0' in metrics
+    # the window ends (its marker expires): the next forged receipt is recorded, with the count
+    await redis_client.delete(
+        *[k async for k in redis_client.scan_iter("tl:sigrej:*") if not k.endswith(b":suppressed")]
+    )
+    await forge(3)
+    events = await rejected_events()
+    assert len(events) == 2
+    assert events[1]["data"]["suppressed"] == 39
+    assert events[0]["data"]["suppressed"] == 0
+
+
 async def test_permanent_twilio_error_fails_the_message_without_retry(
     twilio_client, fake, make_key, pg_pool
 ):

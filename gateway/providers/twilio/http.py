@@ -4,12 +4,13 @@ Each request's `X-Twilio-Signature` is checked against the PUBLIC URL Twilio
 called (settings `http.public_base_url`), not the URL we were reached on,
 because a proxy in front changes the latter. Forged requests get 403, a
 warning, a metric, and — when they name a message we know — an event on
-that message's tenant.
+that message's tenant, at most one per tenant a minute (gateway/providers/rejections.py).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.core.errors import Problem
 from gateway.core.phone import normalize_e164
@@ -20,6 +21,7 @@ from gateway.logs import get_logger
 from gateway.messages import repo
 from gateway.messages.inbound import receive
 from gateway.messages.service import apply_report
+from gateway.providers import rejections
 from gateway.providers.contracts import StatusReport
 from gateway.providers.twilio.signature import (
     InvalidTwilioSignature,
@@ -58,7 +60,8 @@ async def _verified(request: web.Request):
 
 
 async def _forged(request: web.Request) -> None:
-    request.app[METRICS].counter(
+    metrics = request.app[METRICS]
+    metrics.counter(
         "trunkline_webhook_signature_rejected_total", "Provider webhooks with a bad signature"
     ).inc(provider="twilio")
     log.warning("forged or misaddressed Twilio webhook", path=request.path, remote=request.remote)
@@ -66,21 +69,40 @@ async def _forged(request: web.Request) -> None:
         await request.post() if request.content_type == "application/x-www-form-urlencoded" else {}
     )
     sid = form.get("MessageSid") or form.get("SmsSid")
-    if isinstance(sid, str) and sid:
-        db = request.app[RESOURCES].db
-        msg = await repo.message_by_provider_ref(db, "twilio", sid)
-        if msg is not None:
-            async with db.acquire() as conn, conn.transaction():
-                await emit(
-                    conn,
-                    NewEvent(
-                        msg["tenant_id"],
-                        "webhook.signature_rejected",
-                        str(msg["id"]),
-                        msg["trace_id"],
-                        {"provider": "twilio", "path": request.path, "remote": request.remote},
-                    ),
-                )
+    if not isinstance(sid, str) or not sid:
+        return
+    res = request.app[RESOURCES]
+    msg = await repo.message_by_provider_ref(res.db, "twilio", sid)
+    if msg is None:
+        return
+    try:
+        admission = await rejections.admit_event(res.redis, "twilio", str(msg["tenant_id"]))
+    except RedisError as exc:  # without the bound, write nothing: a forger must not get through
+        log.warning("signature rejection not recorded", error=f"{type(exc).__name__}: {exc}")
+        return
+    if not admission.record:
+        metrics.counter(
+            "trunkline_webhook_signature_events_suppressed_total",
+            "Rejected provider webhooks not written to a tenant's timeline (over the bound)",
+        ).inc(provider="twilio")
+        return
+    async with res.db.acquire() as conn, conn.transaction():
+        await emit(
+            conn,
+            NewEvent(
+                msg["tenant_id"],
+                "webhook.signature_rejected",
+                str(msg["id"]),
+                msg["trace_id"],
+                {
+                    "provider": "twilio",
+                    "path": request.path,
+                    "remote": request.remote,
+                    "suppressed": admission.suppressed,
+                    "window_seconds": rejections.WINDOW_SECONDS,
+                },
+            ),
+        )
 
 
 @routes.post(
