@@ -254,11 +254,20 @@ async def unfinished_call_ids(conn: Conn) -> list[str]:
 
 
 async def permit_holders(conn: Conn) -> list[asyncpg.Record]:
-    """Calls that may hold a pool permit, oldest first: on the trunk (dialing, ringing,
-    answered) or accepted and waiting to dial (queued; a campaign call queues without one)."""
+    """Calls that may hold a pool permit, oldest first, and whether they surely do (`live`):
+    on the trunk (dialing, ringing, answered) or being dialled (queued with an attempt that
+    has no outcome yet: the Originate may be on its way). Other queued calls may or may not
+    hold one (a campaign call queues without)."""
     return await conn.fetch(
-        "SELECT id::text AS id, pool, status FROM calls"
-        " WHERE status IN ('queued', 'dialing', 'ringing', 'answered') ORDER BY created_at, id"
+        """
+        SELECT c.id::text AS id, c.pool,
+            (c.status <> 'queued' OR EXISTS (
+                SELECT 1 FROM call_attempts a
+                WHERE a.call_id = c.id AND a.n = c.attempt_n AND a.outcome IS NULL)) AS live
+        FROM calls c
+        WHERE c.status IN ('queued', 'dialing', 'ringing', 'answered')
+        ORDER BY c.created_at, c.id
+        """
     )
 
 

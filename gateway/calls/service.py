@@ -143,12 +143,12 @@ class CallService:
 
     async def permit_holders(self) -> dict[str, PoolHolders]:
         """Each pool's holders per the calls table, for the pools to rebuild from after Redis
-        lost their state: every call on the trunk, then the queued ones (which may or may
-        not hold a permit yet) to fill whatever room is left."""
+        lost their state: every call on the trunk or being dialled, then the other queued
+        ones (which may or may not hold a permit yet) to fill whatever room is left."""
         live: dict[str, list[str]] = {}
         pending: dict[str, list[str]] = {}
         for row in await repo.permit_holders(self.db):
-            into = pending if row["status"] == "queued" else live
+            into = live if row["live"] else pending
             into.setdefault(row["pool"], []).append(row["id"])
         return {
             pool: PoolHolders(live=live.get(pool, []), pending=pending.get(pool, []))

@@ -125,3 +125,17 @@ async def test_pools_view_shows_live_calls_right_after_the_loss(
     await raw.flushdb()
     await raw.aclose()
     assert await voice.in_use("api") == 1, "a lost state is rebuilt, not shown as free"
+
+
+async def test_a_call_being_dialled_is_restored_even_into_a_full_pool(voice: Voice) -> None:
+    """A queued call whose attempt has no outcome yet may have its Originate on the wire: it
+    counts as on the trunk, not as one that may wait for room."""
+    call_id = (await voice.place(to="+14155550612"))["id"]
+    await voice.wait(call_id, "answered")
+    db = voice.client.app[RESOURCES].db
+    await db.execute(  # as if caught between its attempt row and the provider's answer
+        "UPDATE calls SET status = 'queued' WHERE id = $1::uuid", call_id
+    )
+    await db.execute("UPDATE call_attempts SET outcome = NULL WHERE call_id = $1::uuid", call_id)
+    holders = await voice.runtime.service.permit_holders()
+    assert list(holders["api"].live) == [call_id] and not holders["api"].pending
