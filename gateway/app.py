@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway import queue
 from gateway.calls.http import routes as call_routes
+from gateway.campaigns.http import routes as campaign_routes
 from gateway.deadletters.http import routes as dead_letter_routes
 from gateway.dnc import inbound as dnc_inbound
 from gateway.dnc.http import routes as dnc_routes
@@ -67,6 +68,7 @@ ROUTE_TABLES: list[RouteTable] = [
     twilio_voice_routes,
     dnc_routes,
     limit_routes,
+    campaign_routes,
 ]
 
 

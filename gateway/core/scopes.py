@@ -13,6 +13,8 @@ SCOPES: frozenset[str] = frozenset(
         "dnc:manage",
         "dead_letters:manage",
         "usage:read",
+        "campaigns:read",
+        "campaigns:write",
     }
 )
 ALL = "*"

@@ -1,0 +1,271 @@
+"""Campaigns: create, read, add prospects, and the lifecycle draft → running ⇄ paused → end.
+
+Every state change and its event (`campaign.*`) commit together (outbox). A POST with an
+Idempotency-Key claims the key in the same transaction as its work and stores the answer
+(gateway/http/idempotency.py), like messages and calls.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from campaigns import repo
+from campaigns.prospects import AddReport, RawProspect, add_prospects, from_list
+from gateway.campaigns.schemas import (
+    Campaign,
+    CampaignIn,
+    CampaignList,
+    CampaignQuery,
+    Prospect,
+    ProspectList,
+    ProspectQuery,
+    ProspectsAdded,
+    ProspectsIn,
+    Reject,
+)
+from gateway.core.errors import Conflict, NotFound, ValidationFailed
+from gateway.core.ids import new_id
+from gateway.events.outbox import NewEvent, emit
+from gateway.http import idempotency
+
+# Lifecycle moves: action → (allowed from, to, event).
+MOVES: dict[str, tuple[frozenset[str], str, str]] = {
+    "start": (frozenset({"draft"}), "running", "campaign.started"),
+    "pause": (frozenset({"running"}), "paused", "campaign.paused"),
+    "resume": (frozenset({"paused"}), "running", "campaign.resumed"),
+    "cancel": (frozenset({"draft", "running", "paused"}), "canceled", "campaign.canceled"),
+}
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound("no such campaign", code="campaign_not_found") from None
+
+
+def campaign_event(row: Any, kind: str, data: dict[str, Any] | None = None) -> NewEvent:
+    return NewEvent(
+        row["tenant_id"],
+        kind,
+        str(row["id"]),
+        None,
+        {"campaign_id": str(row["id"]), "name": row["name"], "status": row["status"]}
+        | (data or {}),
+    )
+
+
+def campaign_from_row(row: Any, counts: dict[str, int]) -> Campaign:
+    return Campaign(
+        id=row["id"],
+        name=row["name"],
+        channel=row["channel"],
+        purpose=row["purpose"],
+        status=row["status"],
+        config=row["config"],
+        prospects=counts,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+    )
+
+
+def _refuse_unsupported(body: CampaignIn) -> None:
+    """What this build does not do yet is refused, never silently ignored (issue 11)."""
+    unsupported = {
+        "pacing.mode predictive": body.pacing.mode == "predictive",
+        "caller_id.local_presence": body.caller_id.local_presence,
+        "on_machine voicemail_drop": body.on_machine == "voicemail_drop",
+    }
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValidationFailed(
+            f"not available yet: {', '.join(named)}", code="campaign_feature_unavailable"
+        )
+    if body.on_answer is not None and body.on_answer.agent is not None and body.channel == "sms":
+        raise ValidationFailed("on_answer is for voice campaigns")
+
+
+async def _idempotent(
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    key: str | None,
+    path: str,
+    digest: bytes,
+    status: int,
+    work: Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]],
+) -> tuple[int, dict[str, Any]]:
+    """Run `work` in a transaction that also claims and answers the Idempotency-Key."""
+    if key is not None:
+        replay = await idempotency.lookup(db, tenant_id, key, digest)
+        if replay is not None:
+            return replay.status, replay.body
+    async with db.acquire() as conn, conn.transaction():
+        if key is not None:
+            replay = await idempotency.claim(conn, tenant_id, key, "POST", path, digest)
+            if replay is not None:
+                return replay.status, replay.body
+        body = await work(conn)
+        if key is not None:
+            await idempotency.record(conn, tenant_id, key, status, body)
+    return status, body
+
+
+async def create(
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    body: CampaignIn,
+    *,
+    idempotency_key: str | None = None,
+    digest: bytes = b"",
+) -> tuple[int, dict[str, Any]]:
+    _refuse_unsupported(body)
+    config = body.model_dump(mode="json", exclude={"name", "channel", "purpose"})
+
+    async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+        row = await repo.insert_campaign(
+            conn,
+            {
+                "id": new_id(),
+                "tenant_id": tenant_id,
+                "name": body.name,
+                "channel": body.channel,
+                "purpose": body.purpose,
+                "config": config,
+            },
+        )
+        await emit(conn, campaign_event(row, "campaign.created", {"channel": body.channel}))
+        return json.loads(campaign_from_row(row, {"total": 0}).model_dump_json())
+
+    return await _idempotent(db, tenant_id, idempotency_key, "/v1/campaigns", digest, 201, work)
+
+
+async def get(db: asyncpg.Pool, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Campaign:
+    row = await repo.get_campaign(db, tenant_id, campaign_id)
+    if row is None:
+        raise NotFound("no such campaign", code="campaign_not_found")
+    counts = await repo.counts(db, [campaign_id])
+    return campaign_from_row(row, counts[campaign_id])
+
+
+async def list_campaigns(db: asyncpg.Pool, tenant_id: uuid.UUID, q: CampaignQuery) -> CampaignList:
+    rows = await repo.list_campaigns(
+        db, tenant_id, limit=q.limit + 1, status=q.status, before=q.before
+    )
+    page = rows[: q.limit]
+    counts = await repo.counts(db, [r["id"] for r in page])
+    return CampaignList(
+        data=[campaign_from_row(r, counts[r["id"]]) for r in page], has_more=len(rows) > q.limit
+    )
+
+
+async def move(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, campaign_id: uuid.UUID, action: str
+) -> Campaign:
+    """start | pause | resume | cancel. Asking for the state it is already in is a no-op;
+    any other move the lifecycle does not have is 409 campaign_state_conflict."""
+    sources, target, kind = MOVES[action]
+    async with db.acquire() as conn, conn.transaction():
+        row = await repo.get_campaign(conn, tenant_id, campaign_id, lock=True)
+        if row is None:
+            raise NotFound("no such campaign", code="campaign_not_found")
+        if row["status"] == target:
+            pass
+        elif row["status"] not in sources:
+            raise Conflict(
+                f"a {row['status']} campaign cannot {action}",
+                code="campaign_state_conflict",
+            )
+        else:
+            data: dict[str, Any] = {"from": row["status"]}
+            if action == "cancel":
+                data["prospects_canceled"] = await repo.cancel_open_prospects(conn, campaign_id)
+            row = await repo.set_status(conn, campaign_id, target)
+            await emit(conn, campaign_event(row, kind, data))
+    counts = await repo.counts(db, [campaign_id])
+    return campaign_from_row(row, counts[campaign_id])
+
+
+def _added(report: AddReport) -> ProspectsAdded:
+    return ProspectsAdded(
+        received=report.received,
+        added=report.added,
+        duplicates=report.duplicates,
+        suppressed=report.suppressed,
+        rejected=report.rejected,
+        rejects=[Reject(index=i, value=v, reason=why) for i, v, why in report.rejects],
+    )
+
+
+async def add_to(conn: asyncpg.Connection, campaign: Any, rows: Any, *, origin: str) -> AddReport:
+    """Merge prospects into a campaign that may still take them; one summary event."""
+    if campaign["status"] in ("completed", "canceled"):
+        raise Conflict(
+            f"a {campaign['status']} campaign takes no prospects", code="campaign_state_conflict"
+        )
+    report = await add_prospects(
+        conn, campaign["id"], campaign["tenant_id"], campaign["purpose"], rows
+    )
+    await emit(
+        conn,
+        campaign_event(
+            campaign,
+            "campaign.prospects_added",
+            {
+                "origin": origin,
+                "added": report.added,
+                "duplicates": report.duplicates,
+                "suppressed": report.suppressed,
+                "rejected": report.rejected,
+            },
+        ),
+    )
+    return report
+
+
+async def add(
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    campaign_id: uuid.UUID,
+    body: ProspectsIn,
+    *,
+    idempotency_key: str | None = None,
+    digest: bytes = b"",
+) -> tuple[int, dict[str, Any]]:
+    items = [
+        RawProspect(i, p.number, p.variables, p.state, p.zip) for i, p in enumerate(body.prospects)
+    ]
+
+    async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+        # FOR SHARE: a concurrent cancel waits for this merge (and sees its prospects).
+        campaign = await conn.fetchrow(
+            "SELECT * FROM campaigns WHERE id = $1 AND tenant_id = $2 FOR SHARE",
+            campaign_id,
+            tenant_id,
+        )
+        if campaign is None:
+            raise NotFound("no such campaign", code="campaign_not_found")
+        report = await add_to(conn, campaign, from_list(items), origin="api")
+        return _added(report).model_dump(mode="json")
+
+    path = f"/v1/campaigns/{campaign_id}/prospects"
+    return await _idempotent(db, tenant_id, idempotency_key, path, digest, 200, work)
+
+
+async def prospects(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, campaign_id: uuid.UUID, q: ProspectQuery
+) -> ProspectList:
+    if await repo.get_campaign(db, tenant_id, campaign_id) is None:
+        raise NotFound("no such campaign", code="campaign_not_found")
+    rows = await repo.list_prospects(
+        db, campaign_id, limit=q.limit + 1, status=q.status, after=q.after
+    )
+    return ProspectList(
+        data=[Prospect(**dict(r)) for r in rows[: q.limit]], has_more=len(rows) > q.limit
+    )
