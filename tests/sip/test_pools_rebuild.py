@@ -10,6 +10,7 @@ admissions never take the pool past its size.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -168,3 +169,45 @@ async def test_no_admission_while_the_truth_cannot_be_read(make_pools: MakePools
     with pytest.raises(PoolStateUnavailable) as caught:
         await tp.get("api").try_acquire("new")
     assert isinstance(caught.value, RedisConnectionError), "callers treat it as Redis down"
+
+
+async def test_a_real_redis_restart_without_persistence_is_rebuilt_before_admitting() -> None:
+    """The same, with a private redis-server (no RDB, no AOF) stopped and started again:
+    connections break, scripts are gone (NOSCRIPT) and so is every key."""
+    from gateway.devservices import PrivateRedis, short_runtime_dir
+
+    root = short_runtime_dir("tl-rb-")
+    server = PrivateRedis(data_dir=root / "redis")
+    url = await asyncio.to_thread(server.start)
+    client = create_redis(url)
+    tp = TrunkPools(
+        client,
+        TrunkPoolsConfig.from_mapping({"trunk": "t1", "pools": {"api": 8}}),
+        holders=fixed(api=PoolHolders(live=LIVE)),
+    )
+    try:
+        for holder in LIVE:
+            await tp.get("api").try_acquire(holder)
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
+
+        async def admit(n: int) -> bool:
+            for _ in range(50):  # a broken connection is an outage: the caller retries
+                try:
+                    await tp.get("api").try_acquire(f"new-{n}")
+                except PoolExhausted:
+                    return False
+                except RedisConnectionError:
+                    await asyncio.sleep(0.02)
+                    continue
+                return True
+            raise AssertionError("Redis never came back for the pools")
+
+        admitted = await asyncio.gather(*(admit(n) for n in range(20)))
+        assert sum(admitted) == 8 - len(LIVE)
+        assert set(LIVE) <= set(await tp.get("api").holders())
+    finally:
+        await tp.aclose()
+        await client.aclose()
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)
