@@ -364,6 +364,12 @@ class PoolsSettings(_Section):
         ge=0,
         description="permits and calls younger than this are spared by reconcile (not dialled yet)",
     )
+    rebuild_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="after Redis lost the pools, seconds an admission waits for their holders "
+        "to be rebuilt from the calls table (then 503 redis_unavailable)",
+    )
 
 
 class CallsSettings(_Section):

@@ -70,6 +70,7 @@ class VoiceRuntime:
                 retry_after_min=cfg.retry_after_min,
                 retry_after_max=cfg.retry_after_max,
                 reconcile_min_age=cfg.reconcile_min_age,
+                rebuild_timeout=cfg.rebuild_timeout,
             ),
         )
         service = CallService(res.db, pools, registry, settings)
