@@ -105,6 +105,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         on_dead=dispatcher.on_dead,
         concurrency=settings.messaging.dispatch_concurrency,
         lease=settings.messaging.lease_seconds,
+        outages=res.outages,
     )
     receipts = ReceiptReconciler(res.db, app[PROVIDERS], app[VOICE].service, settings.receipts)
     return (
@@ -181,7 +182,9 @@ def create_app(
             await registry.close()
 
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
-        sup = Supervisor(backoff_max=settings.worker.restart_backoff_max)
+        sup = Supervisor(
+            backoff_max=settings.worker.restart_backoff_max, outages=app[RESOURCES].outages
+        )
         tasks = worker_tasks(app) | (extra_tasks(app) if extra_tasks else {})
         for name, factory in tasks.items():
             sup.add(name, factory)

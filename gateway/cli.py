@@ -167,6 +167,44 @@ def _cmd_dnc_import(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_campaigns_import(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+
+    from gateway.campaigns.service import ImportFailed, import_file
+    from gateway.dnc.importer import ProgressBar
+
+    try:
+        campaign_id = uuid.UUID(args.campaign_id)
+    except ValueError:
+        print(f"error: {args.campaign_id!r} is not a campaign id", file=sys.stderr)
+        return EXIT_USAGE
+    if not os.path.isfile(args.file):
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    try:
+        report = asyncio.run(
+            _with_pool(
+                settings, lambda pool: import_file(pool, campaign_id, args.file, progress=bar)
+            )
+        )
+    except ImportFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if bar is not None and bar.tty:
+        sys.stderr.write("\n")
+    print(
+        f"imported {report.received} rows: {report.added} added, {report.duplicates} "
+        f"duplicates, {report.suppressed} suppressed (DNC or opted out), "
+        f"{report.rejected} rejected"
+    )
+    for line, value, why in report.rejects:
+        print(f"  line {line}: {value!r}: {why}")
+    if report.rejected > len(report.rejects):
+        print(f"  … and {report.rejected - len(report.rejects)} more")
+    return EXIT_OK
+
+
 def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
     return EXIT_OK
@@ -319,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", help="a note stored with every entry")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_dnc_import)
+
+    camp = sub.add_parser(
+        "campaigns", help="Manage outbound campaigns.", description="Manage outbound campaigns."
+    )
+    csub = camp.add_subparsers(dest="campaigns_command", required=True, metavar="ACTION")
+    p = csub.add_parser(
+        "import",
+        help="Add prospects to a campaign from a CSV file (progress bar on stderr).",
+        description="The number is the column named 'number', else the first; a header line "
+        "names the other columns, which become template variables ('state' and 'zip' are kept "
+        "as such). Numbers are normalised to E.164; duplicates are dropped; DNC-listed and "
+        "opted-out numbers are stored as suppressed; bad lines are reported by line number.",
+    )
+    p.add_argument("campaign_id", help="the campaign's id")
+    p.add_argument("file", help="the CSV file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_cmd_campaigns_import)
     return parser
 
 

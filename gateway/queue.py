@@ -7,7 +7,9 @@ LISTEN/NOTIFY (sent once the enqueueing transaction has committed)
 and otherwise only until the next scheduled retry or lease expiry, never in a
 busy loop. Failures are retried with exponential backoff and full jitter until
 the job's retry budget is spent; then it is `dead`, with its last error, for
-an operator to inspect and replay.
+an operator to inspect and replay. Our own outage — PostgreSQL or Redis
+unreachable (gateway/outage.py) — is not the job's failure: the job is put back
+after a short, capped wait without spending its budget (principle 11).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import asyncpg
 
 from gateway.db import defer_wake
 from gateway.logs import bind, get_logger
+from gateway.outage import Dependency, OutageMonitor, unavailable
 
 log = get_logger(__name__)
 NOTIFY_CHANNEL = "trunkline_jobs"
@@ -299,6 +303,25 @@ async def replay_dead(
     return row
 
 
+async def postpone(
+    db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str, delay: float, reason: str
+) -> None:
+    """Put a job back, due in `delay` seconds, giving back the attempt its claim counted:
+    it waited for our infrastructure, it did not fail."""
+    await db.execute(
+        """
+        UPDATE jobs SET state = 'ready', run_at = now() + make_interval(secs => $3),
+                        attempts = greatest(attempts - 1, 0), last_error = $4,
+                        locked_by = NULL, locked_until = NULL, updated_at = now()
+        WHERE id = $1 AND locked_by = $2
+        """,
+        job.id,
+        worker_id,
+        delay,
+        reason[:2000],
+    )
+
+
 Handler = Callable[[Job], Awaitable[None]]
 DeadHook = Callable[[Job, str], Awaitable[None]]
 
@@ -324,9 +347,15 @@ class Worker:
     idle_wait_max: float = 5.0
     on_dead: DeadHook | None = None
     worker_id: str = ""
+    # While PostgreSQL or Redis is unreachable jobs wait, at most this long between tries,
+    # without spending their retry budget; `outages` (the process's monitor) lets a worker
+    # skip the handler while an outage is known, and log it once instead of per job.
+    outage_wait_max: float = 5.0
+    outages: OutageMonitor | None = None
 
     def __post_init__(self) -> None:
         self.worker_id = self.worker_id or worker_identity()
+        self._outage_streak = 0  # consecutive jobs that met an outage: the wait grows with it
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -343,6 +372,8 @@ class Worker:
         await listener.add_listener(NOTIFY_CHANNEL, self._notified)
         try:
             while not stopping.is_set():
+                if listener.is_closed():  # PostgreSQL restarted: this connection hears nothing
+                    raise asyncpg.ConnectionDoesNotExistError("the LISTEN connection was lost")
                 self._wake.clear()
                 free = self.concurrency - len(self._running)
                 jobs = await self._claim(free) if free or self._completed else []
@@ -410,7 +441,14 @@ class Worker:
     async def _heartbeat(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            if not await extend_lease(self.db, job, self.worker_id, self.lease):
+            try:
+                extended = await extend_lease(self.db, job, self.worker_id, self.lease)
+            except Exception as exc:
+                if self._outage(exc) is None:
+                    log.exception("could not extend the lease of a running job", job_id=job.id)
+                    return
+                continue  # PostgreSQL is away: try again next beat, the lease may still hold
+            if not extended:
                 log.warning("lost the lease of a running job", job_id=job.id)
                 return
 
@@ -424,6 +462,7 @@ class Worker:
                 )
                 return
             try:
+                await self._known_outage()
                 await self.handler(job)
             except Reschedule as exc:
                 await reschedule(
@@ -432,6 +471,10 @@ class Worker:
             except PermanentError as exc:
                 await self._dead(job, f"permanent: {exc}")
             except Exception as exc:
+                dependency = self._outage(exc)
+                if dependency is not None:
+                    await self._wait_out(job, dependency, exc)
+                    return
                 reason = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, RetryableError):
                     log.exception("job handler crashed", job_id=job.id)
@@ -449,8 +492,44 @@ class Worker:
                     await retry_later(self.db, job, self.worker_id, reason, delay)
             else:
                 self._completed.append(job.id)  # deleted by the next claim (see run)
+                self._outage_streak = 0
         finally:
             heartbeat.cancel()
+
+    def _outage(self, exc: BaseException) -> Dependency | None:
+        """The dependency `exc` says is unreachable (recorded by the monitor), or None."""
+        return self.outages.check(exc) if self.outages is not None else unavailable(exc)
+
+    async def _known_outage(self) -> None:
+        """Skip the handler while the monitor knows a dependency is down: running it would
+        only meet the outage again, after writing events and attempts for nothing."""
+        if self.outages is not None:
+            for dependency in self.outages.down():
+                raise self.outages.problem(dependency)
+
+    async def _wait_out(self, job: Job, dependency: Dependency, exc: Exception) -> None:
+        """Our outage is not the job's failure: put it back, due after a capped backoff with
+        jitter, without spending an attempt. With PostgreSQL itself away, retry the write
+        until it lands or the lease has run out (the lease then brings the job back)."""
+        self._outage_streak += 1
+        wait = min(self.outage_wait_max, 0.25 * 2 ** min(self._outage_streak, 16))
+        delay = wait * random.uniform(0.5, 1.0)
+        reason = f"waiting: {dependency} unavailable ({type(exc).__name__}: {exc})"
+        give_up = time.monotonic() + self.lease
+        while True:
+            try:
+                await postpone(self.db, job, self.worker_id, delay, reason)
+                return
+            except Exception as again:
+                if self._outage(again) is None:
+                    log.exception("could not put back a job that met an outage", job_id=job.id)
+                    return
+            if time.monotonic() > give_up:
+                log.warning("job left to its lease: PostgreSQL stayed away", job_id=job.id)
+                return
+            if self.outages is not None:
+                await self.outages.wait_up("database", timeout=1.0)
+            await asyncio.sleep(0.1)  # a pool with stale connections fails once per connection
 
     async def _dead(self, job: Job, reason: str) -> None:
         log.warning("job is dead", job_id=job.id, error=reason)

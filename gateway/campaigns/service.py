@@ -7,7 +7,9 @@ Idempotency-Key claims the key in the same transaction as its work and stores th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from campaigns import repo
-from campaigns.prospects import AddReport, RawProspect, add_prospects, from_list
+from campaigns.prospects import AddReport, CsvRows, RawProspect, add_prospects, from_list
 from gateway.campaigns.schemas import (
     Campaign,
     CampaignIn,
@@ -30,6 +32,10 @@ from gateway.campaigns.schemas import (
 )
 from gateway.core.errors import Conflict, NotFound, ValidationFailed
 from gateway.core.ids import new_id
+
+# The DNC importer's chunked reader and progress callback: one way to stream a file in.
+from gateway.dnc.importer import Progress
+from gateway.dnc.importer import _chunks as read_chunks
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
 
@@ -269,3 +275,34 @@ async def prospects(
     return ProspectList(
         data=[Prospect(**dict(r)) for r in rows[: q.limit]], has_more=len(rows) > q.limit
     )
+
+
+class ImportFailed(Exception):
+    """The file could not be imported; nothing was added."""
+
+
+async def import_file(
+    db: asyncpg.Pool,
+    campaign_id: uuid.UUID,
+    path: str,
+    *,
+    progress: Progress | None = None,
+) -> AddReport:
+    """`trunkline campaigns import`: a CSV file streamed through the same merge as the API,
+    in one transaction, read in chunks with the DNC importer's reader and progress bar."""
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        total = os.fstat(fh.fileno()).st_size
+        rows = CsvRows(read_chunks(fh, total, progress))
+        async with db.acquire() as conn, conn.transaction():
+            campaign = await conn.fetchrow(
+                "SELECT * FROM campaigns WHERE id = $1 FOR SHARE", campaign_id
+            )
+            if campaign is None:
+                raise ImportFailed(f"no campaign {campaign_id}")
+            report = await add_to(conn, campaign, rows.__aiter__(), origin=f"import:{path}")
+            if rows.unreadable is not None:
+                raise ImportFailed(f"{rows.unreadable}; nothing was imported")
+        return report
+    finally:
+        fh.close()

@@ -5,6 +5,11 @@ The chain runs again here because the world changes between accept and send
 — with its provider idempotency key — is committed *before* the provider is
 called, so a worker killed mid-send leaves a record that the next claim
 reuses: the retry carries the same key and the provider does not send twice.
+
+Our own outage (PostgreSQL or Redis unreachable, e.g. the breaker's state) is
+raised as it is: the queue worker tells it from a provider failure and puts the
+job back without spending an attempt (principle 11). Once the provider has
+answered, a breaker that cannot record the outcome must not lose the answer.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from gateway.logs import bind, get_logger
 from gateway.messages import repo
 from gateway.messages.service import apply_orphans, apply_status
 from gateway.messages.states import FINAL
-from gateway.providers.breaker import AllProvidersOpen, Permit, choose
+from gateway.outage import unavailable
+from gateway.providers.breaker import AllProvidersOpen, Outcome, Permit, choose
 from gateway.providers.contracts import PermanentProviderError, ProviderError
 from gateway.providers.health import ProviderHealth
 from gateway.providers.registry import ProviderRegistry
@@ -47,6 +53,8 @@ class MessageDispatcher:
         msg = await repo.message_for_dispatch(self.db, message_id)
         if msg is None or msg["status"] in FINAL:
             return
+        if msg["status"] == "dead_lettered":  # an operator replayed its dead letter
+            await self._requeue(msg, job)
         if await self.db.fetchval(
             "SELECT 1 FROM message_attempts WHERE message_id = $1 AND outcome = 'accepted'",
             message_id,
@@ -118,14 +126,12 @@ class MessageDispatcher:
                 if isinstance(exc, PermanentProviderError)
                 else ("timeout" if exc.code == "timeout" else "failure")
             )
-            await self.health.breaker(provider_name).record(permit, outcome, latency / 1000)
+            await self._record(provider_name, permit, outcome, latency / 1000)
             await self._failed_attempt(msg, attempt["n"], provider_name, exc, latency, job)
             if isinstance(exc, PermanentProviderError):
                 return
             raise queue.RetryableError(f"{provider_name}: {exc.detail}") from exc
-        await self.health.breaker(provider_name).record(
-            permit, "success", time.perf_counter() - started
-        )
+        await self._record(provider_name, permit, "success", time.perf_counter() - started)
         latency = (time.perf_counter() - started) * 1000
         async with self.db.acquire() as conn, conn.transaction():
             await repo.lock_provider_ref(conn, provider_name, result.provider_message_id)
@@ -170,6 +176,38 @@ class MessageDispatcher:
             if result.status != "queued":
                 await apply_status(conn, msg, result.status, source=f"send:{provider_name}")
             await apply_orphans(conn, msg, provider_name, result.provider_message_id)
+
+    async def _record(
+        self, provider: str, permit: Permit, outcome: Outcome, latency_s: float
+    ) -> None:
+        """Feed the breaker; with Redis away the provider's answer matters more than one
+        sample of its health, so the outcome is dropped and the dispatch goes on."""
+        try:
+            await self.health.breaker(provider).record(permit, outcome, latency_s)
+        except Exception as exc:
+            if unavailable(exc) is None:
+                raise
+            log.debug("breaker outcome not recorded: Redis unavailable", provider=provider)
+
+    async def _requeue(self, msg: asyncpg.Record, job: queue.Job) -> None:
+        """Back from `dead_lettered` to `queued`: the one move back, an operator's replay."""
+        async with self.db.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE messages SET status = 'queued', updated_at = now() "
+                "WHERE id = $1 AND status = 'dead_lettered' RETURNING true",
+                msg["id"],
+            )
+            if moved:
+                await emit(
+                    conn,
+                    NewEvent(
+                        msg["tenant_id"],
+                        "message.requeued",
+                        str(msg["id"]),
+                        msg["trace_id"],
+                        {"job_id": job.id, "reason": "dead_letter_replayed"},
+                    ),
+                )
 
     async def _admit(self, msg: asyncpg.Record, attempt: dict) -> tuple[str, Permit]:
         """The attempt's provider, or its fallback while the provider's breaker is open.
@@ -271,24 +309,19 @@ class MessageDispatcher:
                 )
 
     async def on_dead(self, job: queue.Job, reason: str) -> None:
-        """The retry budget is spent: park the message (it stays unsent) and say so."""
+        """The retry budget is spent: park the message as `dead_lettered` (unsent, waiting
+        for an operator's replay) and say so with a `message.dead_lettered` event."""
         message_id = uuid.UUID(job.payload["message_id"])
         async with self.db.acquire() as conn, conn.transaction():
             msg = await repo.message_for_dispatch(conn, message_id)
             if msg is None or msg["status"] in FINAL:
                 return
-            await conn.execute(
-                "UPDATE messages SET error_code = 'retries_exhausted', error_detail = $2, updated_at = now() WHERE id = $1",
-                message_id,
-                reason[:500],
-            )
-            await emit(
+            await apply_status(
                 conn,
-                NewEvent(
-                    msg["tenant_id"],
-                    "message.dead_lettered",
-                    str(message_id),
-                    msg["trace_id"],
-                    {"job_id": job.id, "attempts": job.attempts, "reason": reason},
-                ),
+                msg,
+                "dead_lettered",
+                source="queue",
+                error_code="retries_exhausted",
+                error_detail=reason[:500],
+                data={"job_id": job.id, "attempts": job.attempts, "reason": reason},
             )
