@@ -44,7 +44,7 @@ from gateway.providers.registry import ProviderRegistry
 from gateway.providers.twilio.http import routes as twilio_routes
 from gateway.providers.twilio.voice_http import routes as twilio_voice_routes
 from gateway.resources import RESOURCES, Resources, open_resources
-from gateway.settings import GUARDRAIL_CHECKS, Settings
+from gateway.settings import GUARDRAIL_CHECKS, ConfigError, Settings
 from gateway.supervisor import Supervisor, TaskFactory, periodic
 from gateway.tenants.http import routes as tenant_routes
 from gateway.webhooks.http import routes as webhook_routes
@@ -89,6 +89,23 @@ def build_chain(res: Resources) -> GuardrailChain:
         policy, res.db, res.redis, redis_slots=max(1, res.settings.redis.max_connections // 2)
     )
     return GuardrailChain(checks, policy=policy)
+
+
+def require_full_chain(settings: Settings, *, allow_reduced: bool) -> None:
+    """A gateway that sends runs every guardrail check; `guardrails.checks` may leave one out
+    (DNC, calling hours, ...) only under `trunkline dev`, which says so with `allow_reduced`.
+
+    Tests build focused chains in-process from the checks themselves (no app, no config), so
+    no configuration can turn a check off in production."""
+    checks = settings.guardrails.checks
+    missing = [c for c in GUARDRAIL_CHECKS if c not in checks]
+    if missing and not allow_reduced:
+        raise ConfigError(
+            "guardrails.checks",
+            checks,
+            f"leaves out {', '.join(missing)}; a reduced guardrail chain runs only under "
+            "`trunkline dev`",
+        )
 
 
 def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
@@ -138,7 +155,9 @@ def create_app(
     *,
     role: Role = "all",
     extra_tasks: Callable[[web.Application], dict[str, TaskFactory]] | None = None,
+    allow_reduced_chain: bool = False,
 ) -> web.Application:
+    require_full_chain(settings, allow_reduced=allow_reduced_chain)
     app = web.Application(
         middlewares=[context_middleware, client_gone_middleware],
         client_max_size=settings.http.max_body_bytes,

@@ -26,9 +26,13 @@ log = get_logger("trunkline")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
-async def serve(settings: Settings, role: Role, app: web.Application | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight work, close."""
-    app = app if app is not None else create_app(settings, role=role)
+async def serve(
+    settings: Settings, role: Role, app: web.Application | None = None, *, dev: bool = False
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight work, close.
+
+    `dev` (only `trunkline dev`) lets `guardrails.checks` leave checks out."""
+    app = app if app is not None else create_app(settings, role=role, allow_reduced_chain=dev)
     runner = AppRunner(
         app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout, access_log=None
     )
@@ -248,7 +252,7 @@ def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
             print(f'  try: curl -H "Authorization: Bearer {issued.token}" {base}/v1/whoami')
             print(f"       curl {base}/readyz      docs: {base}/docs")
             print(flush=True)
-            await serve(settings, args.role)
+            await serve(settings, args.role, dev=True)
 
         asyncio.run(main())
     finally:

@@ -289,7 +289,10 @@ class GuardrailSettings(_Section):
     checks: list[Literal["suppression", "content", "rate_limits", "calling_hours"]] = Field(
         default_factory=lambda: list(GUARDRAIL_CHECKS),
         min_length=1,
-        description="checks the chain runs (always in the built-in order); drop one only in a lab",
+        description=(
+            "checks the chain runs (always in the built-in order); leaving one out is refused "
+            "at start except under `trunkline dev`"
+        ),
     )
     optout_confirmation_window: float = Field(
         default=300.0,
