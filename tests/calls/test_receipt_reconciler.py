@@ -160,3 +160,56 @@ async def test_a_live_call_is_left_alone(twilio: Voice, fake: FakeTwilio) -> Non
     still = await twilio.get(call_id)
     assert still["status"] == "answered"
     assert not fetch_noops(still)
+
+
+class TestClaims:
+    """Several workers: each stuck row is asked about once per age, whoever asks."""
+
+    @pytest.fixture
+    def settings(self, database_url, redis_url, fake: FakeTwilio):
+        twilio = {
+            "enabled": True,
+            "account_sid": fake.account_sid,
+            "auth_token": fake.auth_token,
+            "api_base_url": fake.base_url,
+        }
+        return call_settings(
+            database_url,
+            redis_url,
+            ami_port=None,
+            http={"public_base_url": PUBLIC},
+            providers={"sms": {"primary": "twilio", "default_from": SENDER}, "twilio": twilio},
+            # The app's own reconciler runs once at start, then not for an hour.
+            receipts={"interval": 3600, "message_age": AGE, "call_age": AGE},
+        )
+
+    async def test_concurrent_rounds_ask_about_each_stuck_message_once(
+        self, twilio: Voice, fake: FakeTwilio
+    ) -> None:
+        from gateway.pipeline.receipts import ReceiptReconciler
+        from gateway.pipeline.wiring import PROVIDERS
+        from gateway.resources import RESOURCES
+
+        for n in range(6):
+            fake.script(f"+1415555015{n}", lost_callbacks=frozenset({"sent", "delivered"}))
+        ids = [(await send(twilio, f"+1415555015{n}"))["id"] for n in range(6)]
+        for message_id in ids:  # at Twilio: delivered; here: queued at the provider
+            stuck = await wait_message(twilio, message_id, "queued")
+            while not stuck["provider_message_id"]:
+                stuck = await message(twilio, message_id)
+        await fake.wait_callbacks()
+        await asyncio.sleep(AGE + 0.1)
+
+        app = twilio.client.app
+        res = app[RESOURCES]
+        workers = [
+            ReceiptReconciler(res.db, app[PROVIDERS], twilio.runtime.service, res.settings.receipts)
+            for _ in range(3)
+        ]
+        rounds = await asyncio.gather(*(w.run_once() for w in workers))
+        assert sum(r.asked for r in rounds) == 6 and sum(r.moved for r in rounds) == 6
+        assert len([r for r in fake.requests if "/Messages/SM" in r.path]) == 6
+        for message_id in ids:
+            assert (await message(twilio, message_id))["status"] == "delivered"
+        again = await asyncio.gather(*(w.run_once() for w in workers))
+        assert sum(r.asked for r in again) == 0, "delivered messages are not asked about"
