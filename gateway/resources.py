@@ -1,14 +1,16 @@
 """The shared connections a process holds: PostgreSQL pool and Redis client.
 
 Opened once per process and owned by the aiohttp app's cleanup context, so
-every role (api, worker, all) has the same lifecycle.
+every role (api, worker, all) has the same lifecycle. `outages` remembers which of
+the two is unreachable right now (see gateway/outage.py), for every part of the
+process to answer 503 and log the outage once.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from gateway import db
 from gateway.logs import get_logger
+from gateway.outage import OutageMonitor, quiet_library_outage_logs
 from gateway.redis import create_redis
 from gateway.settings import Settings
 
@@ -27,6 +30,7 @@ class Resources:
     settings: Settings
     db: asyncpg.Pool
     redis: aioredis.Redis
+    outages: OutageMonitor = field(default_factory=OutageMonitor)
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -46,8 +50,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         command_timeout=settings.database.command_timeout,
     )
     redis = create_redis(settings.redis_url(), max_connections=settings.redis.max_connections)
+    outages = OutageMonitor({"database": lambda: pool.fetchval("SELECT 1"), "redis": redis.ping})
+    quiet_library_outage_logs()
     try:
-        yield Resources(settings=settings, db=pool, redis=redis)
+        yield Resources(settings=settings, db=pool, redis=redis, outages=outages)
     finally:
+        await outages.aclose()
         await redis.aclose()
         await pool.close()

@@ -4,7 +4,10 @@ A task is a coroutine factory. If it raises, the supervisor logs why and
 restarts it after an exponential backoff; if it returns, it is done. The backoff
 starts over once a run has lasted `healthy_after` seconds: otherwise every short
 outage (a Redis blip) would leave the task restarting ever more slowly, until one
-blip stalls it for `backoff_max`. On stop,
+blip stalls it for `backoff_max`. A task stopped by our own outage (PostgreSQL or
+Redis unreachable, see gateway/outage.py) is not a crash: the outage monitor logs
+it once, and the task restarts as soon as the dependency is back (bounded by the
+backoff), without a traceback per restart. On stop,
 `stopping` is set so loops can finish the job in hand; whatever is still
 running at the deadline is cancelled.
 """
@@ -18,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.logs import get_logger
+from gateway.outage import OutageMonitor, unavailable
 
 log = get_logger(__name__)
 TaskFactory = Callable[[asyncio.Event], Awaitable[None]]
@@ -28,6 +32,7 @@ class Supervisor:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     healthy_after: float = 10.0  # a run at least this long resets the backoff
+    outages: OutageMonitor | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _factories: dict[str, TaskFactory] = field(default_factory=dict)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -62,17 +67,42 @@ class Supervisor:
                     delay = self.backoff_initial  # it was healthy: this is a new failure
                 wait = min(self.backoff_max, delay) * random.uniform(0.8, 1.2)
                 self.last_wait[name] = wait
+                outage = self.outages.check(exc) if self.outages else unavailable(exc)
+                if outage is not None:
+                    log.debug("task stopped by an outage", task=name, dependency=outage)
+                    await self._until_back(outage, wait)
+                    delay = min(self.backoff_max, delay * 2)
+                    continue
                 log.exception(
                     "task crashed; restarting",
                     task=name,
                     error=repr(exc),
                     restart_in_s=round(wait, 2),
                 )
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
+                await self._pause(wait)
                 delay = min(self.backoff_max, delay * 2)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _until_back(self, dependency: str, wait: float) -> None:
+        """Wait out an outage: until the monitor sees the dependency back (then a short
+        jitter, so tasks do not all restart at one instant), or `wait` at most."""
+        if self.outages is None:
+            await self._pause(wait)
+            return
+        back = asyncio.create_task(self.outages.wait_up(dependency, wait))  # type: ignore[arg-type]
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({back, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            back.cancel()
+            stop.cancel()
+        if not self.stopping.is_set():
+            await self._pause(min(wait, self.backoff_initial) * random.random())
 
     async def stop(self, deadline: float) -> None:
         """Ask tasks to finish, wait up to `deadline` seconds, then cancel the rest."""

@@ -33,12 +33,18 @@ class Wakeup:
         Raises if the listening connection died (the supervisor restarts the task).
         """
         if self.conn.is_closed():
-            raise ConnectionError(f"the LISTEN {self.channel} connection was closed")
+            raise _lost(self.channel)
         await sleep_until(stopping, self.event, timeout)
         if self.conn.is_closed():
-            raise ConnectionError(f"the LISTEN {self.channel} connection was closed")
+            raise _lost(self.channel)
         if settle > 0 and self.event.is_set() and not stopping.is_set():
             await sleep_until(stopping, None, settle)
+
+
+def _lost(channel: str) -> asyncpg.ConnectionDoesNotExistError:
+    """asyncpg's own "connection lost": PostgreSQL went away, an outage, not a bug
+    (gateway/outage.py), so the restart waits for it quietly."""
+    return asyncpg.ConnectionDoesNotExistError(f"the LISTEN {channel} connection was closed")
 
 
 async def sleep_until(stopping: asyncio.Event, event: asyncio.Event | None, timeout: float) -> None:

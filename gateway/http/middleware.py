@@ -11,6 +11,8 @@ from gateway.core.errors import Problem
 from gateway.core.ids import new_request_id, new_trace_id
 from gateway.http.metrics import Registry
 from gateway.logs import bind, clear, get_logger
+from gateway.outage import DependencyUnavailable, unavailable
+from gateway.resources import RESOURCES
 
 log = get_logger("gateway.http")
 METRICS = web.AppKey("metrics", Registry)
@@ -42,6 +44,19 @@ def problem_response(problem: Problem, request: web.Request) -> web.Response:
         headers=problem.headers,
     )
     return resp
+
+
+def _outage(request: web.Request, exc: Exception) -> DependencyUnavailable | None:
+    """503 for our own outage (PostgreSQL or Redis unreachable), logged once by the monitor;
+    None for anything else, which is a bug and a 500."""
+    res = request.app.get(RESOURCES)
+    monitor = res.outages if res is not None else None
+    dependency = monitor.check(exc) if monitor is not None else unavailable(exc)
+    if dependency is None:
+        return None
+    return (
+        monitor.problem(dependency) if monitor is not None else DependencyUnavailable(dependency, 5)
+    )
 
 
 def _route_label(request: web.Request) -> str:
@@ -85,17 +100,21 @@ async def context_middleware(request: web.Request, handler: web.Handler) -> web.
             Problem(exc.reason, status=exc.status, code=code, title=exc.reason, headers=headers),
             request,
         )
-    except Exception:
-        log.exception("unhandled error", method=request.method, path=request.path)
-        response = problem_response(
-            Problem(
-                f"An internal error occurred; quote request id {request_id} when reporting it",
-                status=500,
-                code="internal_error",
-                title="Internal server error",
-            ),
-            request,
-        )
+    except Exception as exc:
+        outage = _outage(request, exc)
+        if outage is not None:
+            response = problem_response(outage, request)
+        else:
+            log.exception("unhandled error", method=request.method, path=request.path)
+            response = problem_response(
+                Problem(
+                    f"An internal error occurred; quote request id {request_id} when reporting it",
+                    status=500,
+                    code="internal_error",
+                    title="Internal server error",
+                ),
+                request,
+            )
     elapsed = time.perf_counter() - started
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id

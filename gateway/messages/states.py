@@ -2,6 +2,12 @@
 
 Receipts arrive late, twice or out of order; a transition that is not listed
 here is recorded as a no-op, never applied. Final states have no way out.
+
+`dead_lettered`: the dispatch job spent its retry budget and waits for an operator.
+It is not final — a receipt for an attempt that did reach the provider still moves
+it forward — and a dead-letter replay is the one way back to `queued`: an explicit
+operator action, recorded as `message.requeued` when the replayed job runs, never a
+receipt (so it is not a transition listed here).
 """
 
 from __future__ import annotations
@@ -9,14 +15,27 @@ from __future__ import annotations
 from typing import Literal
 
 Status = Literal[
-    "scheduled", "queued", "sent", "delivered", "undelivered", "failed", "rejected", "received"
+    "scheduled",
+    "queued",
+    "dead_lettered",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "rejected",
+    "received",
 ]
 
 FINAL: frozenset[str] = frozenset({"delivered", "undelivered", "failed", "rejected", "received"})
 
 _FORWARD: dict[str, frozenset[str]] = {
-    "scheduled": frozenset({"queued", "sent", "delivered", "undelivered", "failed", "rejected"}),
-    "queued": frozenset({"sent", "delivered", "undelivered", "failed", "rejected"}),
+    "scheduled": frozenset(
+        {"queued", "dead_lettered", "sent", "delivered", "undelivered", "failed", "rejected"}
+    ),
+    "queued": frozenset(
+        {"dead_lettered", "sent", "delivered", "undelivered", "failed", "rejected"}
+    ),
+    "dead_lettered": frozenset({"sent", "delivered", "undelivered", "failed", "rejected"}),
     "sent": frozenset({"delivered", "undelivered", "failed"}),
 }
 

@@ -34,6 +34,7 @@ from gateway.core.errors import Problem
 from gateway.http import idempotency
 from gateway.http.metrics import Registry
 from gateway.logs import get_logger
+from gateway.outage import unavailable
 
 log = get_logger(__name__)
 P = TypeVar("P")
@@ -173,6 +174,12 @@ class GroupCommitter(Generic[P]):
         try:
             answers = await self._commit(batch)
         except Exception as exc:
+            if unavailable(exc) is not None:
+                # Our outage, not one write's fault: one by one would fail the same way. Each
+                # caller answers 503; the outage monitor logs it once, not once per write.
+                for write in batch:
+                    self._resolve(write, exc)
+                return
             if len(batch) == 1:
                 log.exception("group commit failed", committer=self.name)
                 self._resolve(batch[0], exc)

@@ -247,8 +247,10 @@ async def test_retry_budget_exhausted_goes_to_dead_letters_and_can_be_replayed(
     assert items[0]["payload"] == {"message_id": msg["id"]}
     assert items[0]["attempts"] == 2 and "upstream unavailable" in items[0]["last_error"]
     detail = await (await client.get(f"/v1/messages/{msg['id']}", headers=auth(token))).json()
-    assert detail["status"] == "queued" and detail["error_code"] == "retries_exhausted"
-    assert "message.dead_lettered" in [e["type"] for e in detail["timeline"]]
+    # Issue 10 item 5: it said `queued`, as if still on its way.
+    assert detail["status"] == "dead_lettered" and detail["error_code"] == "retries_exhausted"
+    dead_event = next(e for e in detail["timeline"] if e["type"] == "message.dead_lettered")
+    assert dead_event["data"]["attempts"] == 2 and dead_event["data"]["job_id"] == items[0]["id"]
 
     other = await make_key("someone-else")
     assert (
@@ -261,3 +263,15 @@ async def test_retry_budget_exhausted_goes_to_dead_letters_and_can_be_replayed(
         return await pg_pool.fetchval("SELECT count(*) >= 4 FROM message_attempts")
 
     await eventually(failed_again, timeout=20)
+
+    async def dead_again():
+        body = await (await client.get(f"/v1/messages/{msg['id']}", headers=auth(token))).json()
+        return body if body["status"] == "dead_lettered" else None
+
+    detail = await eventually(dead_again, timeout=20)
+    kinds = [e["type"] for e in detail["timeline"]]
+    # The replay put it back to `queued` (the one move back, an operator's), then it died again.
+    assert kinds.count("message.dead_lettered") == 2 and kinds.count("message.requeued") == 1
+    assert kinds.index("message.requeued") < len(kinds) - 1 - kinds[::-1].index(
+        "message.dead_lettered"
+    )

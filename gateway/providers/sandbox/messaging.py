@@ -13,18 +13,24 @@
 State lives in Redis, not in the process (workers are stateless): the
 per-attempt idempotency key maps to one provider message id, so a retried
 attempt with the same key is never sent twice.
+
+Receipts behave like those of a provider that retries its callbacks: one that
+meets our outage (PostgreSQL unreachable, the gateway answering 503) is sent
+again with backoff for up to `RECEIPT_RETRY_FOR` seconds, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
 from gateway.core.actions import OutboundAction
 from gateway.logs import get_logger
+from gateway.outage import unavailable
 from gateway.providers.contracts import (
     MessageStatus,
     MessagingProvider,
@@ -51,6 +57,7 @@ _RECEIPTS: dict[str, list[tuple[MessageStatus, str | None]]] = {
     UNDELIVERED: [("sent", None), ("undelivered", "30003")],
 }
 _DEFAULT_RECEIPTS: list[tuple[MessageStatus, str | None]] = [("sent", None), ("delivered", None)]
+RECEIPT_RETRY_FOR = 120.0  # seconds a receipt is retried while the gateway is unavailable
 
 
 class SandboxMessaging(MessagingProvider):
@@ -117,14 +124,20 @@ class SandboxMessaging(MessagingProvider):
     ) -> None:
         for status, error in receipts:
             await asyncio.sleep(self.receipt_delay)
-            try:
-                await self.sink(
-                    StatusReport(self.name, provider_id, status, error, {"sandbox": True})
-                )
-            except Exception:
-                log.exception(
-                    "sandbox receipt could not be applied", provider_message_id=provider_id
-                )
+            report = StatusReport(self.name, provider_id, status, error, {"sandbox": True})
+            give_up, wait = time.monotonic() + RECEIPT_RETRY_FOR, 0.1
+            while True:
+                try:
+                    await self.sink(report)
+                except Exception as exc:
+                    if unavailable(exc) is not None and time.monotonic() < give_up:
+                        await asyncio.sleep(wait)  # "503": send the callback again later
+                        wait = min(wait * 2, 5.0)
+                        continue
+                    log.exception(
+                        "sandbox receipt could not be applied", provider_message_id=provider_id
+                    )
+                break
 
     async def close(self) -> None:
         for task in list(self._tasks):
