@@ -5,9 +5,12 @@ Pure logic: the clock is the `now` argument and the rules are a parsed
 
 How a recipient is placed:
 
-* Time zones come from the number (libphonenumber's prefix data). A prefix
-  that spans several zones (e.g. +1 208 Idaho: Boise and Los Angeles) is
-  treated as being in all of them: the window must be open in EVERY zone.
+* Time zones come from the number (libphonenumber's prefix data), except for
+  the area codes of the rules file's `[area_code_zones]` table (where that data
+  is wrong, or gives one zone for an area code spanning two): those use every
+  zone the table lists. A number in several zones (e.g. +1 208 Idaho: Boise
+  and Los Angeles) is treated as being in all of them: the window must be open
+  in EVERY zone.
 * The state comes from the NANP area code (table in the rules file); a known
   address state adds its own rules and, when configured, its zones. With two
   states, both states' rules apply, so the stricter combination wins.
@@ -41,7 +44,9 @@ from guardrails.rules import Channel, FrequencyCap, HoursRule, Purpose, Rules, n
 from guardrails.verdicts import Allow, Defer, Deny, DenyCode
 
 WhenClosed = Literal["defer", "deny"]
-ZoneSource = Literal["number", "number+address", "address", "country", "unknown"]
+ZoneSource = Literal[
+    "number", "number+address", "area_code", "area_code+address", "address", "country", "unknown"
+]
 
 _UNKNOWN_ZONE = "Etc/Unknown"
 
@@ -129,6 +134,9 @@ def resolve_recipient(number: str, *, rules: Rules, address_state: str | None = 
             raise ValueError(f"address_state must be a two-letter code, got {address_state!r}")
     npa = npa_of(parsed)
     npa_state = rules.state_for_npa(npa) if npa else None
+    overridden = rules.zones_for_npa(npa) if npa else None
+    if overridden:
+        number_zones = overridden
 
     geographic = bool(number_zones) and phonenumbers.is_number_type_geographical(
         ntype, parsed.country_code
@@ -138,10 +146,12 @@ def resolve_recipient(number: str, *, rules: Rules, address_state: str | None = 
     zones: tuple[str, ...]
     source: ZoneSource
     if geographic:
+        base: ZoneSource = "area_code" if overridden else "number"
         if address_zones and rules.include_address_state_zones:
-            zones, source = tuple(sorted({*number_zones, *address_zones})), "number+address"
+            zones = tuple(sorted({*number_zones, *address_zones}))
+            source = "area_code+address" if overridden else "number+address"
         else:
-            zones, source = tuple(sorted(number_zones)), "number"
+            zones, source = tuple(sorted(number_zones)), base
     elif address_zones:
         zones, source = address_zones, "address"
     elif number_zones:

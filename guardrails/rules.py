@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers.tzdata import TIMEZONE_DATA
@@ -246,6 +247,15 @@ class Rules:
     content: ContentRules
     optout: OptOutRules
     source: str = ""
+    # npa -> every zone the area code spans, where libphonenumber is wrong or gives one
+    area_code_zones: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def zones_for_npa(self, npa: str) -> tuple[str, ...] | None:
+        """The override table's zones for an area code (all of them apply), or None: then
+        libphonenumber's per-prefix data decides."""
+        return self.area_code_zones.get(npa)
 
     def state_for_npa(self, npa: str) -> str | None:
         """US state/DC/territory of a NANP area code, or None (Canada, Caribbean, unknown)."""
@@ -274,14 +284,18 @@ class Rules:
         return caps
 
     def zones_for_state(self, state: str) -> tuple[str, ...]:
-        """IANA zones a state's area codes map to (libphonenumber data), sorted."""
+        """IANA zones a state's area codes map to (libphonenumber data, with the override
+        table's zones for the area codes it lists), sorted."""
         return _state_zones(self, state)
 
 
 @lru_cache(maxsize=1024)
 def _state_zones(rules: Rules, state: str) -> tuple[str, ...]:
-    prefixes = tuple("1" + npa for npa, st in rules.area_codes.items() if st == state)
+    npas = [npa for npa, st in rules.area_codes.items() if st == state]
     zones: set[str] = set()
+    for npa in npas:
+        zones.update(rules.area_code_zones.get(npa, ()))
+    prefixes = tuple("1" + npa for npa in npas if npa not in rules.area_code_zones)
     if prefixes:
         for key, value in TIMEZONE_DATA.items():
             if key.startswith(prefixes):
@@ -582,13 +596,40 @@ def _parse_area_codes(raw: Any) -> dict[str, str]:
     return dict(sorted(seen.items()))
 
 
+def _parse_area_code_zones(raw: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, Mapping):
+        raise RulesError("area_code_zones: expected a table NPA = { zones = [...], ... }")
+    found: dict[str, tuple[str, ...]] = {}
+    for npa, entry in raw.items():
+        where = f"area_code_zones.{npa}"
+        if not _NPA.match(npa):
+            raise RulesError(f"{where}: {npa!r} is not a valid NANP area code")
+        if not isinstance(entry, Mapping):
+            raise RulesError(f"{where}: expected a table with `zones`")
+        _check_keys(where, entry, ("zones", "phonenumbers", "note"))
+        zones = _str_list(f"{where}.zones", entry.get("zones"))
+        if not zones:
+            raise RulesError(f"{where}.zones: list at least one zone")
+        _str_list(f"{where}.phonenumbers", entry.get("phonenumbers", []))
+        for name in zones:
+            try:
+                ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise RulesError(f"{where}.zones: unknown time zone {name!r}") from exc
+        found[npa] = tuple(sorted(set(zones)))
+    return dict(sorted(found.items()))
+
+
 def parse_rules(data: Mapping[str, Any], *, source: str = "") -> Rules:
     """Validate a decoded rules document and build `Rules`."""
     _check_keys(
         "rules file",
         data,
-        ("version", "calling_hours", "holidays", "rules", "content", "optout", "area_codes"),
-    )
+        (
+            "version", "calling_hours", "holidays", "rules", "content", "optout", "area_codes",
+            "area_code_zones",
+        ),
+    )  # fmt: skip
     version = _require("rules file", data, "version", str)
     ch = data.get("calling_hours", {})
     _check_keys("calling_hours", ch, ("defer_horizon_days", "include_address_state_zones"))
@@ -627,6 +668,7 @@ def parse_rules(data: Mapping[str, Any], *, source: str = "") -> Rules:
         content=_parse_content(data.get("content", {})),
         optout=optout,
         source=source,
+        area_code_zones=MappingProxyType(_parse_area_code_zones(data.get("area_code_zones", {}))),
     )
 
 

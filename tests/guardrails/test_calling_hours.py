@@ -236,7 +236,7 @@ def test_inputs_record_local_time_zone_and_states() -> None:
 def test_multi_zone_number_resolves_every_zone() -> None:
     recipient = resolve_recipient("+12083201234", rules=RULES)
     assert recipient.zones == (BOI, LA)
-    assert recipient.zone_source == "number"
+    assert recipient.zone_source == "area_code"  # 208 spans two zones: config/guardrails.toml
     assert recipient.npa_state == "ID"
     both = resolve_recipient("+12125550123", rules=RULES, address_state="FL")
     assert both.zones == (CHI, NY)
