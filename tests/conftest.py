@@ -21,9 +21,81 @@ import redis.asyncio as aioredis
 
 from gateway import db
 from gateway.devservices import PrivatePostgres, PrivateRedis, short_runtime_dir
+from tests.clock import INSTANTS, MovingClock
 from tests.helpers import free_port, with_database
 
 _counter = itertools.count()
+
+
+# --- the time of day: chosen by each test, never the hour the suite runs at ---------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "hours: the test depends on the time of day (calling hours, schedules, deferrals): "
+        "it runs at a pinned day and a pinned night instant (tests/clock.py)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("hours"):
+        metafunc.parametrize("time_of_day", ["day", "night"], indirect=True)
+
+
+@pytest.fixture
+def time_of_day(request: pytest.FixtureRequest) -> str:
+    """`day` or `night` for a test marked `hours`; `day` for every other test."""
+    return getattr(request, "param", "day")
+
+
+@pytest.fixture(autouse=True)
+def guardrail_clock(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, time_of_day: str
+) -> Iterator[MovingClock]:
+    """Every app's guardrail chain reads this clock, started at the test's time of day.
+
+    A test not marked `hours` runs at the day instant, and fails if calling hours consulted
+    the time of day for it (a check that was not exempt and had rules to apply): such a test
+    would behave otherwise at night, so it must be marked and pass at both instants. A test
+    that sets a chain's clock itself is in control of it and is not counted.
+    """
+    import gateway.app
+    import guardrails.checks
+
+    clock = MovingClock(INSTANTS[time_of_day])
+    build_chain = gateway.app.build_chain
+
+    def pinned(res):  # type: ignore[no-untyped-def]
+        chain = build_chain(res)
+        chain.clock = clock
+        return chain
+
+    monkeypatch.setattr(gateway.app, "build_chain", pinned)
+    consulted: list[str] = []
+    check = guardrails.checks.check_calling_hours
+
+    def recording(number, now, **kw):  # type: ignore[no-untyped-def]
+        verdict = check(number, now, **kw)
+        inputs = verdict.inputs
+        if (
+            clock.issued(now)
+            and not inputs.get("exempt_transactional")
+            and inputs.get("rules_applied")
+            and inputs.get("zones")
+        ):
+            consulted.append(f"{kw.get('channel')} {kw.get('purpose')} to {number}")
+        return verdict
+
+    monkeypatch.setattr(guardrails.checks, "check_calling_hours", recording)
+    yield clock
+    if consulted and not request.node.get_closest_marker("hours"):
+        pytest.fail(
+            "calling hours consulted the time of day for this test "
+            f"({', '.join(sorted(set(consulted))[:3])}): mark it @pytest.mark.hours so that "
+            "it runs, and passes, at a day and a night instant (tests/clock.py)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
