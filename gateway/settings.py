@@ -38,18 +38,6 @@ class HttpSettings(_Section):
         default=False,
         description="SO_REUSEPORT: several API processes share the port (one per core).",
     )
-    idempotency_wait: float = Field(
-        default=10.0,
-        gt=0,
-        description="seconds a duplicate of an in-flight keyed request waits for its answer "
-        "(then 409 idempotency_key_in_use with Retry-After)",
-    )
-    idempotency_lease: float = Field(
-        default=5.0,
-        gt=0,
-        description="seconds a keyed request's claim outlives a try that died (renewed while "
-        "it works); then a waiting duplicate takes the key over",
-    )
 
 
 class DatabaseSettings(_Section):
@@ -265,9 +253,15 @@ class RateLimitSettings(_Section):
 
 
 class TenantPolicy(_Section):
+    # Calling-hour laws (47 CFR 64.1200(c)(1), the state windows) govern telephone
+    # solicitations; one-time codes, receipts and alerts are not solicitations. So by default
+    # transactional traffic goes out at any hour, and a tenant may opt in to hours for it.
     exempt_transactional_from_calling_hours: bool = Field(
-        default=False,
-        description="transactional messages and calls ignore calling hours (marketing never does)",
+        default=True,
+        description=(
+            "transactional messages and calls ignore calling hours (marketing never does); "
+            "false opts this tenant's transactional traffic in to calling hours"
+        ),
     )
     help_text: str = Field(
         default="Reply STOP to unsubscribe. Msg&data rates may apply.",

@@ -47,11 +47,7 @@ async def make_chain(
     made: list[GuardrailChain] = []
 
     def make(**sections: dict[str, Any]) -> GuardrailChain:
-        # The shipped default policy, whatever the shared test settings say.
-        base = merged(
-            settings, guardrails={"policy": {"exempt_transactional_from_calling_hours": False}}
-        )
-        policy = GuardrailPolicy.from_settings(merged(base, **sections))
+        policy = GuardrailPolicy.from_settings(merged(settings, **sections))
         made.append(GuardrailChain(build_checks(policy, pg_pool, redis_client), policy=policy))
         return made[-1]
 
