@@ -38,6 +38,18 @@ class HttpSettings(_Section):
         default=False,
         description="SO_REUSEPORT: several API processes share the port (one per core).",
     )
+    idempotency_wait: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a duplicate of an in-flight keyed request waits for its answer "
+        "(then 409 idempotency_key_in_use with Retry-After)",
+    )
+    idempotency_lease: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds a keyed request's claim outlives a try that died (renewed while "
+        "it works); then a waiting duplicate takes the key over",
+    )
 
 
 class DatabaseSettings(_Section):

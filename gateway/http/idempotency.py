@@ -5,11 +5,18 @@ concurrent duplicate blocks on that row until the first transaction commits,
 then finds the stored response and replays it — so 50 identical requests make
 exactly one message. The same key with a different body is refused. `lookup`
 is the cheap look before any work, for retries of answered requests.
+
+Requests whose work spends something before its transaction (a trunk channel, rate-limit
+tokens, the guardrail chain) claim the key first, committed, with `begin`: an in-flight
+row (no response, an `owner` and a `locked_until` lease) that duplicates in every process
+see and wait on (gateway/pipeline/keygate.py). The work's transaction then claims the row
+only if it still owns it (`claim_many` with the owner) and stores the answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +74,23 @@ def reused(key: str) -> Problem:
     )
 
 
+def in_use(key: str, retry_after: float = 1.0) -> Problem:
+    """409: another try of this key is still running; retry once it has answered."""
+    return Problem(
+        f"A request with {HEADER} {key!r} is still in progress; retry after it has answered",
+        status=409,
+        code="idempotency_key_in_use",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Another try holds the key and has not answered; its lease runs `lease_left` s more."""
+
+    lease_left: float
+
+
 @dataclass(frozen=True)
 class Claim:
     """One request's claim on (tenant, key), with what identifies the request."""
@@ -76,6 +100,7 @@ class Claim:
     method: str
     path: str
     digest: bytes
+    owner: uuid.UUID | None = None  # the in-flight claim this try took with `begin`, if any
 
     @property
     def ident(self) -> tuple[uuid.UUID, str]:
@@ -83,14 +108,18 @@ class Claim:
 
 
 _CLAIM_MANY = """
-INSERT INTO idempotency_keys (tenant_id, key, method, path, request_hash)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
+INSERT INTO idempotency_keys (tenant_id, key, method, path, request_hash, owner)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[])
 ORDER BY 1, 2
 ON CONFLICT (tenant_id, key) DO UPDATE
     SET method = EXCLUDED.method, path = EXCLUDED.path, request_hash = EXCLUDED.request_hash,
-        response_status = NULL, response_body = NULL,
-        created_at = now(), expires_at = now() + interval '24 hours'
+        response_status = NULL, response_body = NULL, owner = EXCLUDED.owner, locked_until = NULL,
+        created_at = CASE WHEN idempotency_keys.expires_at < now()
+                          THEN now() ELSE idempotency_keys.created_at END,
+        expires_at = CASE WHEN idempotency_keys.expires_at < now()
+                          THEN now() + interval '24 hours' ELSE idempotency_keys.expires_at END
     WHERE idempotency_keys.expires_at < now()
+       OR (idempotency_keys.owner = EXCLUDED.owner AND idempotency_keys.response_status IS NULL)
 RETURNING tenant_id, key
 """
 
@@ -119,6 +148,7 @@ async def claim_many(
         [c.method for c in claims],
         [c.path for c in claims],
         [c.digest for c in claims],
+        [c.owner for c in claims],
     ]
     owned = {(r["tenant_id"], r["key"]) for r in await conn.fetch(_CLAIM_MANY, *columns)}
     out: dict[tuple[uuid.UUID, str], Replay | Problem | None] = dict.fromkeys(owned)
@@ -131,15 +161,108 @@ async def claim_many(
         row = stored[c.ident]  # we just conflicted with it; keys are only purged once expired
         if bytes(row["request_hash"]) != c.digest:
             out[c.ident] = reused(c.key)
-        elif row["response_status"] is None:
-            out[c.ident] = Problem(
-                "A request with this Idempotency-Key is still in progress",
-                status=409,
-                code="idempotency_in_progress",
-            )
+        elif row["response_status"] is None:  # another try took our lapsed claim over
+            out[c.ident] = in_use(c.key)
         else:
             out[c.ident] = Replay(row["response_status"], row["response_body"])
     return out
+
+
+# The in-flight claim is coordination, not data: it commits without waiting for its WAL
+# flush (the commit is visible at once; only a PostgreSQL crash in the next ~200 ms could
+# lose it). That is safe: the work's own transaction commits durably after it, which
+# flushes the claim too, and a claim lost to a crash is a try that failed -- the key is free.
+_NO_FLUSH = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
+
+_BEGIN = f"""
+WITH ins AS (
+    INSERT INTO idempotency_keys (tenant_id, key, method, path, request_hash, owner, locked_until)
+    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::bytea, $6::uuid,
+           now() + make_interval(secs => $7::float8)
+    WHERE {_NO_FLUSH}
+    ON CONFLICT (tenant_id, key) DO NOTHING
+    RETURNING 1
+)
+SELECT EXISTS (SELECT FROM ins) AS owned, k.request_hash, k.response_status, k.response_body,
+       k.expires_at < now() AS expired,
+       extract(epoch FROM k.locked_until - now())::float8 AS lease_left
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN idempotency_keys k ON k.tenant_id = $1::uuid AND k.key = $2::text
+"""
+
+_TAKE_OVER = f"""
+UPDATE idempotency_keys
+SET method = $3, path = $4, request_hash = $5, owner = $6,
+    locked_until = now() + make_interval(secs => $7::float8),
+    response_status = NULL, response_body = NULL,
+    created_at = now(), expires_at = now() + interval '24 hours'
+WHERE tenant_id = $1 AND key = $2
+  AND (expires_at < now()
+       OR (response_status IS NULL AND (locked_until IS NULL OR locked_until < now())))
+  AND {_NO_FLUSH}
+RETURNING true
+"""
+
+
+async def begin(db: asyncpg.Pool, claim: Claim, lease: float) -> bool | Replay | InFlight:
+    """Claim (tenant, key) for `claim.owner` before any work, in its own committed statement.
+
+    True: this try owns the key for `lease` seconds (renew while working). A Replay: the key
+    was answered. InFlight: another try holds it. Raises 422 for an answered key used with a
+    different request. A key whose holder let its lease lapse (a process that died, an
+    error that was not stored) or whose 24 h expired is taken over.
+    """
+    assert claim.owner is not None
+    args = (claim.tenant_id, claim.key, claim.method, claim.path, claim.digest, claim.owner, lease)
+    for _ in range(3):
+        row = await db.fetchrow(_BEGIN, *args)
+        if row["owned"]:
+            return True
+        if row["expired"] is None:
+            continue  # the holder's row changed under our snapshot: look again
+        lapsed = row["response_status"] is None and not (row["lease_left"] or 0.0) > 0.0
+        if row["expired"] or lapsed:
+            if await db.fetchval(_TAKE_OVER, *args):
+                return True
+            continue
+        if row["response_status"] is None:
+            return InFlight(row["lease_left"])
+        if bytes(row["request_hash"]) != claim.digest:
+            raise reused(claim.key)
+        return Replay(row["response_status"], row["response_body"])
+    return InFlight(0.0)  # contended: the caller waits a moment and begins again
+
+
+async def renew(db: asyncpg.Pool, claim: Claim, lease: float) -> bool:
+    """Extend an unanswered claim this try still owns; False if it was lost."""
+    return bool(
+        await db.fetchval(
+            f"""
+            UPDATE idempotency_keys SET locked_until = now() + make_interval(secs => $4::float8)
+            WHERE tenant_id = $1 AND key = $2 AND owner = $3 AND response_status IS NULL
+              AND {_NO_FLUSH}
+            RETURNING true
+            """,
+            claim.tenant_id,
+            claim.key,
+            claim.owner,
+            lease,
+        )
+    )
+
+
+async def release(db: asyncpg.Pool, claim: Claim) -> None:
+    """Give an unanswered claim back (its try failed and stored nothing): the key is free."""
+    await db.execute(
+        f"""
+        DELETE FROM idempotency_keys
+        WHERE tenant_id = $1 AND key = $2 AND owner = $3 AND response_status IS NULL
+          AND {_NO_FLUSH}
+        """,
+        claim.tenant_id,
+        claim.key,
+        claim.owner,
+    )
 
 
 async def record_many(
@@ -151,7 +274,8 @@ async def record_many(
     tenants, keys, statuses, bodies = zip(*answers, strict=True)
     await conn.execute(
         """
-        UPDATE idempotency_keys k SET response_status = a.status, response_body = a.body
+        UPDATE idempotency_keys k
+        SET response_status = a.status, response_body = a.body, locked_until = NULL
         FROM unnest($1::uuid[], $2::text[], $3::int[], $4::jsonb[]) AS a(tenant_id, key, status, body)
         WHERE k.tenant_id = a.tenant_id AND k.key = a.key
         """,

@@ -28,7 +28,8 @@ from gateway.messages import repo
 from gateway.messages.schemas import SendMessage
 from gateway.messages.service import message_from_row
 from gateway.messages.templates import render
-from gateway.pipeline.groupcommit import GroupCommitter, KeyLocks, Outcome
+from gateway.pipeline.groupcommit import GroupCommitter, Outcome
+from gateway.pipeline.keygate import KeyGate
 from gateway.pipeline.router import route_message
 from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
@@ -66,12 +67,14 @@ class MessagePipeline:
     settings: Settings
     metrics: Registry | None = None
     committer: GroupCommitter[_Plan] = field(init=False)
-    _key_locks: KeyLocks = field(init=False, default_factory=lambda: KeyLocks())
+    gate: KeyGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(
             self.db, self._persist_many, name="messages", metrics=self.metrics
         )
+        http = self.settings.http
+        self.gate = KeyGate(self.db, lease=http.idempotency_lease, wait=http.idempotency_wait)
 
     async def start(self) -> None:
         await self.committer.start()
@@ -92,25 +95,23 @@ class MessagePipeline:
 
         The guardrail chain reads PostgreSQL and Redis itself, so it must not run while
         this request holds a pooled connection in a transaction (N such requests would
-        wait on each other for the pool). A retry whose key is already answered is
-        replayed before anything runs; two first tries racing with the same key both
-        run the chain, and the commit's claim lets exactly one of them persist.
+        wait on each other for the pool). A keyed request claims its key first (keygate.py):
+        duplicates in any process wait for the first try and replay its answer, so the
+        chain (and its rate-limit tokens) runs once per key, and the answer is the one
+        that was counted.
         """
         if idempotency_key is None:
             return await self.committer.submit(await self._plan(principal, req, trace_id))
-        # Duplicates in this process wait for their first try, then replay it: the chain (and
-        # its rate-limit tokens) runs once per key, and the answer is the one that was counted.
-        async with self._key_locks.hold((principal.tenant_id, idempotency_key)):
-            replay = await idempotency.lookup(
-                self.db, principal.tenant_id, idempotency_key, request_digest
-            )
-            if replay is not None:
-                return Outcome.replay(replay)
-            claim = idempotency.Claim(
+
+        async def work(claim: idempotency.Claim) -> Outcome:
+            return await self.committer.submit(await self._plan(principal, req, trace_id), claim)
+
+        return await self.gate.run(
+            idempotency.Claim(
                 principal.tenant_id, idempotency_key, "POST", "/v1/messages", request_digest
-            )
-            plan = await self._plan(principal, req, trace_id)
-            return await self.committer.submit(plan, claim)
+            ),
+            work,
+        )
 
     async def _plan(self, principal: Principal, req: SendMessage, trace_id: str) -> _Plan:
         text = req.body

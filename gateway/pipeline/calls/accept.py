@@ -4,7 +4,8 @@ One transaction holds the idempotency claim, the call row, the guardrail verdict
 the acceptance event and the dispatch job (see groupcommit.py). The channel is taken from
 the trunk pool first (``try_acquire``, holder = call id): a full pool answers 429
 ``pool_exhausted`` with Retry-After and nothing is stored, so the same Idempotency-Key may
-simply retry.
+simply retry. A keyed request claims its key before all of that (keygate.py): concurrent
+duplicates, in any process, wait for its answer and replay it without taking a channel.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gateway.http import idempotency
 from gateway.pipeline.accept import denial
 from gateway.pipeline.calls.route import PoolFull, route_call, sip_host
 from gateway.pipeline.groupcommit import GroupCommitter, Outcome
+from gateway.pipeline.keygate import KeyGate
 from gateway.providers.registry import ProviderRegistry, ProviderUnavailable
 from gateway.settings import Settings
 from guardrails.chain import GuardrailChain
@@ -53,9 +55,12 @@ class CallPipeline:
     settings: Settings
     pools: TrunkPools
     committer: GroupCommitter[CallPlan] = field(init=False)
+    gate: KeyGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(self.db, self._persist_many, name="calls")
+        http = self.settings.http
+        self.gate = KeyGate(self.db, lease=http.idempotency_lease, wait=http.idempotency_wait)
 
     async def accept(
         self,
@@ -74,15 +79,28 @@ class CallPipeline:
         Decide outside any transaction (the guardrail chain and the pool use PostgreSQL and
         Redis themselves: a request holding a pooled connection while they wait for another
         would deadlock the pool under load), then commit with the other accepts in flight.
+        A keyed request owns its key before it takes a channel; duplicates replay its answer.
         """
-        claim = None
-        if idempotency_key is not None:
-            replay = await idempotency.lookup(self.db, tenant_id, idempotency_key, request_digest)
-            if replay is not None:
-                return Outcome.replay(replay)
-            claim = idempotency.Claim(
-                tenant_id, idempotency_key, "POST", "/v1/calls", request_digest
-            )
+
+        async def work(claim: idempotency.Claim | None) -> Outcome:
+            return await self._accept(tenant_id, key_id, req, trace_id, wait_for_pool, claim)
+
+        if idempotency_key is None:
+            return await work(None)
+        return await self.gate.run(
+            idempotency.Claim(tenant_id, idempotency_key, "POST", "/v1/calls", request_digest),
+            work,
+        )
+
+    async def _accept(
+        self,
+        tenant_id: uuid.UUID,
+        key_id: str | None,
+        req: PlaceCall,
+        trace_id: str,
+        wait_for_pool: bool,
+        claim: idempotency.Claim | None,
+    ) -> Outcome:
         taken: list[tuple[str, str]] = []
         try:
             plan = await self._plan(tenant_id, key_id, req, trace_id, wait_for_pool, taken)
