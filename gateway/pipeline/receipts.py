@@ -126,16 +126,7 @@ class ReceiptReconciler:
     # -- messages ---------------------------------------------------------------------------
 
     async def _claim_messages(self) -> list[asyncpg.Record]:
-        names = await self.db.fetch(
-            "SELECT DISTINCT provider FROM messages"
-            " WHERE status IN ('queued', 'sent') AND provider_message_id IS NOT NULL"
-        )
-        askable = [
-            r["provider"]
-            for r in names
-            if self.registry.has(r["provider"])
-            and self.registry.messaging(r["provider"]).fetches_status
-        ]
+        askable = [p.name for p in self.registry.messaging_providers() if p.fetches_status]
         if not askable:
             return []
         cfg = self.settings

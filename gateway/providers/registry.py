@@ -59,6 +59,9 @@ class ProviderRegistry:
     def has(self, name: str) -> bool:
         return name in self._messaging
 
+    def messaging_providers(self) -> list[MessagingProvider]:
+        return list(self._messaging.values())
+
     def add_voice(self, provider: VoiceProvider) -> None:
         self._voice[provider.name] = provider
 
