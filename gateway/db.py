@@ -139,6 +139,13 @@ class PooledConnection(asyncpg.Connection):
     session-level state (LISTEN and session advisory locks use dedicated connections;
     transactions take xact-scoped locks), so there is nothing to reset; an open
     transaction is still rolled back by asyncpg itself.
+
+    The reset query had a second use: sent on a connection with a statement still running on
+    it, it failed ("another operation is in progress") and asyncpg closed the connection
+    instead of handing it out. Without it, `reset()` checks that itself: a connection given
+    back mid-statement (a task still awaiting a query on it) is closed, never handed to the
+    next acquirer. (A cancelled statement is asyncpg's own case: release waits for the
+    cancellation to settle.)
     """
 
     waker: Waker | None = None
@@ -146,6 +153,15 @@ class PooledConnection(asyncpg.Connection):
 
     def get_reset_query(self) -> str:
         return ""
+
+    async def reset(self, *, timeout: float | None = None) -> None:
+        # asyncpg's guard around every statement with arguments (fetch*, execute(q, *args),
+        # executemany): set while one runs on this connection
+        if getattr(self._stmt_exclusive_section, "_acquired", 0):
+            raise asyncpg.InterfaceError(
+                "connection released while an operation is in progress; it is closed"
+            )
+        await super().reset(timeout=timeout)
 
     def transaction(
         self, *, isolation: str | None = None, readonly: bool = False, deferrable: bool = False

@@ -11,8 +11,11 @@ was given: the next evaluation that finds it free uses it directly, and one that
   (`Pool.close()` waits for every connection to come back), and after `MAX_USES` queries, so
   the pool can recycle it as it does its others;
 * a query that fails (or is cancelled) hands the connection back at once, for the pool to
-  check and clean up as it does any connection;
-* `aclose()` gives it back now.
+  check and clean up as it does any connection (asyncpg's release waits for a cancelled
+  query's cancellation to settle before anyone else can have the connection);
+* `aclose()` gives it back now — after the query running on it, if one is: the pool is
+  released to without a reset query (gateway/db.py), so it would not notice a connection
+  that is still busy, and its next user would fail with "another operation is in progress".
 
 Nothing session-level is ever set on it: the chain only reads.
 """
@@ -40,21 +43,26 @@ class LeasedConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._returning: set[asyncio.Task[None]] = set()
+        self._in_use: asyncio.Future[None] | None = None  # done when the running query ends
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         loop = asyncio.get_running_loop()
         if self._busy or (self._conn is not None and self._loop is not loop):
             return await self.pool.fetchrow(query, *args)
         self._busy = True
+        self._in_use = loop.create_future()
         try:
             if self._conn is None:
                 self._conn, self._loop, self._uses = await self.pool.acquire(), loop, 0
             row = await self._conn.fetchrow(query, *args)
         except BaseException:
             self._busy = False
-            await asyncio.shield(self._release(self._take()))
+            await asyncio.shield(self._release_soon(self._take()))
             raise
-        self._busy = False
+        finally:
+            self._busy = False
+            in_use, self._in_use = self._in_use, None
+            in_use.set_result(None)
         self._uses += 1
         self._last_used = loop.time()
         if self._uses >= MAX_USES:
@@ -87,13 +95,16 @@ class LeasedConnection:
         if conn is not None:
             await self.pool.release(conn)
 
-    def _release_soon(self, conn: Any) -> None:
+    def _release_soon(self, conn: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(self._release(conn))
         self._returning.add(task)
         task.add_done_callback(self._returning.discard)
+        return task
 
     async def aclose(self) -> None:
-        """Give the connection back now."""
+        """Give the connection back now, or as soon as the query running on it has ended."""
+        if self._in_use is not None:
+            await asyncio.shield(self._in_use)
         if self._conn is not None and self._loop is asyncio.get_running_loop():
             await self._release(self._take())
         if self._returning:
