@@ -18,7 +18,7 @@ CALL_COLUMNS = """
     c.bridged_with, c.hangup_cause, c.hangup_cause_text, c.sip_code, c.error_code,
     c.error_detail, c.send_at, c.metadata, c.created_at, c.updated_at, c.dialing_at,
     c.ringing_at, c.answered_at, c.bridged_at, c.hangup_requested_at, c.ended_at,
-    c.max_duration
+    c.max_duration, c.recipient_state AS state
 """
 
 _FINAL = sorted(FINAL)
@@ -30,9 +30,10 @@ async def insert_call(conn: asyncpg.Connection, row: dict[str, Any]) -> asyncpg.
         f"""
         INSERT INTO calls AS c (id, tenant_id, to_number, from_number, purpose, status, pool,
                                 provider, ring_timeout, on_answer, amd, on_machine, error_code,
-                                error_detail, send_at, trace_id, metadata, max_duration)
+                                error_detail, send_at, trace_id, metadata, max_duration,
+                                recipient_state)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18)
+                $18, $19)
         RETURNING {CALL_COLUMNS}
         """,
         row["id"],
@@ -53,6 +54,7 @@ async def insert_call(conn: asyncpg.Connection, row: dict[str, Any]) -> asyncpg.
         row["trace_id"],
         row.get("metadata", {}),
         row.get("max_duration"),
+        row.get("state"),
     )
 
 

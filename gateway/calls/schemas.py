@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core.phone import E164
+from gateway.core.usstates import USState
 from gateway.messages.schemas import TimelineEntry
 
 SIP_URI = r"^sips?:[^\s<>\"]{1,250}$"
@@ -81,6 +82,11 @@ class PlaceCall(BaseModel):
         default="defer",
         description="outside calling hours: refuse now, or call at the next opening",
     )
+    state: USState | None = Field(
+        default=None,
+        description="the recipient's US state (two letters, e.g. from their address): its "
+        "calling-hour rules and frequency caps apply too, besides the area code's state's",
+    )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
 
 
@@ -105,6 +111,7 @@ class Call(BaseModel):
     to: str
     from_: str | None = Field(alias="from")
     purpose: str
+    state: str | None = None
     status: str
     pool: str
     provider: str | None

@@ -14,7 +14,8 @@ Conn = asyncpg.Connection | asyncpg.Pool
 MESSAGE_COLUMNS = """
     m.id, m.trace_id, m.direction, m.channel, m.to_number AS "to", m.from_number AS "from", m.body,
     m.template, m.purpose, m.status, m.provider, m.provider_message_id, m.encoding, m.segments,
-    m.error_code, m.error_detail, m.send_at, m.metadata, m.created_at, m.updated_at
+    m.error_code, m.error_detail, m.send_at, m.metadata, m.created_at, m.updated_at,
+    m.recipient_state AS state
 """
 
 _TIMELINE = """
@@ -44,13 +45,14 @@ _INSERT_COLUMNS = (
     ("metadata", "jsonb"),
     ("error_code", "text"),
     ("error_detail", "text"),
+    ("state", "text"),  # column recipient_state
 )
 _DEFAULTS: dict[str, Any] = {"metadata": {}}
 
 _INSERT_MANY = f"""
 INSERT INTO messages (id, tenant_id, direction, channel, to_number, from_number, body, template,
                       purpose, status, provider, provider_message_id, encoding, segments,
-                      send_at, trace_id, metadata, error_code, error_detail)
+                      send_at, trace_id, metadata, error_code, error_detail, recipient_state)
 SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_INSERT_COLUMNS, 1))})
 RETURNING id, created_at, updated_at
 """
@@ -108,7 +110,7 @@ async def message_for_dispatch(conn: Conn, message_id: uuid.UUID) -> asyncpg.Rec
     return await conn.fetchrow(
         """
         SELECT id, tenant_id, channel, to_number, from_number, body, purpose, status, provider, trace_id,
-               segments, encoding, metadata
+               segments, encoding, metadata, recipient_state
         FROM messages WHERE id = $1
         """,
         message_id,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core.phone import E164
+from gateway.core.usstates import USState
 
 
 class SendMessage(BaseModel):
@@ -28,6 +29,11 @@ class SendMessage(BaseModel):
     when_closed: Literal["deny", "defer"] = Field(
         default="defer",
         description="outside calling hours: refuse now, or send at the next opening",
+    )
+    state: USState | None = Field(
+        default=None,
+        description="the recipient's US state (two letters, e.g. from their address): its "
+        "calling-hour rules and frequency caps apply too, besides the area code's state's",
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
 
@@ -69,6 +75,7 @@ class Message(BaseModel):
     body: str
     template: str | None
     purpose: str
+    state: str | None = None
     status: str
     provider: str | None
     provider_message_id: str | None

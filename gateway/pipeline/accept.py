@@ -139,6 +139,7 @@ class MessagePipeline:
             purpose=req.purpose,
             trace_id=trace_id,
             body=text,
+            address_state=req.state,
             key_id=principal.key_id,
             extra={"provider": route.provider},  # the provider-CPS bucket of the routed provider
         )
@@ -167,6 +168,7 @@ class MessagePipeline:
             "send_at": send_at,
             "trace_id": trace_id,
             "metadata": req.metadata,
+            "state": req.state,
             "error_code": error_code,
             "error_detail": error_detail,
         }

@@ -69,6 +69,7 @@ class MessageDispatcher:
             purpose=msg["purpose"],
             trace_id=msg["trace_id"],
             body=msg["body"],
+            address_state=msg["recipient_state"],
         )
         decision = await self.chain.evaluate(action, stage="dispatch")
         if isinstance(decision.verdict, Deny):

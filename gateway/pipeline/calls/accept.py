@@ -175,6 +175,7 @@ class CallPipeline:
             purpose=req.purpose,
             trace_id=trace_id,
             key_id=key_id,
+            address_state=req.state,
             extra={"provider": route.provider},
         )
         decision = await self.chain.evaluate(action, stage="accept", when_closed=req.when_closed)
@@ -208,6 +209,7 @@ class CallPipeline:
             "send_at": send_at,
             "trace_id": trace_id,
             "metadata": req.metadata,
+            "state": req.state,
         }
         kind = {"queued": "accepted", "scheduled": "scheduled", "rejected": "rejected"}[status]
         accepted = event(

@@ -77,6 +77,7 @@ class CallDispatcher:
             from_=call["from"],
             purpose=call["purpose"],
             trace_id=call["trace_id"],
+            address_state=call["state"],
             extra={"provider": call["provider"]},
         )
         # The guardrails (PostgreSQL, Redis) and the channel (Redis) at once; a refusal gives
