@@ -20,6 +20,15 @@ first try did reach Asterisk, the call is already there and is not dialled twice
 Bridging to an AI agent's SIP URI dials a second leg (ChannelId = key + ``-agent``) into a
 waiting context; when the tracker reports it answered, the gateway bridges the two channels
 with the ``Bridge`` action (04: ``Channels have been bridged``).
+
+Channels are addressed by the Uniqueid we chose, never by a cached name: Asterisk numbers its
+channel names from 0 again after a restart (``PJSIP/carrier-00000000`` is someone else's call
+then). ``Hangup`` takes the Uniqueid itself (Asterisk looks a name up, then a Uniqueid, both
+exact). ``Bridge`` matches *prefixes* (features.c ``ast_channel_get_by_name_prefix``), so key
+``X`` would also find ``X-agent``: it is sent names read from ``CoreShowChannels`` by exact
+Uniqueid on the same AMI session — names are unique within one Asterisk run, and a session
+never outlives its run. ``No such channel`` for a channel we saw means the call ended
+unobserved: ``CallGone``, and the gateway closes it.
 """
 
 from __future__ import annotations
@@ -106,34 +115,45 @@ class AsteriskVoice(VoiceProvider):
     # -- hangup / bridge --------------------------------------------------------------------
 
     async def _hangup(self, call: CallRef) -> None:
-        channel = call.channel or await self._find(call.provider_call_id or call.attempt_key)
-        if channel is None:
-            # Not created yet (Originate queued, no channel): try again shortly; the control
-            # job stops retrying once the call has ended.
-            raise TransientProviderError(
-                f"no channel for {call.attempt_key} yet", code="no_channel", ambiguous=False
-            )
+        uniqueid = channel_id(call)
         try:
-            await self.client.hangup(channel)
+            await self.client.hangup(uniqueid)
         except AMIActionError as exc:
-            if "no such channel" in str(exc).lower():
-                return  # already gone: a hangup is idempotent
-            raise _provider_error("hangup", exc) from exc
+            if "no such channel" not in str(exc).lower():
+                raise _provider_error("hangup", exc) from exc
+            if call.channel is None:
+                # Never seen: not created yet (Originate queued, no channel) or never will
+                # be; try again shortly, the control job stops once the call has ended.
+                raise TransientProviderError(
+                    f"no channel for {uniqueid} yet", code="no_channel", ambiguous=False
+                ) from exc
+            raise CallGone(call) from exc
         except Exception as exc:
             raise _provider_error("hangup", exc) from exc
 
     async def _bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
         if isinstance(target, SipTarget):
             return await self._dial_agent(call, target)
-        first = call.channel or await self._find(call.provider_call_id or call.attempt_key)
-        second = target.channel or await self._find(target.provider_call_id or target.attempt_key)
+        session = self.client.session
+        if session is None:
+            raise _provider_error("bridge", AMINotConnected("not logged in to Asterisk"))
+        try:
+            listed = await self.client.core_show_channels(session=session)
+        except AMIError as exc:
+            raise _provider_error("channel lookup", exc) from exc
+        names = {str(item.get("Uniqueid")): str(item.get("Channel")) for item in listed}
+        first, second = names.get(channel_id(call)), names.get(channel_id(target))
+        for ref, name in ((call, first), (target, second)):
+            if name is None and ref.channel is not None:
+                raise CallGone(ref)
         if first is None or second is None:
             raise PermanentProviderError(
                 "a call to bridge is not up on this Asterisk", code="not_bridgeable"
             )
         try:
             await self.client.send(
-                {"Action": "Bridge", "Channel1": first, "Channel2": second, "Tone": "no"}
+                {"Action": "Bridge", "Channel1": first, "Channel2": second, "Tone": "no"},
+                session=session,  # the names are this Asterisk run's
             )
         except AMIActionError as exc:
             raise PermanentProviderError(
@@ -176,6 +196,27 @@ class AsteriskVoice(VoiceProvider):
             if item.get("Uniqueid") == uniqueid:
                 return str(item.get("Channel"))
         return None
+
+
+class CallGone(PermanentProviderError):
+    """Asterisk has no channel for a call leg we saw up: it ended and we missed its end (an
+    AMI gap, a restart). Not a refusal: the gateway closes the call (``code`` call_gone)."""
+
+    def __init__(self, call: CallRef) -> None:
+        super().__init__(
+            f"Asterisk has no channel {channel_id(call)} any more: the call ended unobserved",
+            code="call_gone",
+            ambiguous=False,
+        )
+        self.call = call
+
+
+def channel_id(call: CallRef) -> str:
+    """The Uniqueid we chose for a leg (its Originate ChannelId): the attempt key for the
+    called party, the agent leg's own key for the agent."""
+    if call.leg == "agent" and call.provider_call_id:
+        return call.provider_call_id
+    return call.attempt_key
 
 
 def provider_name(asterisk_name: str) -> str:

@@ -47,7 +47,7 @@ from gateway.messages.schemas import TimelineEntry
 from gateway.providers.contracts import CallReport
 from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
-from sip.calls import LiveLeg
+from sip.calls import LiveLeg, Reconciled
 from sip.pools import PermitLost, PoolExhausted, PoolHolders, TrunkPools, UnknownPool
 
 log = get_logger(__name__)
@@ -237,7 +237,7 @@ class CallService:
                 )
             return
         if r.channel and r.channel != call["channel"]:
-            await repo.update_call(conn, call["id"], channel=r.channel)
+            await repo.update_call(conn, call["id"], channel=r.channel, alive_at=repo.LATEST)
         if r.amd is not None and call["amd_result"] is None:
             call = await self._amd(conn, call, r)
         elif r.amd is not None and call["amd_result"] == AMD_UNKNOWN:
@@ -299,6 +299,7 @@ class CallService:
             hangup_cause=r.hangup_cause,
             hangup_cause_text=r.hangup_cause_text,
             sip_code=r.sip_code,
+            sip_code_source=r.sip_code_source if r.sip_code is not None else None,
             error_code=r.error_code if new in FINAL and not remapped else None,
         )
         if moved is None:
@@ -600,25 +601,40 @@ class CallService:
 
     async def reconcile(
         self, provider: str, live: Sequence[LiveLeg], channel_ids: Sequence[str] = ()
-    ) -> list[LiveLeg]:
+    ) -> Reconciled:
         """Asterisk's channel list is the truth. Calls it no longer has are closed (the end was
         not observed), live ones are adopted (PostgreSQL catches up with their state), our
         channels no call wants are returned to be hung up, and pool permits held for calls
-        that are over are released."""
+        that are over are released.
+
+        A call whose channel we saw (its name, ringing, answered — all applied before the list
+        was taken: the tracker holds events while it reconciles) and that is not listed has
+        ended: it is closed now, whatever its age, at the last moment we knew it alive. Only
+        a call whose channel we never saw may still be on its way (the Originate queued, the
+        channel not created yet): it is spared while younger than ``reconcile_min_age`` and
+        the tracker is told when to look again, until it is settled."""
         min_age = self.settings.pools.reconcile_min_age
         customer = {leg.key.attempt_key: leg for leg in live if leg.key.leg == "customer"}
         agents = {leg.key.attempt_key: leg for leg in live if leg.key.leg == "agent"}
         now = datetime.now(UTC)
         closed = adopted = 0
+        recheck: float | None = None
         for row in await repo.live_on_provider(self.db, provider):
             leg = customer.get(row["attempt_key"])
             if leg is not None:
                 adopted += 1
                 await self._adopt(row, leg)
-            elif row["status"] != "queued" and (
-                (now - row["attempt_started_at"]).total_seconds() >= min_age
-            ):
-                closed += await self._close_unobserved(row)
+                continue
+            if row["status"] == "queued":
+                continue  # the dispatcher's: an Originate not (known to be) sent yet
+            seen = row["channel"] is not None or row["status"] in ("ringing", "answered")
+            age = (now - row["attempt_started_at"]).total_seconds()
+            if seen or age >= min_age:
+                detail = "the call ended while the AMI connection was down"
+                closed += await self.close_unobserved(row["id"], row["attempt_n"], detail=detail)
+            else:
+                wait = max(0.05, min_age - age)
+                recheck = wait if recheck is None else min(recheck, wait)
         orphans: list[LiveLeg] = []
         for key, leg in [*customer.items(), *agents.items()]:
             async with self.db.acquire() as conn:
@@ -639,12 +655,20 @@ class CallService:
             adopted=adopted,
             closed=closed,
             orphans=len(orphans),
+            recheck_in=recheck,
             permits_released=sum(len(v) for v in released.values()),
         )
-        return orphans
+        return Reconciled(orphans, recheck)
+
+    async def mark_alive(self, provider: str, attempt_keys: Sequence[str], ago: float) -> None:
+        """The tracker's AMI session ended: these calls were up until it last heard from
+        Asterisk, ``ago`` seconds before now (a duration, so the database's clock dates it)."""
+        if attempt_keys:
+            await repo.mark_alive(self.db, provider, list(attempt_keys), ago)
 
     async def _adopt(self, row: asyncpg.Record, leg: LiveLeg) -> None:
         async with self.db.acquire() as conn, conn.transaction():
+            await repo.mark_alive(conn, row["provider"], [row["attempt_key"]])  # listed: up now
             await emit(
                 conn,
                 event(
@@ -679,32 +703,41 @@ class CallService:
         if call is None or call["status"] in FINAL:
             await self.release_permit(row["id"], row["pool"])
 
-    async def _close_unobserved(self, row: asyncpg.Record) -> int:
+    async def close_unobserved(
+        self, call_id: uuid.UUID, attempt_n: int, *, detail: str, source: str = "reconcile"
+    ) -> int:
+        """End a live call whose end nobody observed (Asterisk no longer has its channel), at
+        the last moment we knew it alive — its talk time and bill leave out what we did not
+        see. Answered: completed; else failed (ended_unobserved). 1 if it was closed here."""
+        after: After = []
         async with self.db.acquire() as conn, conn.transaction():
-            call = await repo.get_call(conn, row["id"], lock=True)
-            if call is None or call["status"] not in LIVE or call["attempt_n"] != row["attempt_n"]:
+            call = await repo.get_call(conn, call_id, lock=True)
+            if call is None or call["status"] not in LIVE or call["attempt_n"] != attempt_n:
                 return 0
             final = "completed" if call["status"] == "answered" else "failed"
             moved = await repo.move_status(
                 conn,
                 call["id"],
                 final,
+                ended_at=repo.ALIVE_END,
                 error_code=None if final == "completed" else "ended_unobserved",
-                error_detail="the call ended while the AMI connection was down",
+                error_detail=detail,
             )
             if moved is None:
                 return 0
-            await repo.close_attempt(
-                conn, call["id"], call["attempt_n"], "originated", only_open=True
-            )
-            await repo.record_voice_usage(conn, call["id"])
+            ended = moved["ended_at"].isoformat()
             await emit(
                 conn,
-                event(moved, "reconciled", {"action": "closed", "was": call["status"]}),
-                event(moved, final, {"source": "reconcile", "n": call["attempt_n"]}),
-                event(moved, "permit_released", {"pool": call["pool"]}),
+                event(
+                    moved,
+                    "reconciled",
+                    {"action": "closed", "was": call["status"], "ended_at": ended, "by": source},
+                ),
+                event(moved, final, {"source": source, "n": attempt_n}),
             )
-        await self.release_permit(call["id"], call["pool"])
+            await self._ended(conn, moved, attempt_n, after)
+        for work in after:
+            await work()
         return 1
 
 
@@ -718,7 +751,7 @@ def _call_id(holder: str) -> uuid.UUID | None:
 
 def _cause(r: CallReport) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("hangup_cause", "hangup_cause_text", "sip_code", "error_code"):
+    for name in ("hangup_cause", "hangup_cause_text", "sip_code", "sip_code_source", "error_code"):
         value = getattr(r, name)
         if value is not None:
             out[name] = value

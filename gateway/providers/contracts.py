@@ -174,6 +174,7 @@ class CallReport:
     hangup_cause: int | None = None
     hangup_cause_text: str | None = None
     sip_code: int | None = None
+    sip_code_source: Literal["sip", "mapped"] | None = None  # a SIP response, or a cause mapped
     error_code: str | None = None
     failover: bool = False
     amd: AmdResult | None = None

@@ -37,6 +37,7 @@ import inspect
 import itertools
 import random
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class _Session:
         self.logged_in = False
         self.was_up = False
         self.reason: AMIConnectionLost | None = None
+        self.heard_at: float | None = None  # wall clock of the last bytes read
         self.dead = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -201,6 +203,14 @@ class AMIClient:
         return self._session is not None and self._session.logged_in
 
     @property
+    def session(self) -> int | None:
+        """The number of the logged-in session, or None. Channel names are unique only within
+        one Asterisk run, and a session never outlives the run it talks to: a name read on
+        session N may be used on session N (``send(..., session=N)``), never on another."""
+        session = self._session
+        return session.number if session is not None and session.logged_in else None
+
+    @property
     def version(self) -> str | None:
         """AMI version from the current session's banner, e.g. "11.0.0"."""
         return self._session.parser.version if self._session else None
@@ -262,27 +272,40 @@ class AMIClient:
     # -- actions ------------------------------------------------------------------------------
 
     async def send(
-        self, action: Action, *, timeout: float | None = None, check: bool = True
+        self,
+        action: Action,
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        session: int | None = None,
     ) -> Message:
         """Send one action and return its ``Response``.
 
         Fails with ``AMINotConnected`` at once while not logged in, ``AMIConnectionLost`` as
         soon as the session dies, ``AMITimeout`` after ``timeout`` (default ``action_timeout``)
         and, with ``check``, ``AMIActionError`` on ``Response: Error``. Events that carry this
-        ActionID (OriginateResponse) still go to the event handlers.
+        ActionID (OriginateResponse) still go to the event handlers. With ``session``, only on
+        that session: ``AMIConnectionLost`` if it is not the current one any more.
         """
         _refuse_dangerous(action)
-        return await self._request(self._live_session(), action, timeout=timeout, check=check)
+        return await self._request(
+            self._live_session(session), action, timeout=timeout, check=check
+        )
 
     async def send_list(
-        self, action: Action, complete_event: str, *, timeout: float | None = None
+        self,
+        action: Action,
+        complete_event: str,
+        *,
+        timeout: float | None = None,
+        session: int | None = None,
     ) -> list[Message]:
         """Send a list action (CoreShowChannels, Status, BridgeList …) and return its item
         events, once ``complete_event`` arrives with a ``ListItems`` count that matches. A list
         cut off by a dropped connection raises ``AMIConnectionLost``."""
         _refuse_dangerous(action)
         items: list[Message] = await self._request(
-            self._live_session(), action, timeout=timeout, complete_event=complete_event
+            self._live_session(session), action, timeout=timeout, complete_event=complete_event
         )
         return items
 
@@ -346,16 +369,23 @@ class AMIClient:
     async def hangup(
         self, channel: str, *, cause: int = 16, timeout: float | None = None
     ) -> Message:
-        """Hang up a channel by name; ``No such channel`` raises ``AMIActionError``."""
+        """Hang up a channel by Uniqueid (Asterisk looks the name up first, then the Uniqueid,
+        both exact) or by name; ``No such channel`` raises ``AMIActionError``. Prefer the
+        Uniqueid we chose: Asterisk numbers channel names from 0 again after a restart."""
         return await self.send(
             {"Action": "Hangup", "Channel": channel, "Cause": str(cause)}, timeout=timeout
         )
 
-    async def core_show_channels(self, *, timeout: float | None = None) -> list[Message]:
+    async def core_show_channels(
+        self, *, timeout: float | None = None, session: int | None = None
+    ) -> list[Message]:
         """Every live channel (one ``CoreShowChannel`` event each): the snapshot to reconcile
         tracked calls and channel pools against after a reconnect."""
         return await self.send_list(
-            {"Action": "CoreShowChannels"}, "CoreShowChannelsComplete", timeout=timeout
+            {"Action": "CoreShowChannels"},
+            "CoreShowChannelsComplete",
+            timeout=timeout,
+            session=session,
         )
 
     async def command(self, command: str, *, timeout: float | None = None) -> list[str]:
@@ -366,10 +396,12 @@ class AMIClient:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def _live_session(self) -> _Session:
+    def _live_session(self, number: int | None = None) -> _Session:
         session = self._session
         if self._closing:
             raise AMINotConnected("AMI client is closed")
+        if number is not None and (session is None or session.number != number):
+            raise AMIConnectionLost(f"AMI session {number} is over (Asterisk may have restarted)")
         if session is None or not session.logged_in:
             raise AMINotConnected(f"not logged in to Asterisk at {self.host}:{self.port}")
         return session
@@ -471,6 +503,7 @@ class AMIClient:
             self.connected.clear()
             if session.was_up:
                 reason = session.reason or AMIConnectionLost("session ended")
+                reason.last_heard = session.heard_at
                 level = self._log.info if isinstance(reason, AMIClosed) else self._log.warning
                 level("ami.disconnected", session=session.number, reason=str(reason))
                 self._queue.put_nowait(("disconnected", reason))
@@ -480,7 +513,9 @@ class AMIClient:
         try:
             while True:
                 data = await session.reader.read(65536)
-                if not data:
+                if data:
+                    session.heard_at = time.time()
+                else:
                     if self._closing:
                         reason = AMIClosed("client closed")
                     else:

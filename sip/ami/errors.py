@@ -19,7 +19,12 @@ class AMIConnectError(AMIError):
 
 
 class AMIConnectionLost(AMIError):
-    """The session died (EOF, reset, keepalive timeout, Shutdown) before the answer came."""
+    """The session died (EOF, reset, keepalive timeout, Shutdown) before the answer came.
+
+    ``last_heard`` (wall clock, set on the reason a disconnected hook receives): when the dead
+    session last read anything from Asterisk — every channel it had was alive until then."""
+
+    last_heard: float | None = None
 
 
 class AMIKeepaliveTimeout(AMIConnectionLost):

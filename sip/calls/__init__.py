@@ -7,7 +7,7 @@ reconcile after a (re)connect; ``leader`` — one tracker per Asterisk across pr
 
 from sip.calls.keys import LegKey, agent_key, attempt_key, parse
 from sip.calls.leader import LeaderLease
-from sip.calls.tracker import CallSink, CallTracker, LiveLeg
+from sip.calls.tracker import CallSink, CallTracker, LiveLeg, Reconciled
 
 __all__ = [
     "CallSink",
@@ -15,6 +15,7 @@ __all__ = [
     "LeaderLease",
     "LegKey",
     "LiveLeg",
+    "Reconciled",
     "agent_key",
     "attempt_key",
     "parse",

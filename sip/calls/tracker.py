@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +56,15 @@ class LiveLeg:
     bridge_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconcile leaves to the tracker: our channels no call wants (to hang up), and
+    when to look again for calls it could not settle yet (None: all settled)."""
+
+    orphans: Sequence[LiveLeg] = ()
+    recheck_after: float | None = None
+
+
 class CallSink(Protocol):
     """Where the tracker's findings go (the gateway's call service)."""
 
@@ -64,10 +74,16 @@ class CallSink(Protocol):
 
     async def reconcile(
         self, provider: str, live: Sequence[LiveLeg], channel_ids: Sequence[str]
-    ) -> Sequence[LiveLeg]:
+    ) -> Reconciled:
         """Close what Asterisk no longer has, adopt what it has, release pool permits whose
         holders are neither unfinished calls nor in ``channel_ids`` (every Uniqueid and
-        Linkedid Asterisk listed); return our channels no call wants any more (to hang up)."""
+        Linkedid Asterisk listed); return our channels no call wants any more (to hang up)
+        and when to reconcile again for calls too young to judge."""
+        ...
+
+    async def mark_alive(self, provider: str, attempt_keys: Sequence[str], ago: float) -> None:
+        """These calls were up until ``ago`` seconds ago (the AMI session that carried their
+        events last heard from Asterisk then): an end we miss is dated no earlier."""
         ...
 
 
@@ -80,6 +96,7 @@ class _Leg:
     answered: bool = False
     cause: int | None = None
     sip_code: int | None = None
+    sip_code_source: str | None = None  # "sip": in a HangupRequest (a response); "mapped"
     amd_status: str | None = None
     amd_cause: str | None = None
     amd_reported: bool = False
@@ -158,6 +175,9 @@ class CallTracker:
         self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lanes = _Lanes(sink.report_many, concurrency)
         self._reconciling = asyncio.Lock()
+        self._held: list[Message] | None = None  # events that arrived during a reconcile
+        self._recheck: asyncio.TimerHandle | None = None
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._unregister: list[Callable[[], None]] = []
         self._handlers: Mapping[str, Callable[[Message], None]] = {
             "newchannel": self._newchannel,
@@ -185,6 +205,10 @@ class CallTracker:
     async def close(self) -> None:
         for unregister in self._unregister:
             unregister()
+        if self._recheck is not None:
+            self._recheck.cancel()
+        for task in list(self._rechecks):
+            task.cancel()
         await self._lanes.drain()
 
     @property
@@ -202,6 +226,22 @@ class CallTracker:
 
     async def _on_disconnected(self, reason: AMIConnectionLost) -> None:
         log.warning("call tracking paused: AMI session down", ami=self.provider, reason=str(reason))
+        if not self.active or reason.last_heard is None:
+            return
+        # Every channel of ours the session knew was up until Asterisk was last heard from:
+        # whatever ends during the gap is dated no earlier (and no later) than that.
+        keys = sorted(
+            {
+                leg.key.attempt_key
+                for leg in self._legs.values()
+                if leg.created and leg.key.leg == "customer"
+            }
+        )
+        ago = max(0.0, time.time() - reason.last_heard)
+        try:
+            await self.sink.mark_alive(self.provider, keys, ago)
+        except Exception as exc:  # PostgreSQL away too: the last status change dates them
+            log.warning("calls not marked alive at disconnect", ami=self.provider, error=repr(exc))
 
     async def reconcile(self) -> None:
         """``CoreShowChannels`` is the truth: rebuild the per-leg memory from it, let the sink
@@ -209,46 +249,79 @@ class CallTracker:
         if not self.active or not self.client.is_connected:
             return
         async with self._reconciling:
-            await self._lanes.drain()
+            # Events that arrive from here on wait until the sink has judged the list: what
+            # PostgreSQL says it saw of a call was then all seen before the list was taken.
+            self._held = []
             try:
-                channels = await self.client.core_show_channels()
-            except AMIError as exc:
-                log.warning("reconcile skipped: no channel list", ami=self.provider, error=str(exc))
+                result = await self._reconcile()
+            finally:
+                held, self._held = self._held, None
+                for event in held:
+                    self._on_event(event)
+        if result is not None and result.recheck_after is not None:
+            self._schedule_recheck(result.recheck_after)
+
+    def _schedule_recheck(self, delay: float) -> None:
+        """Reconcile again in ``delay`` s: calls too young to judge are looked at again until
+        they are settled (adopted or closed), not left to whatever reconnect comes next."""
+        loop = asyncio.get_running_loop()
+        if self._recheck is not None:
+            if self._recheck.when() <= loop.time() + delay:
                 return
-            live: list[LiveLeg] = []
-            channel_ids: set[str] = set()
-            for item in channels:
-                channel_ids.update(str(item[h]) for h in ("Uniqueid", "Linkedid") if item.get(h))
-                key = parse(item.get("Uniqueid"))
-                if key is None:
-                    continue
-                state = causes.as_int(item.get("ChannelState")) or 0
-                leg = LiveLeg(
-                    key, str(item.get("Channel", "")), state, item.get("BridgeId") or None
-                )
-                live.append(leg)
-                memo = self._legs.setdefault(key.channel_id, _Leg(key))
-                memo.channel, memo.created = leg.channel, True
-                memo.answered = memo.answered or state == UP
-                memo.rang = memo.rang or state in (RINGING, UP)
-            alive = {leg.key.channel_id for leg in live}
-            for channel_id in [c for c, m in self._legs.items() if m.created and c not in alive]:
-                del self._legs[channel_id]  # ended while we were not listening: the sink closes it
-            orphans = await self.sink.reconcile(self.provider, live, sorted(channel_ids))
-            self.reconciles += 1
-            for orphan in orphans:
-                with contextlib.suppress(AMIError):
-                    await self.client.hangup(orphan.channel)
-            log.info(
-                "calls reconciled with Asterisk",
-                ami=self.provider,
-                live=len(live),
-                orphans=len(orphans),
-            )
+            self._recheck.cancel()
+
+        def fire() -> None:
+            self._recheck = None
+            task = asyncio.create_task(self.reconcile(), name=f"reconcile-again:{self.provider}")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+        self._recheck = loop.call_later(delay, fire)
+
+    async def _reconcile(self) -> Reconciled | None:
+        await self._lanes.drain()
+        try:
+            channels = await self.client.core_show_channels()
+        except AMIError as exc:
+            log.warning("reconcile skipped: no channel list", ami=self.provider, error=str(exc))
+            return None
+        live: list[LiveLeg] = []
+        channel_ids: set[str] = set()
+        for item in channels:
+            channel_ids.update(str(item[h]) for h in ("Uniqueid", "Linkedid") if item.get(h))
+            key = parse(item.get("Uniqueid"))
+            if key is None:
+                continue
+            state = causes.as_int(item.get("ChannelState")) or 0
+            leg = LiveLeg(key, str(item.get("Channel", "")), state, item.get("BridgeId") or None)
+            live.append(leg)
+            memo = self._legs.setdefault(key.channel_id, _Leg(key))
+            memo.channel, memo.created = leg.channel, True
+            memo.answered = memo.answered or state == UP
+            memo.rang = memo.rang or state in (RINGING, UP)
+        alive = {leg.key.channel_id for leg in live}
+        for channel_id in [c for c, m in self._legs.items() if m.created and c not in alive]:
+            del self._legs[channel_id]  # ended while we were not listening: the sink closes it
+        result = await self.sink.reconcile(self.provider, live, sorted(channel_ids))
+        self.reconciles += 1
+        for orphan in result.orphans:
+            with contextlib.suppress(AMIError):
+                # By its Uniqueid: a name is reused once Asterisk restarts (item 0).
+                await self.client.hangup(orphan.key.channel_id)
+        log.info(
+            "calls reconciled with Asterisk",
+            ami=self.provider,
+            live=len(live),
+            orphans=len(result.orphans),
+        )
+        return result
 
     # -- events -----------------------------------------------------------------------------
 
     def _on_event(self, event: Message) -> None:
+        if self._held is not None:
+            self._held.append(event)
+            return
         handler = self._handlers.get(str(event.get("Event", "")).lower())
         if handler is not None and self.active:
             handler(event)
@@ -352,20 +425,24 @@ class CallTracker:
         if leg is None or leg.answered:
             return
         leg.cause = causes.as_int(event.get("Cause")) or leg.cause
-        leg.sip_code = causes.as_int(event.get("TechCause")) or leg.sip_code
+        # A HangupRequest carries TechCause when a SIP response ended the leg (03a-d: 486,
+        # 404, 503, 603); when Asterisk itself gave up (03e ring timeout, 03f nothing
+        # listening) only the Hangup has one, 480, its mapping of cause 19: no 480 arrived.
+        if (code := causes.as_int(event.get("TechCause"))) is not None:
+            leg.sip_code, leg.sip_code_source = code, "sip"
 
     def _hangup(self, event: Message) -> None:
         leg = self._leg(event, "Uniqueid")
         if leg is None:
             linked = self._linked(event, "Linkedid")
             if linked is not None and not linked.answered:
-                linked.sip_code = causes.as_int(event.get("TechCause")) or linked.sip_code
+                _tech_cause(linked, event)
                 linked.cause = linked.cause or causes.as_int(event.get("Cause"))
             return
         cause = causes.as_int(event.get("Cause"))
         if cause or leg.cause is None:
             leg.cause = cause
-        leg.sip_code = causes.as_int(event.get("TechCause")) or leg.sip_code
+        _tech_cause(leg, event)
         ending = causes.classify(
             answered=leg.answered, rang=leg.rang, cause=leg.cause, sip_code=leg.sip_code
         )
@@ -381,6 +458,7 @@ class CallTracker:
             hangup_cause=leg.cause,
             hangup_cause_text=causes.cause_text(leg.cause),
             sip_code=leg.sip_code,
+            sip_code_source=leg.sip_code_source if leg.sip_code is not None else None,
             error_code=ending.error_code,
             failover=ending.failover,
         )
@@ -418,3 +496,11 @@ class CallTracker:
         result = causes.AMD_STATUS.get(leg.amd_status or "")
         detail = f"{leg.amd_status} {leg.amd_cause or ''}".strip()
         self._emit(leg, event, fact="amd", amd=result or "notsure", amd_detail=detail)
+
+
+def _tech_cause(leg: _Leg, event: Message) -> None:
+    """The Hangup's TechCause: the SIP response a HangupRequest already named wins; one seen
+    only here is Asterisk's mapping of the Q.850 cause it ended the leg with."""
+    code = causes.as_int(event.get("TechCause"))
+    if code is not None and leg.sip_code_source != "sip":
+        leg.sip_code, leg.sip_code_source = code, "mapped"

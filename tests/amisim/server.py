@@ -276,6 +276,12 @@ class AMISimServer:
         self._call_tasks.clear()
         self.channels.clear()
         self.bridges.clear()
+        if restart:
+            # A new Asterisk process numbers its channels from 0 again: names are reused
+            # (PJSIP/carrier-00000000 opens 02a as it opens every run), Uniqueids are not.
+            self._channel_seq = 0
+            self._uniqueid_seq = 0
+            self._started = time.time()
 
     async def refuse_connections(self, seconds: float | None = None) -> None:
         """Stop listening (connection refused); listen again on the same port after
@@ -320,9 +326,27 @@ class AMISimServer:
                 session.send_split(data, split_at)
 
     def find_channel(self, name_or_uniqueid: str) -> sc.Channel | None:
-        if name_or_uniqueid in self.channels:
-            return self.channels[name_or_uniqueid]
-        return next((c for c in self.channels.values() if c.uniqueid == name_or_uniqueid), None)
+        """A live channel as Asterisk's ``ast_channel_get_by_name`` finds it — what Hangup,
+        Redirect, Getvar, Setvar and Status use: the name (any case), else the Uniqueid,
+        both exact. (The transcripts address channels by name only; the Uniqueid fallback is
+        Asterisk's channel storage, main/channelstorage_ao2_legacy.c get_by_name_prefix.)"""
+        return self._lookup(name_or_uniqueid, prefix=False)
+
+    def _lookup(self, wanted: str, *, prefix: bool) -> sc.Channel | None:
+        """By name, then by Uniqueid, case-insensitive; ``prefix`` matches the start only,
+        as the Bridge action's ``ast_channel_get_by_name_prefix(x, strlen(x))`` does (so a
+        Uniqueid ``X`` also finds ``X-agent``: address Bridge by exact name)."""
+        if not wanted:
+            return None
+        wanted = wanted.lower()
+
+        def hit(value: str) -> bool:
+            value = value.lower()
+            return value.startswith(wanted) if prefix else value == wanted
+
+        return next((c for c in self.channels.values() if hit(c.name)), None) or next(
+            (c for c in self.channels.values() if hit(c.uniqueid)), None
+        )
 
     def actions(self, name: str) -> list[Action]:
         """Actions received with this name (case-insensitive), oldest first."""
@@ -658,7 +682,7 @@ class AMISimServer:
     def _channel_or_error(
         self, session: Session, action: Action, header: str = "Channel"
     ) -> sc.Channel | None:
-        ch = self.channels.get(action.get(header) or "")
+        ch = self.find_channel(action.get(header) or "")
         if ch is None:
             session.reply("Error", action, ("Message", "No such channel"))  # 01
         return ch
@@ -687,8 +711,8 @@ class AMISimServer:
         ch.priority = int(action.get("Priority") or 1)
 
     def _bridge(self, session: Session, action: Action) -> None:
-        a = self.channels.get(action.get("Channel1") or "")
-        b = self.channels.get(action.get("Channel2") or "")
+        a = self._lookup(action.get("Channel1") or "", prefix=True)
+        b = self._lookup(action.get("Channel2") or "", prefix=True)
         if a is None or b is None:
             # Not captured; the wording is Asterisk's own (features.c).
             which, name = (

@@ -45,7 +45,7 @@ async def test_originate_answer_bridge_to_agent_hangup(voice, ami: AMISimServer,
     assert hung["status"] == "answered"
     done = await voice.wait(call_id, "completed")
     assert done["hangup_cause"] == 16 and done["error_code"] is None
-    assert ami.actions("Hangup")[0].get("Channel") == bridged["channel"]
+    assert ami.actions("Hangup")[0].get("Channel") == key  # by Uniqueid, never by name
     await voice.wait_in_use("api", 0)
     assert done["durations"]["talk_seconds"] is not None
     assert [a["outcome"] for a in done["attempts"]] == ["originated"]

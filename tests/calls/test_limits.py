@@ -42,7 +42,9 @@ class TestMaxDuration:
         assert done["error_code"] == "max_duration"
         assert done["error_detail"] == "hung up after its maximum duration of 1 s"
         assert done["hangup_cause"] == 16, "ended by our Hangup action, as an API hangup is"
-        [hangup] = [a for a in ami.actions("Hangup") if a.get("Channel") == done["channel"]]
+        [hangup] = [
+            a for a in ami.actions("Hangup") if a.get("Channel") == done["provider_call_id"]
+        ]
         assert hangup is not None
         seen = types(done)
         assert ordered(

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.providers.contracts import CallReport
 from sip.ami import AMIClient
-from sip.calls import CallTracker, LeaderLease, LiveLeg, attempt_key, parse
+from sip.calls import CallTracker, LeaderLease, LiveLeg, Reconciled, attempt_key, parse
 from sip.calls.causes import classify
 from tests.amisim import BUSY, UNAVAILABLE, AMISimServer, Answer, Reject
 from tests.amisim import scenarios as sc
@@ -25,15 +25,19 @@ class Sink:
     def __init__(self) -> None:
         self.reports: list[CallReport] = []
         self.reconciled: list[list[LiveLeg]] = []
+        self.alive: list[tuple[list[str], float]] = []
 
     async def report_many(self, reports: list[CallReport]) -> None:
         self.reports.extend(reports)
 
     async def reconcile(
         self, provider: str, live: Sequence[LiveLeg], channel_ids: Sequence[str]
-    ) -> list[LiveLeg]:
+    ) -> Reconciled:
         self.reconciled.append(list(live))
-        return []
+        return Reconciled()
+
+    async def mark_alive(self, provider: str, attempt_keys: Sequence[str], ago: float) -> None:
+        self.alive.append((list(attempt_keys), ago))
 
     def statuses(self, key: str, leg: str = "customer") -> list[str]:
         return [

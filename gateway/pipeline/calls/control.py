@@ -56,6 +56,9 @@ class CallController:
         try:
             await getattr(self, f"_op_{op}")(call, job.payload)
         except (ProviderError, AgentError) as exc:
+            if isinstance(exc, ProviderError) and exc.code == "call_gone":
+                await self._gone(call, op, exc)
+                return
             transient = exc.transient
             if transient:
                 raise queue.RetryableError(f"{op}: {exc}") from exc
@@ -71,6 +74,21 @@ class CallController:
                 fresh = await repo.get_call(conn, call["id"], lock=True)
                 if fresh is not None and fresh["status"] not in FINAL:
                     await self.service._request_hangup(conn, fresh, reason="agent_unavailable")
+
+    async def _gone(self, call: asyncpg.Record, op: str, exc: ProviderError) -> None:
+        """The provider no longer has a leg we saw up: its end was missed. A called party's
+        leg closes its call (at the last moment we knew it alive); then the op failed unless
+        it was a hangup, which got what it wanted."""
+        ref = getattr(exc, "call", None)
+        key = sip_calls.parse(ref.attempt_key) if ref is not None else None
+        if key is not None and ref.leg == "customer":
+            detail = "the provider no longer had the call's channel: it ended unobserved"
+            await self.service.close_unobserved(
+                key.call_id, key.n, detail=detail, source=f"control:{op}"
+            )
+        if op not in ("hangup", "hangup_agent"):
+            fresh = await repo.get_call(self.db, call["id"])
+            await self._failed(fresh or call, op, exc)
 
     def _voice(self, call: asyncpg.Record) -> VoiceProvider:
         return self.registry.voice(call["provider"])
