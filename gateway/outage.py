@@ -14,9 +14,12 @@ a constraint violation, a syntax error, a misused connection ("another operation
 is in progress", "released back to the pool"), a Lua error — is a bug and stays a
 500 with its traceback, so an outage can never hide one.
 
-`OutageMonitor` is the per-process memory of what is down: the first failure logs
-"<dependency> unavailable" and starts a probe; the probe logs "<dependency>
-available again" when a trivial command succeeds, and wakes whoever waits for it.
+`OutageMonitor` is the per-process memory of what is down. The first failure is
+confirmed by a probe at once — a connection lost to a server that is up again (a
+LISTEN connection noticed dead after a restart that is over) is no outage to
+report — then "<dependency> unavailable" is logged and the probe repeats until a
+trivial command succeeds: "<dependency> available again", and whoever waits for
+it is woken.
 """
 
 from __future__ import annotations
@@ -182,24 +185,21 @@ class OutageMonitor:
         return DependencyUnavailable(dependency, self.retry_after)
 
     def failed(self, dependency: Dependency, exc: BaseException | None = None) -> None:
-        """Record that `dependency` was found unreachable; logs only the first time."""
-        now = time.monotonic()
-        self._last_failure[dependency] = now
-        if dependency in self._down:
+        """Record that `dependency` was found unreachable; logs only once per outage, once
+        a probe has confirmed it (see the module docstring)."""
+        self._last_failure[dependency] = time.monotonic()
+        if dependency in self._down or dependency in self._probes:
             return
-        self._down[dependency] = now
-        self._event(dependency).clear()
-        self.transitions.append((dependency, "down"))
-        log.error(
-            f"{dependency} unavailable",
-            dependency=dependency,
-            error=repr(exc) if exc is not None else None,
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if dependency not in self.probes or loop is None:
+            self._declare(dependency, exc)
+            return
+        self._probes[dependency] = loop.create_task(
+            self._watch(dependency, exc), name=f"outage-probe:{dependency}"
         )
-        if dependency in self.probes:
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to probe with
-                self._probes[dependency] = asyncio.get_running_loop().create_task(
-                    self._probe(dependency), name=f"outage-probe:{dependency}"
-                )
 
     def check(self, exc: BaseException) -> Dependency | None:
         """`unavailable(exc)`, recording the outage when there is one."""
@@ -209,12 +209,15 @@ class OutageMonitor:
         return dependency
 
     async def wait_up(self, dependency: Dependency, timeout: float) -> bool:
-        """Wait (at most `timeout` s) until `dependency` is back; True if it is."""
-        if not self.is_down(dependency):
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event(dependency).wait(), timeout)
-        return not self.is_down(dependency)
+        """Wait (at most `timeout` s) until `dependency` is back, or found not to have
+        been down; True if it is up."""
+        watch = self._probes.get(dependency)
+        if watch is not None:  # confirming, or probing until back: either ends the task
+            await asyncio.wait({watch}, timeout=timeout)
+        elif self.is_down(dependency):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event(dependency).wait(), timeout)
+        return not self.is_down(dependency) and dependency not in self._probes
 
     async def aclose(self) -> None:
         tasks = list(self._probes.values())
@@ -236,6 +239,16 @@ class OutageMonitor:
             if time.monotonic() - self._last_failure[dependency] >= self.retry_after:
                 self._recovered(dependency)
 
+    def _declare(self, dependency: Dependency, exc: BaseException | None) -> None:
+        self._down[dependency] = time.monotonic()
+        self._event(dependency).clear()
+        self.transitions.append((dependency, "down"))
+        log.error(
+            f"{dependency} unavailable",
+            dependency=dependency,
+            error=repr(exc) if exc is not None else None,
+        )
+
     def _recovered(self, dependency: Dependency) -> None:
         since = self._down.pop(dependency, None)
         if since is None:
@@ -248,17 +261,24 @@ class OutageMonitor:
         )
         self._event(dependency).set()
 
-    async def _probe(self, dependency: Dependency) -> None:
-        probe = self.probes[dependency]
+    async def _answers(self, dependency: Dependency) -> bool:
         try:
+            await asyncio.wait_for(self.probes[dependency](), self.probe_timeout)
+        except Exception:  # down (or the probe itself failed): ask again later
+            return False
+        return True
+
+    async def _watch(self, dependency: Dependency, exc: BaseException | None) -> None:
+        """Confirm at once, then probe every `probe_interval` until it answers again."""
+        try:
+            if await self._answers(dependency):
+                return  # a lost connection, not a lost server: nothing to report
+            self._declare(dependency, exc)
             while True:
                 await asyncio.sleep(self.probe_interval)
-                try:
-                    await asyncio.wait_for(probe(), self.probe_timeout)
-                except Exception:  # still down (or the probe itself failed): ask again later
-                    continue
-                self._recovered(dependency)
-                return
+                if await self._answers(dependency):
+                    self._recovered(dependency)
+                    return
         finally:
             if self._probes.get(dependency) is asyncio.current_task():
                 del self._probes[dependency]

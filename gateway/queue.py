@@ -367,13 +367,17 @@ class Worker:
         if payload == self.queue:
             self._wake.set()
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def _listen(self) -> asyncpg.Connection:
         listener = await asyncpg.connect(self.database_url)
         await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+        return listener
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        listener = await self._listen()
         try:
             while not stopping.is_set():
-                if listener.is_closed():  # PostgreSQL restarted: this connection hears nothing
-                    raise asyncpg.ConnectionDoesNotExistError("the LISTEN connection was lost")
+                if listener.is_closed():  # PostgreSQL restarted: listen on a new connection
+                    listener = await self._listen()
                 self._wake.clear()
                 free = self.concurrency - len(self._running)
                 jobs = await self._claim(free) if free or self._completed else []

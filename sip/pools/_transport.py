@@ -118,7 +118,15 @@ class ScriptBatcher:
         try:
             # One deadline for the round trip instead of one timer per reply.
             async with asyncio.timeout(conn.socket_timeout):
-                await conn.send_packed_command(b"".join([c.packed for c in batch]), False)
+                data = b"".join([c.packed for c in batch])
+                try:
+                    await conn.send_packed_command(data, False)
+                except RedisConnectionError:
+                    # The lane's connection died while idle (Redis restarted): the write fails
+                    # before the server saw anything, so the batch goes once more on a fresh
+                    # connection instead of failing every call in it with 503 after recovery.
+                    await conn.disconnect(nowait=True)
+                    await conn.send_packed_command(data, False)
                 for call in batch:
                     try:
                         reply = await conn.read_response(timeout=math.inf)

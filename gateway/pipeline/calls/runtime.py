@@ -217,6 +217,7 @@ def call_tasks(
         on_dead=dispatcher.on_dead,
         concurrency=settings.calls.dispatch_concurrency,
         lease=settings.calls.lease_seconds,
+        outages=res.outages,  # our outage waits; it never spends calls.max_attempts
     )
     control = queue.Worker(
         db=res.db,
@@ -226,6 +227,7 @@ def call_tasks(
         on_dead=controller.on_dead,
         concurrency=settings.calls.control_concurrency,
         lease=settings.calls.lease_seconds,
+        outages=res.outages,
     )
     return {
         "call-dispatch": dispatch.run,
