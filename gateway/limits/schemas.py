@@ -21,7 +21,12 @@ class FrequencyCapInfo(BaseModel):
     states: list[str]
     max: int
     window_hours: int
-    scope: str
+    scope: str = Field(description="the statute's scope, as the rules file records it")
+    counted: str = Field(
+        description="how the gateway counts it: per_number = every contact of the tenant to the "
+        "number in the window, whatever its subject (the API has no subject to tell them apart, "
+        "so a same_subject cap is counted at least as strictly as the statute asks)"
+    )
     channels: list[str]
     purposes: list[str]
 

@@ -96,6 +96,7 @@ async def limits_for(
             max=r.frequency_cap.max,
             window_hours=r.frequency_cap.window_hours,
             scope=r.frequency_cap.scope,
+            counted="per_number",
             channels=sorted(r.frequency_cap.channels),
             purposes=sorted(r.frequency_cap.purposes),
         )

@@ -95,3 +95,19 @@ async def test_the_address_state_s_frequency_cap_applies(api):
         await post(api, "/v1/messages", sale)
     out = await post(api, "/v1/messages", sale, status=429)
     assert out["code"] == "frequency_cap" and out["rule"] == "frequency_cap.fl.501.616.6"
+
+
+async def test_a_frequency_cap_counts_per_number_whatever_the_subject(api):
+    """The API has no subject: a `same_subject` cap counts every contact to the number (the
+    documented, stricter reading), and GET /v1/limits says so."""
+    api.app[CHAIN].clock = lambda: NOON
+    miami = "+13055550150"
+    for subject in ("Shoes on sale", "New store hours", "Win a cruise"):
+        await post(api, "/v1/messages", {"to": miami, "body": f"{subject}! {OPT_OUT_LINE}"})
+    out = await post(
+        api, "/v1/messages", {"to": miami, "body": f"Garden tools! {OPT_OUT_LINE}"}, status=429
+    )
+    assert out["code"] == "frequency_cap"
+    limits = await (await api.get("/v1/limits", headers=auth(api.token))).json()
+    florida = next(c for c in limits["frequency_caps"] if c["rule"] == "fl.501.616.6")
+    assert florida["scope"] == "same_subject" and florida["counted"] == "per_number"
