@@ -22,7 +22,12 @@ written only by REBUILD, in the same script that restores every pool's holders f
 calls table (PostgreSQL), so a Redis that restarts empty or is flushed loses the marker
 together with the holders. ACQUIRE refuses while it is missing ({3}: rebuild needed)
 instead of admitting into a pool that only looks empty; RENEW answers -1, and STATS and
-OCCUPANCY report it, so readers rebuild before they show a pool as free.
+OCCUPANCY report it, so readers rebuild before they show a pool as free. The marker's
+value starts with the run id of the Redis server it was written on: a Redis that comes
+back from a restart with an older snapshot (RDB/AOF), or a promoted replica, holds an old
+marker beside holders that miss whatever was admitted after the snapshot, so every new
+pool connection first runs CHECK_EPOCH with the server's run id, which drops a marker of
+another run (and the next acquire rebuilds: the restored holders plus the calls table).
 """
 
 from __future__ import annotations
@@ -247,6 +252,16 @@ for p = 1, npools do
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return out
+"""
+
+# KEYS: epoch; ARGV: the server's run id -> 1 if a marker of another server run was dropped
+CHECK_EPOCH = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """
 
 # KEYS: lock; ARGV: token -> 1 if the lock was ours and is now released

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 
 from sip.pools import _lua
 from sip.pools.errors import PoolStateUnavailable
@@ -108,7 +109,8 @@ class Rebuilder:
         started = time.monotonic()
         truth = await self.source()
         keys: list[str] = [self.marker_key, self.lock_key]
-        marker = f"rebuilt {time.time():.3f} by {socket.gethostname()}:{os.getpid()}"
+        run_id = await server_run_id(self._redis)
+        marker = f"{run_id} rebuilt {time.time():.3f} by {socket.gethostname()}:{os.getpid()}"
         args: list[Any] = [token, marker, len(pools)]
         for pool in pools:
             held = truth.get(pool.name, PoolHolders())
@@ -163,3 +165,36 @@ class Rebuilder:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def run_id_of(info: bytes | str) -> str:
+    """The `run_id` field of an `INFO server` reply: new at every start of a Redis server."""
+    for line in _text(info).splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:") :].strip()
+    return "unknown"
+
+
+async def server_run_id(redis: aioredis.Redis) -> str:
+    try:
+        return str((await redis.info("server")).get("run_id", "unknown"))
+    except ResponseError:  # INFO renamed away: the marker still goes with an empty restart
+        return "unknown"
+
+
+async def verify_epoch(conn: Any, marker_key: str, trunk: str) -> None:
+    """Run on every new pool connection before anything else: drop a marker that another run
+    of the server wrote (a restart that reloaded a snapshot, a promoted replica), so the next
+    acquire rebuilds instead of trusting holders that miss the latest admissions."""
+    try:
+        await conn.send_command("INFO", "server")
+        run_id = run_id_of(await conn.read_response())
+    except ResponseError:
+        return
+    await conn.send_command("EVAL", _lua.CHECK_EPOCH, 1, marker_key, run_id)
+    if await conn.read_response():
+        log.warning(
+            "Redis runs anew since the pools' state was rebuilt (restart, restored snapshot or"
+            " failover): rebuilding it before the next admission",
+            trunk=trunk,
+        )

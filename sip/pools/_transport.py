@@ -59,9 +59,16 @@ class ScriptBatcher:
     `__call__` reloads the script and runs the call again.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, lanes: int = 2) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        lanes: int = 2,
+        on_connect: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
         self._redis = redis
         self._lanes = lanes
+        self._on_connect = on_connect
         self._pending: list[_Call] = []
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,6 +111,9 @@ class ScriptBatcher:
                 if conn is None:
                     try:
                         conn = await self._redis.connection_pool.get_connection()
+                        # Every later reconnect runs it too, before anything is sent on it.
+                        conn.register_connect_callback(self._connected)
+                        await self._connected(conn)  # handed out connected: check this one
                     except Exception as exc:  # Redis unreachable: fail fast, try again next batch
                         for call in batch:
                             _settle(call.future, exc=exc)
@@ -111,7 +121,19 @@ class ScriptBatcher:
                 await self._run(conn, batch)
         finally:
             if conn is not None:
+                conn.deregister_connect_callback(self._connected)
                 await self._redis.connection_pool.release(conn)
+
+    async def _connected(self, conn: Any) -> None:
+        """The owner's check of a new connection (a method: redis-py keeps a weak reference).
+        If it fails the connection is dropped, so nothing runs on an unchecked one."""
+        if self._on_connect is None:
+            return
+        try:
+            await self._on_connect(conn)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
 
     async def _run(self, conn: Any, batch: list[_Call]) -> None:
         again: list[_Call] = []

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from sip.pools import _lua
-from sip.pools._rebuild import HolderSource, Rebuilder
+from sip.pools._rebuild import HolderSource, Rebuilder, verify_epoch
 from sip.pools._transport import ScriptBatcher, Waiter, Waker
 from sip.pools.config import PoolConfig, TrunkPoolsConfig
 from sip.pools.errors import (
@@ -368,7 +368,7 @@ class TrunkPools:
         self._rebuilder = Rebuilder(
             redis, config.trunk, self.marker_key, timeout=config.rebuild_timeout, source=holders
         )
-        self._batcher = ScriptBatcher(redis, lanes=lanes)
+        self._batcher = ScriptBatcher(redis, lanes=lanes, on_connect=self._verify_epoch)
         self._waker = Waker(redis, f"{config.key_prefix}:wake:{uuid.uuid4().hex}")
         self._pools = {name: Pool(self, name, pc) for name, pc in config.pools.items()}
         self._background: set[asyncio.Task[None]] = set()
@@ -390,6 +390,9 @@ class TrunkPools:
     @property
     def names(self) -> list[str]:
         return list(self._pools)
+
+    async def _verify_epoch(self, conn: Any) -> None:
+        await verify_epoch(conn, self.marker_key, self.config.trunk)
 
     def rebuild_from(self, source: HolderSource) -> None:
         """Where holders come from after Redis lost them (the daemon: the calls table).

@@ -171,15 +171,44 @@ async def test_no_admission_while_the_truth_cannot_be_read(make_pools: MakePools
     assert isinstance(caught.value, RedisConnectionError), "callers treat it as Redis down"
 
 
-async def test_a_real_redis_restart_without_persistence_is_rebuilt_before_admitting() -> None:
-    """The same, with a private redis-server (no RDB, no AOF) stopped and started again:
-    connections break, scripts are gone (NOSCRIPT) and so is every key."""
+async def _admit_through_the_outage(tp: TrunkPools, n: int) -> bool:
+    for _ in range(50):  # a broken connection is an outage: the caller retries
+        try:
+            await tp.get("api").try_acquire(f"new-{n}")
+        except PoolExhausted:
+            return False
+        except RedisConnectionError:
+            await asyncio.sleep(0.02)
+            continue
+        return True
+    raise AssertionError("Redis never came back for the pools")
+
+
+def _crash(server: Any) -> None:
+    server._proc.kill()
+    server._proc.wait(5)
+    server._proc = None
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[Any]:
+    """A redis-server of this test's own (no automatic RDB saves, no AOF), to restart."""
     from gateway.devservices import PrivateRedis, short_runtime_dir
 
     root = short_runtime_dir("tl-rb-")
     server = PrivateRedis(data_dir=root / "redis")
-    url = await asyncio.to_thread(server.start)
-    client = create_redis(url)
+    server.url = await asyncio.to_thread(server.start)  # type: ignore[attr-defined]
+    yield server
+    await asyncio.to_thread(server.stop)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_real_redis_restart_without_persistence_is_rebuilt_before_admitting(
+    private_redis: Any,
+) -> None:
+    """The same, with a real redis-server stopped and started again: connections break,
+    scripts are gone (NOSCRIPT) and so is every key."""
+    client = create_redis(private_redis.url)
     tp = TrunkPools(
         client,
         TrunkPoolsConfig.from_mapping({"trunk": "t1", "pools": {"api": 8}}),
@@ -188,26 +217,52 @@ async def test_a_real_redis_restart_without_persistence_is_rebuilt_before_admitt
     try:
         for holder in LIVE:
             await tp.get("api").try_acquire(holder)
-        await asyncio.to_thread(server.stop)
-        await asyncio.to_thread(server.start)
+        await asyncio.to_thread(private_redis.stop)
+        await asyncio.to_thread(private_redis.start)
 
-        async def admit(n: int) -> bool:
-            for _ in range(50):  # a broken connection is an outage: the caller retries
-                try:
-                    await tp.get("api").try_acquire(f"new-{n}")
-                except PoolExhausted:
-                    return False
-                except RedisConnectionError:
-                    await asyncio.sleep(0.02)
-                    continue
-                return True
-            raise AssertionError("Redis never came back for the pools")
-
-        admitted = await asyncio.gather(*(admit(n) for n in range(20)))
+        admitted = await asyncio.gather(*(_admit_through_the_outage(tp, n) for n in range(20)))
         assert sum(admitted) == 8 - len(LIVE)
         assert set(LIVE) <= set(await tp.get("api").holders())
     finally:
         await tp.aclose()
         await client.aclose()
-        await asyncio.to_thread(server.stop)
-        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_restart_that_reloads_an_older_snapshot_is_rebuilt_too(
+    private_redis: Any,
+) -> None:
+    """Redis comes back with a snapshot taken before the last two admissions: the marker is
+    there (of the old run), the two holders are not. Trusting it would admit two too many."""
+    later = ("later-1", "later-2")
+    truth = list(LIVE)  # the calls table as it grows
+
+    async def calls_table() -> Mapping[str, PoolHolders]:
+        return {"api": PoolHolders(live=list(truth))}
+
+    client = create_redis(private_redis.url)
+    tp = TrunkPools(
+        client,
+        TrunkPoolsConfig.from_mapping({"trunk": "t1", "pools": {"api": 8}}),
+        holders=calls_table,
+    )
+    try:
+        for holder in LIVE:
+            await tp.get("api").try_acquire(holder)
+        await client.save()  # dump.rdb: the marker and three holders
+        truth.extend(later)
+        for holder in later:
+            await tp.get("api").try_acquire(holder)
+        await asyncio.to_thread(_crash, private_redis)  # SIGKILL: nothing saved since SAVE
+        await asyncio.to_thread(private_redis.start)  # loads the older dump.rdb
+        raw = create_redis(private_redis.url)
+        assert set(map(bytes.decode, await raw.zrange("tl:pool:{t1}:api:leases", 0, -1))) == set(
+            LIVE
+        ), "the snapshot lacks the last admissions"
+        await raw.aclose()
+
+        admitted = await asyncio.gather(*(_admit_through_the_outage(tp, n) for n in range(20)))
+        assert sum(admitted) == 8 - len(LIVE) - len(later)
+        assert {*LIVE, *later} <= set(await tp.get("api").holders())
+    finally:
+        await tp.aclose()
+        await client.aclose()
