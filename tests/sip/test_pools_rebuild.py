@@ -266,3 +266,19 @@ async def test_a_restart_that_reloads_an_older_snapshot_is_rebuilt_too(
     finally:
         await tp.aclose()
         await client.aclose()
+
+
+async def test_a_fair_waiter_after_a_flush_waits_behind_the_rebuilt_holders(
+    make_pools: MakePools, raw: aioredis.Redis
+) -> None:
+    """The campaign path (acquire with a wait) is held to the same rule as try_acquire."""
+    from sip.pools import PoolTimeout
+
+    tp = await make_pools(fixed(api=PoolHolders(live=LIVE)), pools={"api": 3})
+    await raw.flushdb()
+    with pytest.raises(PoolTimeout):
+        await tp.get("api").acquire("campaign-call", timeout=0.3)
+    assert set(await tp.get("api").holders()) == set(LIVE)
+    await tp.get("api").release("live-1")
+    permit = await tp.get("api").acquire("campaign-call", timeout=1)
+    assert permit.holder == "campaign-call"
