@@ -15,7 +15,8 @@ CALL_COLUMNS = """
     c.id, c.tenant_id, c.trace_id, c.direction, c.to_number AS "to", c.from_number AS "from",
     c.purpose, c.status, c.pool, c.provider, c.provider_call_id, c.attempt_n, c.channel,
     c.ring_timeout, c.on_answer, c.amd, c.on_machine, c.amd_result, c.amd_detail, c.agent,
-    c.bridged_with, c.hangup_cause, c.hangup_cause_text, c.sip_code, c.error_code,
+    c.bridged_with, c.hangup_cause, c.hangup_cause_text, c.sip_code, c.sip_code_source,
+    c.error_code, c.alive_at,
     c.error_detail, c.send_at, c.metadata, c.created_at, c.updated_at, c.dialing_at,
     c.ringing_at, c.answered_at, c.bridged_at, c.hangup_requested_at, c.ended_at,
     c.max_duration, c.recipient_state AS state
@@ -23,6 +24,7 @@ CALL_COLUMNS = """
 
 _FINAL = sorted(FINAL)
 NOW = object()  # update_call(x_at=NOW): stamp the column once (keeps the first time)
+LATEST = object()  # update_call(x_at=LATEST): move the column forward to now()
 
 
 async def insert_call(conn: asyncpg.Connection, row: dict[str, Any]) -> asyncpg.Record:
@@ -109,10 +111,17 @@ async def call_by_attempt_key(
 
 
 async def move_status(
-    conn: asyncpg.Connection, call_id: uuid.UUID, new: str, **fields: Any
+    conn: asyncpg.Connection,
+    call_id: uuid.UUID,
+    new: str,
+    *,
+    ended_at: Any = None,
+    **fields: Any,
 ) -> asyncpg.Record | None:
     """Compare-and-set forward move that also stamps the step's time and sets `fields`
-    (only where given); None when `new` is not forward of the current status."""
+    (only where given); None when `new` is not forward of the current status. A live step
+    also stamps `alive_at` (we know the call is up now); `ended_at` (a SQL expression over the
+    row, e.g. ALIVE_END) dates a final step other than now: an end we did not observe."""
     allowed = {
         "provider",
         "provider_call_id",
@@ -120,6 +129,7 @@ async def move_status(
         "hangup_cause",
         "hangup_cause_text",
         "sip_code",
+        "sip_code_source",
         "error_code",
         "error_detail",
         "send_at",
@@ -137,7 +147,10 @@ async def move_status(
     if new in ("ringing", "answered"):  # it was dialling, whether or not we saw that step
         stamps.append("dialing_at")
     for stamp in stamps:
-        sets.append(f"{stamp} = coalesce({stamp}, now())")
+        when = ended_at if stamp == "ended_at" and ended_at is not None else "now()"
+        sets.append(f"{stamp} = coalesce({stamp}, {when})")
+    if new in ("dialing", "ringing", "answered"):
+        sets.append("alive_at = greatest(alive_at, now())")
     return await conn.fetchrow(
         f"""
         UPDATE calls c SET {", ".join(sets)}
@@ -146,6 +159,29 @@ async def move_status(
         """,
         *args,
     )
+
+
+# An end nobody observed: the last moment we knew the call alive (never before its answer),
+# else now. For move_status(ended_at=...) and close paths.
+ALIVE_END = "coalesce(greatest(c.alive_at, c.answered_at), now())"
+
+
+async def mark_alive(conn: Conn, provider: str, attempt_keys: list[str], ago: float = 0.0) -> int:
+    """The calls of these attempts (current attempts only) were known up `ago` seconds ago
+    (a duration: the database's clock dates it)."""
+    status = await conn.execute(
+        """
+        UPDATE calls c
+        SET alive_at = greatest(c.alive_at, now() - make_interval(secs => greatest($3, 0)))
+        FROM call_attempts a
+        WHERE a.attempt_key = ANY($2::text[]) AND a.call_id = c.id AND a.n = c.attempt_n
+          AND c.provider = $1 AND c.status IN ('dialing', 'ringing', 'answered')
+        """,
+        provider,
+        attempt_keys,
+        float(ago),
+    )
+    return int(status.split()[-1])
 
 
 async def update_call(conn: asyncpg.Connection, call_id: uuid.UUID, **fields: Any) -> None:
@@ -159,6 +195,9 @@ async def update_call(conn: asyncpg.Connection, call_id: uuid.UUID, **fields: An
             raise ValueError(name)
         if value is NOW:
             sets.append(f"{name} = coalesce({name}, now())")
+            continue
+        if value is LATEST:
+            sets.append(f"{name} = greatest({name}, now())")
             continue
         args.append(value)
         sets.append(f"{name} = ${len(args)}")
@@ -191,7 +230,9 @@ async def open_attempt(
         provider,
     )
     await conn.execute(
-        "UPDATE calls SET attempt_n = $2, provider = $3, updated_at = now() WHERE id = $1",
+        # A new attempt has no channel yet: the last one's name says nothing about it.
+        "UPDATE calls SET attempt_n = $2, provider = $3, channel = NULL, updated_at = now()"
+        " WHERE id = $1",
         call_id,
         n,
         provider,

@@ -135,7 +135,14 @@ class Call(BaseModel):
     bridged_with: uuid.UUID | None
     hangup_cause: int | None = Field(description="Q.850 cause")
     hangup_cause_text: str | None
-    sip_code: int | None
+    sip_code: int | None = Field(
+        description="the SIP code of the call's end, when one is known (see sip_code_source)"
+    )
+    sip_code_source: str | None = Field(
+        default=None,
+        description="sip: a SIP response the far end or carrier sent | mapped: the provider's "
+        "mapping of the Q.850 cause (no such SIP response arrived) | null: no code",
+    )
     error_code: str | None
     error_detail: str | None
     send_at: datetime | None
@@ -147,6 +154,11 @@ class Call(BaseModel):
     answered_at: datetime | None
     bridged_at: datetime | None
     ended_at: datetime | None
+    alive_at: datetime | None = Field(
+        default=None,
+        description="the last moment the gateway knew the call was up; an end nobody observed "
+        "(an AMI outage) is dated here",
+    )
     durations: Durations
 
 
