@@ -239,6 +239,8 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
                 codes |= {401, 403}
             if ep.body is not None or ep.query is not None:
                 codes |= {400, 422}
+            if ep.path.startswith(("/v1/", "/webhooks/")):
+                codes |= {503}  # database_unavailable / redis_unavailable, with Retry-After
             for code in sorted(codes):
                 op["responses"][str(code)] = {"description": "error", "content": problem}
             if not ep.public:

@@ -163,3 +163,15 @@ async def test_twilio_status_callbacks_answer_503_when_the_receipt_cannot_be_sto
         resp = await client.post(path, data=form, headers=signed(PUBLIC + path, form))
         assert resp.status == 200
     assert tracebacks(logs) == []
+
+
+async def test_openapi_documents_the_503(client):
+    doc = await (await client.get("/openapi.json")).json()
+    for path, method in (
+        ("/v1/messages", "post"),
+        ("/v1/messages/{message_id}", "get"),
+        ("/v1/calls", "post"),
+        ("/webhooks/twilio/status", "post"),
+    ):
+        assert "503" in doc["paths"][path][method]["responses"], (method, path)
+    assert "503" not in doc["paths"]["/healthz"]["get"]["responses"]
