@@ -55,6 +55,8 @@ class TestWithoutFallback:
             done = await voice.wait(call_id, status)
             got = (done["hangup_cause"], done["sip_code"], done["error_code"])
             assert got == (cause, sip, code), name
+            # 480 here is Asterisk's mapping of cause 19: no 480 arrived (item 11c).
+            assert done["sip_code_source"] == ("mapped" if sip == 480 else "sip"), name
             assert done["hangup_cause_text"] and done["ended_at"] and not done["answered_at"]
             assert len(done["attempts"]) == 1, "no other provider is configured"
             assert "call.permit_released" in types(done)

@@ -204,3 +204,20 @@ async def test_one_tracker_per_asterisk_across_processes(ami, redis_client):
     assert (await follower[1].final(key2)).status == "completed"
     await follower[2].lease.close()
     await follower[0].close()
+
+
+async def test_a_sip_code_says_whether_a_sip_response_carried_it(ami, tracked):
+    """03a-d: a SIP response ends the leg, and its HangupRequest carries it as TechCause.
+    03e/03f: Asterisk itself gives up (ring timeout, nothing listening); only the Hangup has
+    a TechCause, 480 — its mapping of cause 19, no 480 ever arrived (issue 10 item 11c)."""
+    client, sink, _ = tracked
+    ami.outcomes["5550486"] = BUSY
+    ami.outcomes["5550480"] = sc.NoAnswer(ring_for=0.05)
+    ami.outcomes["5550999"] = sc.FarEndDown(wait_for=0.05)
+    busy, rang, down = new_key(), new_key(), new_key()
+    for number, key in (("5550486", busy), ("5550480", rang), ("5550999", down)):
+        await originate(client, number, key)
+    b, r, d = await sink.final(busy), await sink.final(rang), await sink.final(down)
+    assert (b.sip_code, b.sip_code_source) == (486, "sip")
+    assert (r.status, r.sip_code, r.sip_code_source) == ("no_answer", 480, "mapped")
+    assert (d.status, d.sip_code, d.sip_code_source) == ("failed", 480, "mapped")

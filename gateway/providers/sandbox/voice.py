@@ -174,6 +174,8 @@ class SandboxVoice(VoiceProvider):
             status=status,
             hangup_cause=cause,
             sip_code=sip,
+            # As Asterisk does (03e): a ring timeout's 480 is the cause mapped, not a response.
+            sip_code_source="mapped" if sip == 480 else "sip",
             error_code=code,
             failover=failover,
         )

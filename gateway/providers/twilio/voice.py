@@ -207,6 +207,7 @@ def report_from_callback(form: Mapping[str, str], attempt_key: str) -> CallRepor
     return CallReport(
         status=status,
         sip_code=sip_code,
+        sip_code_source="sip" if sip_code is not None else None,  # Twilio's SipResponseCode
         error_code=error_code,
         failover=failover,
         amd=answered_by if status == "answered" else None,
