@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -56,27 +56,6 @@ class Outcome:
     @classmethod
     def replay(cls, stored: idempotency.Replay) -> Outcome:
         return cls(stored.status, stored.body, dict(REPLAYED))
-
-
-class KeyLocks:
-    """One asyncio lock per key while anyone holds or waits for it (no unbounded growth)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 PersistMany = Callable[[asyncpg.Connection, list[P]], Awaitable[list[Outcome]]]

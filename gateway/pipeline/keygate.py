@@ -24,18 +24,51 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 import asyncpg
 
 from gateway.core.errors import Problem
 from gateway.http import idempotency
 from gateway.logs import get_logger
-from gateway.pipeline.groupcommit import KeyLocks, Outcome
+from gateway.pipeline.groupcommit import Outcome
 
 log = get_logger(__name__)
 
 Work = Callable[[idempotency.Claim], Awaitable[Outcome]]
+
+
+class KeyBusy(Exception):
+    """A key's lock was not free within the time allowed."""
+
+
+class KeyLocks:
+    """One asyncio lock per key while anyone holds or waits for it (no unbounded growth)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable, timeout: float | None = None) -> AsyncIterator[None]:
+        """Hold `key`'s lock; KeyBusy if it is not ours within `timeout` seconds."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    await lock.acquire()
+            except TimeoutError:
+                raise KeyBusy from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class KeyGate:
@@ -66,15 +99,13 @@ class KeyGate:
         """
         deadline = asyncio.get_running_loop().time() + self.wait
         mine = dataclasses.replace(claim, owner=uuid.uuid4())
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                async with asyncio.timeout(self.wait):
-                    await stack.enter_async_context(self._locks.hold(claim.ident))
-            except TimeoutError:
-                # The first try in this process is still working (and renewing its lease).
-                raise idempotency.in_use(claim.key, self.lease) from None
-            stored = await self._wait_for_turn(mine, deadline)
-            return stored if stored is not None else await self._own(mine, work)
+        try:
+            async with self._locks.hold(claim.ident, timeout=self.wait):
+                stored = await self._wait_for_turn(mine, deadline)
+                return stored if stored is not None else await self._own(mine, work)
+        except KeyBusy:
+            # The first try in this process is still working (and renewing its lease).
+            raise idempotency.in_use(claim.key, self.lease) from None
 
     async def _wait_for_turn(self, mine: idempotency.Claim, deadline: float) -> Outcome | None:
         """None once `mine` owns the key; the replayed answer if the key was answered."""

@@ -163,14 +163,14 @@ async def test_a_waiter_takes_over_the_key_of_a_try_that_died_once_its_lease_lap
     client = await keyed_client(aiohttp_client, settings, lease=1.0, wait=10.0)
     token = await make_key("acme")
     raw = json.dumps({"to": CUSTOMER, "body": "x", "purpose": "transactional"}).encode()
+    started = time.monotonic()  # before the claim: its lease ends >= 1 s after this
     await died_holding(pg_pool, "k-dead", raw, lease=1.0)
     headers = auth(token) | {"Idempotency-Key": "k-dead", "Content-Type": "application/json"}
-    sent = time.monotonic()
     first, second = await asyncio.gather(
         client.post("/v1/messages", data=raw, headers=headers),
         client.post("/v1/messages", data=raw, headers=headers),
     )
-    assert time.monotonic() - sent >= 0.9  # nobody ran while the dead try's lease held
+    assert time.monotonic() - started >= 0.9  # nobody ran while the dead try's lease held
     assert (first.status, second.status) == (202, 202), await first.text()
     assert (await first.json())["id"] == (await second.json())["id"]
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in (first, second)) == 1
