@@ -18,8 +18,8 @@ is asked about once per `call_age`, not every round.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
@@ -94,8 +94,8 @@ class ReceiptReconciler:
         messages = await self._claim_messages()
         calls = await self._claim_calls()
         await asyncio.gather(
-            *(self._bounded(gate, self._message(row), done) for row in messages),
-            *(self._bounded(gate, self._call(row), done) for row in calls),
+            *(self._bounded(gate, self._message, row, done) for row in messages),
+            *(self._bounded(gate, self._call, row, done) for row in calls),
         )
         if done.asked:
             log.info(
@@ -108,12 +108,18 @@ class ReceiptReconciler:
         self.last = done
         return done
 
-    async def _bounded(self, gate: asyncio.Semaphore, work: Any, done: Round) -> None:
+    async def _bounded(
+        self,
+        gate: asyncio.Semaphore,
+        ask: Callable[[asyncpg.Record], Awaitable[bool]],
+        row: asyncpg.Record,
+        done: Round,
+    ) -> None:
         async with gate:
             done.asked += 1
             try:
                 async with asyncio.timeout(self.settings.fetch_timeout):
-                    moved = await work
+                    moved = await ask(row)
             except (ProviderError, TimeoutError) as exc:
                 done.failed += 1  # asked again after the age, like any unsettled row
                 log.warning("could not ask a provider for a status", error=str(exc))
