@@ -400,6 +400,11 @@ class CallService:
 
     async def _after_verdict(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
         if call["amd"] and call["amd_result"] == "machine" and call["on_machine"] == "hangup":
+            if call["hangup_requested_at"] is None:  # the end's reason, as max_duration has
+                detail = "an answering machine answered (on_machine: hangup)"
+                await repo.update_call(
+                    conn, call["id"], error_code="machine_detected", error_detail=detail
+                )
             await self._request_hangup(conn, call, reason="answering_machine")
             return
         if call["on_answer"] and not call["agent"]:

@@ -105,6 +105,7 @@ async def test_amd_decides_whether_the_agent_is_connected(voice, ami):
         e["data"]["reason"] for e in done["timeline"] if e["type"] == "call.hangup_requested"
     ]
     assert reasons == ["answering_machine"]
+    assert done["error_code"] == "machine_detected", "why it ended, as max_duration says"
 
     amd_verdict(ami, f"tl-{human}-1", "HUMAN", "HUMAN-1-1")
     call = await voice.wait_event(human, "call.bridged")

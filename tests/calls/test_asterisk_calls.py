@@ -128,3 +128,14 @@ async def test_text_postgresql_cannot_store_is_refused_as_bad_input(voice, ami):
         refused = await voice.place(expect=422, **body)
         assert refused["code"] == "nul_character"
     assert not ami.actions("Originate")
+
+
+async def test_a_sandbox_agent_cannot_be_bridged_to_a_real_trunk(voice, ami):
+    """The sandbox agent provider (the default) has no media server: behind Asterisk the
+    called party would be answered and dropped as agent_left a moment later. Refused at
+    accept, with what to change (issue 10 item 11f)."""
+    refused = await voice.place(on_answer={"agent": {"voice": "Mark"}}, expect=422)
+    assert refused["code"] == "agent_provider_unsupported"
+    assert "agents.provider" in refused["detail"]
+    assert not ami.actions("Originate")
+    await voice.wait_in_use("api", 0)  # the channel it took meanwhile is back

@@ -187,3 +187,17 @@ class TestTenantView:
         acme, globex = await views()
         assert (acme["campaign"]["in_use"], globex["campaign"]["in_use"]) == (0, 1)
         assert globex["campaign"]["waiting"] == 0
+
+
+class TestRetryAfterRoundsUp:
+    @pytest.fixture
+    def overrides(self):
+        hint = 1.4  # what the pool says; a rounded 1 would send the client back too soon
+        return {"pools": {"sizes": {"api": 1}, "retry_after_min": hint, "retry_after_max": hint}}
+
+    async def test_retry_after_is_never_shorter_than_the_wait(self, voice, ami):
+        first = (await voice.place(to="+14155550431"))["id"]
+        await voice.wait(first, "answered")
+        full = await voice.place(to="+14155550432", expect=429)
+        assert full["retry_after"] == 1.4
+        assert full["_headers"]["Retry-After"] == "2"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,10 +37,12 @@ from gateway.pipeline.accept import denial
 from gateway.pipeline.calls.route import PoolFull, route_call, sip_host
 from gateway.pipeline.groupcommit import GroupCommitter, Outcome
 from gateway.pipeline.keygate import KeyGate
+from gateway.providers.agents.sandbox import SandboxAgents
 from gateway.providers.registry import ProviderRegistry, ProviderUnavailable
 from gateway.settings import Settings
 from guardrails.chain import GuardrailChain
 from guardrails.verdicts import Defer, Deny, Verdict
+from sip.asterisk import AsteriskVoice
 from sip.pools import (
     PoolExhausted,
     TrunkPools,
@@ -154,13 +157,16 @@ class CallPipeline:
                 await asyncio.wait({acquire})
                 if not acquire.cancelled() and acquire.exception() is None:
                     taken.append((req.pool, str(call_id)))  # given back if anything fails
+        if req.on_answer is not None and req.on_answer.agent is not None:
+            self._agent_can_hear(req.on_answer.agent.provider, route.provider)
         if acquire is not None and (exc := acquire.exception()) is not None:
             if isinstance(exc, PoolExhausted):
                 # The pool is shared by every tenant: say that it is full and when to retry,
                 # not how many channels and queued calls the others have (GET /v1/pools).
                 raise PoolFull(
                     f"pool {exc.pool!r} has no free channel (size {exc.size})",
-                    headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+                    # Rounded up, as rate limits do: never sooner than the pool can help.
+                    headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
                     pool=exc.pool,
                     size=exc.size,
                     retry_after=exc.retry_after,
@@ -225,6 +231,22 @@ class CallPipeline:
             },
         )
         return CallPlan(row, [accepted, decision.event], verdict, decision.defer_delay())
+
+    def _agent_can_hear(self, agent_provider: str | None, voice_provider: str) -> None:
+        """The sandbox agent provider has no media server: its sessions' SIP URIs
+        (``…@agents.sandbox.invalid``) are answered only by the sandbox voice provider. Behind
+        a real Asterisk the called party would be answered, then dropped as ``agent_left`` a
+        moment later: refuse that up front, saying which setting to change."""
+        name = agent_provider or self.settings.agents.provider
+        if not isinstance(self.registry.agent(name), SandboxAgents):
+            return
+        if isinstance(self.registry.voice(voice_provider), AsteriskVoice):
+            raise ValidationFailed(
+                f"on_answer.agent: the sandbox agent provider cannot take the audio of a call "
+                f"on {voice_provider}; configure a real one (agents.provider = \"ultravox\") "
+                f"or use on_answer.bridge_to",
+                code="agent_provider_unsupported",
+            )
 
     def _max_duration(self, req: PlaceCall) -> int:
         """The call's own cap, fixed now: what it asked for, never above calls.max_duration."""
