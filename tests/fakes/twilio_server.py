@@ -162,6 +162,7 @@ class FakeTwilio:
         self._tasks: set[asyncio.Task[None]] = set()
         self._call_tasks: dict[str, asyncio.Task[None]] = {}
         self._callback_seq: dict[str, itertools.count[int]] = {}
+        self._message_hooks: dict[str, tuple[str | None, Script]] = {}  # sid -> callback, script
         self._validator = RequestValidator(auth_token)
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -232,6 +233,23 @@ class FakeTwilio:
 
     def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    async def report_message(self, sid: str, status: str) -> SentCallback | None:
+        """One more status for a message, as when the carrier answers late: the resource moves
+        and its callback is sent (returned, with the receiver's answer)."""
+        callback, script = self._message_hooks.get(sid, (None, Script()))
+        if callback is None:
+            self.messages[sid]["status"] = status
+            return None
+        sent = len(self.callbacks)
+        await self._message_callbacks(self.messages[sid], callback, [status], script)
+        return self.callbacks[sent] if len(self.callbacks) > sent else None
+
+    async def report_call(self, sid: str, status: str) -> SentCallback | None:
+        """One more status for a call (e.g. "completed": the far end hung up)."""
+        sent = len(self.callbacks)
+        await self._call_status(self.calls[sid], status)
+        return self.callbacks[sent] if len(self.callbacks) > sent else None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -344,6 +362,7 @@ class FakeTwilio:
         }
         self.messages[sid] = msg
         callback = form.get("StatusCallback")
+        self._message_hooks[sid] = (callback, script)
         if callback and script.callbacks:
             statuses = script.statuses or ["queued", "sent", "delivered"]
             self._spawn(self._message_callbacks(msg, callback, statuses, script))
