@@ -45,3 +45,17 @@ def local_instant_before(hh: int, mm: int, ss: int, *, zone: ZoneInfo = SANDBOX_
     now = datetime.now(zone)
     at = now.replace(hour=hh, minute=mm, second=ss, microsecond=0)
     return at if at < now else at - timedelta(days=1)
+
+
+def real_time_of_day() -> str:
+    """`day` while the federal window (08:00-21:00) is open in the sandbox zone, else `night`."""
+    return "day" if 8 <= datetime.now(SANDBOX_ZONE).hour < 21 else "night"
+
+
+def next_local(start: datetime, hh: int, mm: int = 0, *, zone: ZoneInfo = SANDBOX_ZONE) -> str:
+    """The first hh:mm wall-clock time in `zone` after `start`, as the API writes it (UTC, Z)."""
+    local = start.astimezone(zone)
+    at = local.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    if at <= local:
+        at = (local + timedelta(days=1)).replace(hour=hh, minute=mm, second=0, microsecond=0)
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

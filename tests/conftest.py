@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 
 from gateway import db
 from gateway.devservices import PrivatePostgres, PrivateRedis, short_runtime_dir
-from tests.clock import INSTANTS, MovingClock
+from tests.clock import INSTANTS, MovingClock, real_time_of_day
 from tests.helpers import free_port, with_database
 
 _counter = itertools.count()
@@ -38,15 +39,22 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# TRUNKLINE_TEST_REAL_CLOCK=1: no pinning — the guardrails read the real clock, and a test
+# marked `hours` runs once, as the variant of the real time of day (a check that the pinned
+# instants stand for what the real hours do; CI runs pinned, both variants).
+REAL_CLOCK = bool(os.environ.get("TRUNKLINE_TEST_REAL_CLOCK"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("hours"):
-        metafunc.parametrize("time_of_day", ["day", "night"], indirect=True)
+        variants = [real_time_of_day()] if REAL_CLOCK else ["day", "night"]
+        metafunc.parametrize("time_of_day", variants, indirect=True)
 
 
 @pytest.fixture
 def time_of_day(request: pytest.FixtureRequest) -> str:
     """`day` or `night` for a test marked `hours`; `day` for every other test."""
-    return getattr(request, "param", "day")
+    return getattr(request, "param", real_time_of_day() if REAL_CLOCK else "day")
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +71,7 @@ def guardrail_clock(
     import gateway.app
     import guardrails.checks
 
-    clock = MovingClock(INSTANTS[time_of_day])
+    clock = MovingClock(datetime.now(UTC) if REAL_CLOCK else INSTANTS[time_of_day])
     build_chain = gateway.app.build_chain
 
     def pinned(res):  # type: ignore[no-untyped-def]

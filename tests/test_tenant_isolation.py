@@ -7,6 +7,8 @@ for write routes, a valid body (`BODIES`).
 
 import re
 
+import pytest
+
 from gateway.app import ROUTE_TABLES
 from tests.helpers import auth
 
@@ -136,6 +138,8 @@ def v1_endpoints():
     return [ep for t in ROUTE_TABLES for ep in t.endpoints if ep.path.startswith("/v1/")]
 
 
+# Its seeded call was once deferred by calling hours outside 08:00-21:00 Pacific (issue 10 item 1)
+@pytest.mark.hours
 async def test_tenant_a_sees_nothing_of_tenant_b_on_any_route(client, make_key, pg_pool):
     token_a = await make_key("tenant-a")
     token_b = await make_key("tenant-b")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.app import create_app
+from tests.clock import next_local
 from tests.guardrails.conftest import OPT_OUT_LINE, merged
 from tests.helpers import auth
 
@@ -34,7 +35,9 @@ async def post(client, path: str, tenant: str, body: dict) -> dict:
 
 
 @pytest.mark.hours
-async def test_transactional_is_exempt_by_default_marketing_never(api, time_of_day):
+async def test_transactional_is_exempt_by_default_marketing_never(
+    api, time_of_day, guardrail_clock
+):
     night = time_of_day == "night"
     code = {"to": SANDBOX, "body": "Your code is 1234", "purpose": "transactional"}
     sale = {"to": SANDBOX, "body": f"Sale! {OPT_OUT_LINE}"}
@@ -49,5 +52,5 @@ async def test_transactional_is_exempt_by_default_marketing_never(api, time_of_d
     assert strict["status"] == ("scheduled" if night else "queued")
     strict_call = await post(api, "/v1/calls", "strict", call)
     assert strict_call["status"] == ("scheduled" if night else "queued")
-    if night:
-        assert deferred["send_at"] == strict["send_at"] == "2026-06-10T15:00:00Z"  # 08:00 PDT
+    if night:  # both wait for 08:00 in Los Angeles
+        assert deferred["send_at"] == strict["send_at"] == next_local(guardrail_clock.start, 8)
