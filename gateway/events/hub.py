@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from gateway.events import bus, log
 from gateway.events.model import TypeFilter, event_json
 from gateway.logs import get_logger
+from gateway.outage import unavailable
 
 _log = get_logger(__name__)
 
@@ -175,6 +176,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
         self._closed = False
+        self._lost = False  # the bus or the log is unreachable (said once until it is back)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -238,8 +240,16 @@ class Hub:
     # --- the bus ------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        # Until a subscription is confirmed again, nothing else is tried: a resubscribe that
+        # met the outage leaves a pubsub without a connection, whose every read then failed
+        # with RuntimeError (not a Redis error) forever, and live events never came back.
+        resubscribe = False
         while not self._closed:
             try:
+                if resubscribe:
+                    await self._subscribe()
+                    resubscribe = False
+                    await self._resync()  # what the bus carried while we were away
                 msg = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=self.resync_interval
                 )
@@ -250,14 +260,20 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                _log.warning("event bus connection lost; resubscribing", error=repr(exc))
+                if not self._lost:  # once per outage, not every half second of it
+                    _log.warning("event bus connection lost; resubscribing", error=repr(exc))
+                self._lost = True
+                resubscribe = True
                 await asyncio.sleep(0.5)
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await self._subscribe()
-                    await self._resync()
-            except Exception:
-                _log.exception("event hub failed to handle a message")
+            except Exception as exc:
+                if unavailable(exc) is None:
+                    _log.exception("event hub failed to handle a message")
+                elif not self._lost:  # PostgreSQL away (the log): said once, no traceback
+                    _log.warning("event hub cannot read the event log", error=repr(exc))
+                    self._lost = True
                 await asyncio.sleep(0.5)
+            else:
+                self._lost = False
 
     async def _on_message(self, channel: bytes, data: bytes) -> None:
         head = json.loads(data)

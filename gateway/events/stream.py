@@ -27,6 +27,7 @@ from gateway.events.hub import Hub, Subscription
 from gateway.events.model import TypeFilter, event_json, sse_frame
 from gateway.http.middleware import REQUEST_ID
 from gateway.logs import get_logger
+from gateway.outage import unavailable
 from gateway.settings import EventsSettings
 
 _log = get_logger(__name__)
@@ -63,11 +64,14 @@ async def serve_stream(
         await _live(sub)
     except ConnectionError:
         pass  # the client went away (or was cut off for falling behind)
-    except Exception:
+    except Exception as exc:
         if not resp.prepared:
             raise  # still time for a problem+json answer
         # Mid-stream there is no status to send: end the stream; the client resumes.
-        _log.exception("event stream failed", tenant_id=str(tenant_id))
+        if unavailable(exc) is None:
+            _log.exception("event stream failed", tenant_id=str(tenant_id))
+        else:  # our outage, logged once by the monitor: no traceback per stream
+            _log.info("event stream ended by an outage", tenant_id=str(tenant_id))
         sub.close()
     finally:
         hub.unsubscribe(sub)

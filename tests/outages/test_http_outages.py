@@ -4,6 +4,7 @@ log says "unavailable" once and "available again" once, however many requests me
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -175,3 +176,39 @@ async def test_openapi_documents_the_503(client):
     ):
         assert "503" in doc["paths"][path][method]["responses"], (method, path)
     assert "503" not in doc["paths"]["/healthz"]["get"]["responses"]
+
+
+async def test_an_event_stream_lives_through_a_redis_outage_said_once(outage, aiohttp_client):
+    """The event hub said "event bus connection lost" every half second of an outage; now
+    once, and the stream carries on with what was committed after it."""
+    from tests.events.sse import SSEStream
+
+    client, token = await start(aiohttp_client, outage)
+    resp = await client.get(
+        "/v1/events", headers=auth(token) | {"Accept": "text/event-stream"}, timeout=None
+    )
+    assert resp.status == 200
+    stream = SSEStream(resp)
+    with capture_logs() as logs:
+        await outage.stop_redis()
+        monitor = client.app[RESOURCES].outages
+
+        async def noticed() -> bool:
+            await send(client, token, f"during-{time.monotonic()}")  # 503: Redis is away
+            return monitor.is_down("redis")
+
+        await eventually(noticed, timeout=10)
+        await asyncio.sleep(1.6)  # let the outage last: the hub retries every 0.5 s
+        await outage.start_redis()
+
+        async def accepted() -> bool:
+            status, _, _ = await send(client, token, f"after-{time.monotonic()}")
+            return status == 202
+
+        await eventually(accepted, timeout=20)
+        frame = await stream.next(timeout=15)  # the message accepted after the outage
+        assert frame is not None and frame.event == "message.accepted", frame
+    lost = [e for e in logs if e["event"] == "event bus connection lost; resubscribing"]
+    assert len(lost) <= 1, lost
+    assert tracebacks(logs) == []
+    resp.close()
