@@ -33,7 +33,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -254,9 +253,15 @@ class Deliverer:
                 )
             attempts = current["attempts"] + 1
             delay = retry_delay(self.cfg, attempts)
-            elapsed = (datetime.now(UTC) - current["window_started"]).total_seconds()
+            # One clock (DESIGN.md, principle 12): the window started on the database's clock
+            # and the queue runs the retry on it, so both times are read from it.
+            elapsed, run_at = await conn.fetchrow(
+                "SELECT extract(epoch FROM now() - $1::timestamptz)::float8, "
+                "now() + make_interval(secs => $2)",
+                current["window_started"],
+                delay,
+            )
             if outcome.retryable and not disabled and elapsed + delay <= self.cfg.retry_window:
-                run_at = datetime.now(UTC) + timedelta(seconds=delay)
                 next_job = await queue.enqueue(
                     conn,
                     QUEUE,
