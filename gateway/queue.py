@@ -469,9 +469,7 @@ class Worker:
                 await self._known_outage()
                 await self.handler(job)
             except Reschedule as exc:
-                await reschedule(
-                    self.db, job, self.worker_id, exc.until, str(exc), delay=exc.delay
-                )
+                await reschedule(self.db, job, self.worker_id, exc.until, str(exc), delay=exc.delay)
             except PermanentError as exc:
                 await self._dead(job, f"permanent: {exc}")
             except Exception as exc:

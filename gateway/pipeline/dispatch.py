@@ -95,9 +95,7 @@ class MessageDispatcher:
                 )
             # Due after the same interval the chain measured on its own clock, counted on the
             # queue's (the database's): never at an instant another clock says is past.
-            raise queue.Reschedule(
-                decision.verdict.until, decision.verdict.reason, now=decision.at
-            )
+            raise queue.Reschedule(decision.verdict.until, decision.verdict.reason, now=decision.at)
         assert decision.cleared is not None
         async with self.db.acquire() as conn, conn.transaction():
             attempt = await repo.open_attempt(

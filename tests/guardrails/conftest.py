@@ -92,9 +92,7 @@ async def dispatch_ready(app) -> int:
         try:
             await dispatcher(job)
         except queue.Reschedule as exc:
-            await queue.reschedule(
-                res.db, job, "test-worker", exc.until, str(exc), delay=exc.delay
-            )
+            await queue.reschedule(res.db, job, "test-worker", exc.until, str(exc), delay=exc.delay)
         else:
             await queue.complete(res.db, job, "test-worker")
     return len(jobs)
