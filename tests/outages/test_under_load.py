@@ -117,6 +117,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
 ):
     client, token = await start(aiohttp_client, outage)
     db = client.app[RESOURCES].db
+    monitor = client.app[RESOURCES].outages
     load = Load(client, token)
     # Two live calls hold channels of the 4-channel api pool through both outages.
     live = []
@@ -141,6 +142,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
             await outage.start_database()
             mark = len(load.answers)
             await until(lambda: load.count(202, None, since=mark) >= 5, "202 after PG", 30)
+            await until(lambda: not monitor.is_down("database"), "PG seen back", 10)
 
             await outage.stop_redis()
             await until(lambda: load.count(503, "redis_unavailable") >= 5, "503 redis", 20)
@@ -156,6 +158,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
                     await asyncio.wait_for(watching, 5)
             mark = len(load.answers)
             await until(lambda: load.count(202, None, since=mark) >= 5, "202 after Redis", 30)
+            await until(lambda: not monitor.is_down("redis"), "Redis seen back", 10)
         finally:
             load.stop()
             await asyncio.gather(*senders)
@@ -214,4 +217,10 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
         "redis unavailable",
         "redis available again",
     ], [(e["event"], e.get("error")) for e in logs if e["event"].endswith("unavailable")]
+    assert monitor.transitions == [
+        ("database", "down"),
+        ("database", "up"),
+        ("redis", "down"),
+        ("redis", "up"),
+    ]
     assert [e for e in logs if e.get("exc_info") or e["event"] == "unhandled error"] == []
