@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import queue
 from gateway.calls.http import routes as call_routes
 from gateway.campaigns.http import routes as campaign_routes
+from gateway.campaigns.tasks import campaign_tasks
 from gateway.deadletters.http import routes as dead_letter_routes
 from gateway.dnc import inbound as dnc_inbound
 from gateway.dnc.http import routes as dnc_routes
@@ -138,6 +139,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         | event_tasks(res)
         | webhook_tasks(res)
         | call_tasks(app, res, health, app[CHAIN])
+        | campaign_tasks(app)
     )
 
 

@@ -11,10 +11,12 @@ duplicates, in any process, wait for its answer and replay it without taking a c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import json
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +51,9 @@ from sip.pools import (
     UnknownPool,
 )
 
+# Writes a caller's row (e.g. a campaign attempt) for the new call id, in the call's transaction.
+Attach = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]]
+
 
 @dataclass
 class CallPipeline:
@@ -75,9 +80,12 @@ class CallPipeline:
         idempotency_key: str | None = None,
         request_digest: bytes = b"",
         wait_for_pool: bool = False,
+        attach: Attach | None = None,
     ) -> Outcome:
         """Accept a call. ``wait_for_pool`` (campaigns): take no channel now, the dispatch
-        waits for one; otherwise a full pool raises PoolFull (429).
+        waits for one; otherwise a full pool raises PoolFull (429). ``attach`` (campaigns)
+        writes its own row in the transaction that creates the call (the campaign attempt:
+        the two exist together or not at all).
 
         Decide outside any transaction (the guardrail chain and the pool use PostgreSQL and
         Redis themselves: a request holding a pooled connection while they wait for another
@@ -86,7 +94,9 @@ class CallPipeline:
         """
 
         async def work(claim: idempotency.Claim | None) -> Outcome:
-            return await self._accept(tenant_id, key_id, req, trace_id, wait_for_pool, claim)
+            return await self._accept(
+                tenant_id, key_id, req, trace_id, wait_for_pool, claim, attach
+            )
 
         if idempotency_key is None:
             return await work(None)
@@ -103,10 +113,13 @@ class CallPipeline:
         trace_id: str,
         wait_for_pool: bool,
         claim: idempotency.Claim | None,
+        attach: Attach | None = None,
     ) -> Outcome:
         taken: list[tuple[str, str]] = []
         try:
             plan = await self._plan(tenant_id, key_id, req, trace_id, wait_for_pool, taken)
+            if attach is not None:
+                plan = dataclasses.replace(plan, attach=attach)
             outcome = await self.committer.submit(plan, claim)
             if not outcome.replayed:
                 taken.clear()  # committed: the call owns its channel now
@@ -259,6 +272,8 @@ class CallPipeline:
     async def _persist(self, conn: asyncpg.Connection, plan: CallPlan) -> Outcome:
         row, verdict = plan.row, plan.verdict
         inserted = await repo.insert_call(conn, row)
+        if plan.attach is not None:
+            await plan.attach(conn, row["id"])
         await emit(conn, *plan.events)
         if isinstance(verdict, Deny):
             return denial(verdict, "/v1/calls", call_id=str(row["id"]), trace_id=row["trace_id"])
@@ -283,3 +298,4 @@ class CallPlan:
     events: list[NewEvent]
     verdict: Verdict
     delay: float | None = None  # a deferral's wait in seconds (None: due now)
+    attach: Attach | None = None  # a row of the caller's, written in the call's transaction

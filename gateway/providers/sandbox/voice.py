@@ -12,6 +12,18 @@
 | +1 415 555 0207 | answers and stays up until hung up                                     |
 | +1 415 555 0208 | the provider cannot be reached at originate (nothing was sent)         |
 
+The campaign list profile: any +1 NPA 555 2xyz (any area code) behaves by its last two digits
+`yz`, so a generated list (+1 NPA 555 2000 … 2999 per area code) gets a realistic mix:
+
+| yz      | share | what happens                              |
+|---------|-------|-------------------------------------------|
+| 00 – 54 | 55 %  | answers (as 0200)                         |
+| 55 – 69 | 15 %  | rings, never answers (as 0202)            |
+| 70 – 79 | 10 %  | busy (as 0201)                            |
+| 80 – 91 | 12 %  | an answering machine answers (as 0204)    |
+| 92 – 96 |  5 %  | declined, 603 (as 0206: no_answer)        |
+| 97 – 99 |  3 %  | the carrier fails, 503 (as 0203)          |
+
 Progress is reported as `CallReport`s through the sink, as a real provider's events would be.
 What a hangup or a bridge issued from another process needs to know (is the call up, who is
 it bridged with) lives in Redis; the timers run in the process that placed the call.
@@ -52,6 +64,23 @@ STAYS_UP = "+14155550207"
 UNREACHABLE = "+14155550208"
 
 _TTL = 86400
+# The campaign list profile (table above): upper bound of yz → the number it behaves as.
+LIST_PROFILE: tuple[tuple[int, str], ...] = (
+    (54, ANSWERS),
+    (69, NO_ANSWER),
+    (79, BUSY),
+    (91, MACHINE),
+    (96, DECLINES),
+    (99, CARRIER_FAILS),
+)
+
+
+def behaves_as(number: str) -> str:
+    """The test number whose behaviour `number` has (itself unless it is a list number)."""
+    if len(number) == 12 and number.startswith("+1") and number[5:9] == "5552":
+        yz = int(number[10:12])
+        return next(as_ for upper, as_ in LIST_PROFILE if yz <= upper)
+    return number
 
 
 class SandboxVoice(VoiceProvider):
@@ -72,6 +101,7 @@ class SandboxVoice(VoiceProvider):
         self.call_duration = call_duration
         self.ring_for = ring_for
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reporting: set[asyncio.Future[None]] = set()
 
     def _key(self, *parts: str) -> str:
         return ":".join(("tl:sandbox", self.name, "voice", *parts))
@@ -83,7 +113,8 @@ class SandboxVoice(VoiceProvider):
     async def _originate(
         self, action: OutboundAction, attempt_key: str, spec: CallSpec
     ) -> OriginateResult:
-        if action.to == UNREACHABLE:
+        to = behaves_as(action.to)
+        if to == UNREACHABLE:
             raise TransientProviderError(
                 "sandbox voice upstream unreachable", code="upstream_unavailable", ambiguous=False
             )
@@ -93,7 +124,7 @@ class SandboxVoice(VoiceProvider):
             return OriginateResult(earlier.decode() if earlier else call_id, already=True)
         await self.redis.incr(self._key("sent", attempt_key))
         await self.redis.expire(self._key("sent", attempt_key), _TTL)
-        self._spawn(attempt_key, self._progress(action.to, attempt_key, call_id, spec))
+        self._spawn(attempt_key, self._progress(to, attempt_key, call_id, spec))
         return OriginateResult(call_id)
 
     def _spawn(self, key: str, coro: Awaitable[None]) -> None:
@@ -104,6 +135,15 @@ class SandboxVoice(VoiceProvider):
         )
 
     async def _report(self, attempt_key: str, call_id: str, **fields: object) -> None:
+        # Shielded as a whole: a hangup cancels the progress task, possibly between marking
+        # the status in Redis and applying the report; the hangup's _finish then sees the call
+        # ended and reports nothing, and the call would stay answered forever.
+        inner = asyncio.ensure_future(self._report_now(attempt_key, call_id, fields))
+        self._reporting.add(inner)  # owned: close() waits for reports still being applied
+        inner.add_done_callback(self._reporting.discard)
+        await asyncio.shield(inner)
+
+    async def _report_now(self, attempt_key: str, call_id: str, fields: dict[str, object]) -> None:
         status = fields.get("status")
         if status is not None and fields.get("leg", "customer") == "customer":
             await self.redis.set(self._key("status", attempt_key), str(status), ex=_TTL)
@@ -252,3 +292,8 @@ class SandboxVoice(VoiceProvider):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._reporting:  # reports being applied: a moment to finish, then cancelled
+            _, pending = await asyncio.wait(set(self._reporting), timeout=2.0)
+            for fut in pending:
+                fut.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

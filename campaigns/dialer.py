@@ -1,0 +1,564 @@
+"""The campaign dialer: a stateless worker loop; any number of them, killable at any moment.
+
+Each step, on a NOTIFY of the event log (every call or message change emits one) or every
+`interval`:
+
+1. **Outcomes.** Attempts whose call (or message) reached a final status are settled, set-based:
+   the call's end becomes the prospect's outcome (completed → answered, or machine when AMD
+   said so; busy; no_answer; failed; rejected by the chain → suppressed for DNC/opt-out, or
+   refused and tried again later), and the retry policy decides what follows — a retry at
+   now + `retry.<outcome>.after` (the database's clock), `max_attempts`, or `done`. A
+   campaign with no prospect left to move is `completed`.
+2. **Orphans.** A prospect claimed by a worker that died before its call committed is still
+   `dialing` with no attempt row for its n: it is dialled again, under the SAME
+   Idempotency-Key — which cannot create a second call (DESIGN principle 4).
+3. **Claims.** Per running campaign, under its row lock (FOR UPDATE SKIP LOCKED: another worker
+   takes another campaign meanwhile): free = max_concurrent − prospects `dialing`; tokens from
+   the campaign's `cps` bucket; claim min(free, tokens) due prospects inside the campaign window
+   in their own zones (FOR UPDATE SKIP LOCKED), `attempts + 1`. Commit; then each is an
+   ordinary call through the one pipeline, `accept(..., wait_for_pool=True)` in pool
+   `campaign` (guardrails at accept and at dispatch; the dispatch waits for a channel, never
+   a 429), with the key `campaign:<prospect>:<n>` and the attempt row written by `attach` in
+   the call's own transaction.
+
+Concurrency: a prospect stays `dialing` until its call is final, so a campaign's live calls
+never exceed `max_concurrent`; the pool's semaphore bounds all campaigns together.
+The window is read on the injected clock — the guardrail chain's, so a test pins both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import asyncpg
+
+from campaigns import repo
+from campaigns.model import CampaignConfig
+from gateway import db as dbmod
+from gateway.calls.schemas import PlaceCall
+from gateway.core.errors import Problem
+from gateway.core.ids import new_trace_id
+from gateway.events.outbox import NOTIFY_CHANNEL, NewEvent, emit
+from gateway.events.wake import Wakeup
+from gateway.logs import get_logger
+from gateway.messages.schemas import SendMessage
+from gateway.messages.templates import render
+from gateway.tenants.service import Principal
+
+log = get_logger(__name__)
+
+POOL = "campaign"
+CALL_FINAL = ["completed", "busy", "no_answer", "failed", "canceled", "rejected"]
+MESSAGE_FINAL = ["delivered", "undelivered", "failed", "rejected"]
+SUPPRESSING = frozenset({"dnc_listed", "opted_out"})
+
+_CLAIM = """
+UPDATE campaign_prospects p
+   SET status = 'dialing', attempts = p.attempts + 1, claimed_at = now(), updated_at = now()
+  FROM (SELECT id FROM campaign_prospects
+         WHERE campaign_id = $1 AND status IN ('pending', 'retry_scheduled')
+           AND next_attempt_at <= now()
+           AND campaign_window_open($3::jsonb, zones, $4)
+         ORDER BY next_attempt_at, id
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED) s
+ WHERE p.id = s.id
+RETURNING p.id, p.number, p.variables, p.attempts
+"""
+
+_SETTLE_CALLS = """
+SELECT a.prospect_id, a.n, a.campaign_id, a.call_id AS ref,
+       c.status AS end_status, c.amd_result, c.error_code,
+       cp.tenant_id, cp.name, cp.status AS campaign_status, cp.channel, cp.purpose, cp.config,
+       p.number,
+       (SELECT count(*) FROM campaign_attempts x
+         WHERE x.prospect_id = a.prospect_id
+           AND x.outcome IS DISTINCT FROM 'refused') AS dials
+  FROM campaign_attempts a
+  JOIN calls c ON c.id = a.call_id
+  JOIN campaign_prospects p ON p.id = a.prospect_id
+  JOIN campaigns cp ON cp.id = a.campaign_id
+ WHERE a.outcome IS NULL AND c.status = ANY($1::text[])
+ ORDER BY a.prospect_id, a.n
+ LIMIT $2
+   FOR UPDATE OF a, p SKIP LOCKED
+"""
+_SETTLE_MESSAGES = (
+    _SETTLE_CALLS.replace("a.call_id AS ref", "a.message_id AS ref")
+    .replace("JOIN calls c ON c.id = a.call_id", "JOIN messages c ON c.id = a.message_id")
+    .replace("c.amd_result", "NULL::text AS amd_result")
+)
+
+_APPLY_ATTEMPTS = """
+UPDATE campaign_attempts a SET outcome = u.outcome, detail = u.detail, ended_at = now()
+  FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[]) AS u(pid, n, outcome, detail)
+ WHERE a.prospect_id = u.pid AND a.n = u.n
+"""
+_APPLY_PROSPECTS = """
+UPDATE campaign_prospects p
+   SET status = u.status, reason = u.reason, updated_at = now(),
+       next_attempt_at = CASE WHEN u.delay IS NULL THEN p.next_attempt_at
+                              ELSE now() + make_interval(secs => u.delay) END
+  FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::float8[])
+       AS u(id, n, status, reason, delay)
+ WHERE p.id = u.id AND p.attempts = u.n AND p.status = 'dialing'
+"""
+_COMPLETE = """
+UPDATE campaigns c SET status = 'completed', ended_at = now(), updated_at = now()
+ WHERE c.status = 'running'
+   AND NOT EXISTS (SELECT 1 FROM campaign_prospects p
+                    WHERE p.campaign_id = c.id
+                      AND p.status IN ('pending', 'dialing', 'retry_scheduled'))
+RETURNING c.id, c.tenant_id, c.name, c.status
+"""
+_ORPHANS = """
+SELECT p.id, p.number, p.variables, p.attempts, p.campaign_id, c.status AS campaign_status
+  FROM campaign_prospects p JOIN campaigns c ON c.id = p.campaign_id
+ WHERE p.status = 'dialing' AND p.claimed_at < now() - make_interval(secs => $1)
+   AND NOT EXISTS (SELECT 1 FROM campaign_attempts a
+                    WHERE a.prospect_id = p.id AND a.n = p.attempts)
+ ORDER BY p.claimed_at
+ LIMIT $2
+"""
+
+
+class CallAcceptor(Protocol):
+    async def accept(
+        self,
+        tenant_id: uuid.UUID,
+        key_id: str | None,
+        req: PlaceCall,
+        *,
+        trace_id: str,
+        idempotency_key: str | None = None,
+        request_digest: bytes = b"",
+        wait_for_pool: bool = False,
+        attach: Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]] | None = None,
+    ) -> Any: ...
+
+
+class MessageAcceptor(Protocol):
+    async def accept(
+        self,
+        principal: Principal,
+        req: SendMessage,
+        *,
+        trace_id: str,
+        idempotency_key: str | None = None,
+        request_digest: bytes = b"",
+    ) -> Any: ...
+
+
+def attempt_key(prospect_id: int, n: int) -> str:
+    """The Idempotency-Key of one attempt: the same on every re-send of it, by any worker."""
+    return f"campaign:{prospect_id}:{n}"
+
+
+def prospect_event(
+    tenant_id: uuid.UUID, campaign_id: uuid.UUID, kind: str, data: dict[str, Any]
+) -> NewEvent:
+    return NewEvent(
+        tenant_id,
+        f"campaign.prospect.{kind}",
+        str(campaign_id),
+        None,
+        {"campaign_id": str(campaign_id)} | data,
+    )
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What one final call or message means for its prospect."""
+
+    outcome: str  # the attempt's outcome (campaign_attempts.outcome)
+    status: str  # where the prospect lands
+    reason: str | None
+    delay: float | None  # seconds to the next attempt (retry_scheduled)
+
+
+def settle(row: Any, cfg: CampaignConfig, refused_retry: float) -> Settled:
+    """The prospect's next state from its attempt's final call/message (pure)."""
+    end, code = row["end_status"], row["error_code"]
+    canceled = row["campaign_status"] == "canceled"
+    if cfg.channel == "sms":
+        outcome = "delivered" if end == "delivered" else "failed"
+        if end == "rejected" and code in SUPPRESSING:
+            return Settled("suppressed", "suppressed", code, None)
+        return Settled(outcome, "done", end if code is None else f"{end}:{code}", None)
+    if end == "rejected":
+        if code in SUPPRESSING:
+            return Settled("suppressed", "suppressed", code, None)
+        if canceled:
+            return Settled("refused", "canceled", "campaign_canceled", None)
+        return Settled("refused", "retry_scheduled", f"refused:{code}", refused_retry)
+    outcome = {
+        "completed": "machine" if row["amd_result"] == "machine" else "answered",
+        "busy": "busy",
+        "no_answer": "no_answer",
+    }.get(end, "failed")
+    if outcome in ("answered", "failed"):
+        return Settled(outcome, "done", outcome if end != "canceled" else "failed:canceled", None)
+    delay = cfg.retry.delay_for(outcome)
+    if outcome == "machine" and cfg.on_machine != "retry":
+        delay = None
+    if delay is None:
+        return Settled(outcome, "done", outcome, None)
+    if canceled:
+        return Settled(outcome, "canceled", "campaign_canceled", None)
+    if row["dials"] >= cfg.retry.max_attempts:
+        return Settled(outcome, "max_attempts", outcome, None)
+    return Settled(outcome, "retry_scheduled", outcome, delay)
+
+
+@dataclass
+class Dialer:
+    db: asyncpg.Pool
+    database_url: str
+    calls: CallAcceptor | None
+    messages: MessageAcceptor | None
+    clock: Callable[[], datetime]
+    interval: float = 0.5
+    settle_delay: float = 0.05  # after a NOTIFY, to take a burst of events in one step
+    orphan_after: float = 20.0
+    orphan_every: float = 2.0
+    refused_retry: float = 600.0
+    batch: int = 500
+    max_claim: int = 200
+    _orphans_at: float = field(default=0.0, init=False)
+    # Attempts being sent (accept in flight): owned here, awaited or cancelled on the way out.
+    _sending: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """The supervised task: step on every NOTIFY of the event log, at least every
+        `interval`, until `stopping`."""
+        conn = await dbmod.connect(self.database_url)
+        try:
+            wake = Wakeup(conn, NOTIFY_CHANNEL)
+            await wake.listen()
+            while not stopping.is_set():
+                wake.clear()
+                await self.step()
+                await wake.wait(stopping, self.interval, self.settle_delay)
+        finally:
+            try:
+                await self.drain(timeout=5.0)
+            finally:
+                await conn.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Let attempts being sent finish (up to `timeout`), then cancel the rest: a cancelled
+        one is an orphan that another worker re-sends under the same key."""
+        if self._sending:
+            _, pending = await asyncio.wait(self._sending, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def step(self) -> int:
+        """One pass; returns how many prospects it moved (settled + dialled)."""
+        moved = await self.settle_outcomes()
+        await self.complete_finished()
+        if time.monotonic() - self._orphans_at >= self.orphan_every:
+            self._orphans_at = time.monotonic()
+            moved += await self.redial_orphans()
+        for campaign in await repo.running_campaigns(self.db):
+            moved += await self.dial_campaign(campaign["id"])
+        return moved
+
+    # --- 1. outcomes -------------------------------------------------------------------
+
+    async def settle_outcomes(self) -> int:
+        total = 0
+        for sql, final in ((_SETTLE_CALLS, CALL_FINAL), (_SETTLE_MESSAGES, MESSAGE_FINAL)):
+            async with self.db.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(sql, final, self.batch)
+                if rows:
+                    await self._apply(conn, rows)
+            total += len(rows)
+        return total
+
+    async def _apply(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
+        configs: dict[uuid.UUID, CampaignConfig] = {}
+        attempts: list[tuple[int, int, str, str | None]] = []
+        prospects: list[tuple[int, int, str, str | None, float | None]] = []
+        events: list[NewEvent] = []
+        for row in rows:
+            cfg = configs.get(row["campaign_id"])
+            if cfg is None:
+                cfg = configs[row["campaign_id"]] = CampaignConfig.from_row(
+                    row["channel"], row["purpose"], row["config"]
+                )
+            s = settle(row, cfg, self.refused_retry)
+            attempts.append((row["prospect_id"], row["n"], s.outcome, row["error_code"]))
+            prospects.append((row["prospect_id"], row["n"], s.status, s.reason, s.delay))
+            data = {
+                "prospect_id": row["prospect_id"],
+                "number": row["number"],
+                "n": row["n"],
+                "ref": str(row["ref"]),
+            }
+            if s.outcome not in ("refused", "suppressed"):
+                events.append(prospect_event(row["tenant_id"], row["campaign_id"], s.outcome, data))
+            events.append(
+                prospect_event(
+                    row["tenant_id"],
+                    row["campaign_id"],
+                    s.status,
+                    data | {"outcome": s.outcome, "reason": s.reason, "retry_in_s": s.delay},
+                )
+            )
+        await conn.execute(_APPLY_ATTEMPTS, *map(list, zip(*attempts, strict=True)))
+        await conn.execute(_APPLY_PROSPECTS, *map(list, zip(*prospects, strict=True)))
+        await emit(conn, *events)
+
+    async def complete_finished(self) -> None:
+        async with self.db.acquire() as conn, conn.transaction():
+            done = await conn.fetch(_COMPLETE)
+            await emit(
+                conn,
+                *(
+                    NewEvent(
+                        r["tenant_id"],
+                        "campaign.completed",
+                        str(r["id"]),
+                        None,
+                        {"campaign_id": str(r["id"]), "name": r["name"], "status": r["status"]},
+                    )
+                    for r in done
+                ),
+            )
+
+    # --- 2. orphans --------------------------------------------------------------------
+
+    async def redial_orphans(self) -> int:
+        rows = await self.db.fetch(_ORPHANS, self.orphan_after, self.max_claim)
+        sent = 0
+        for row in rows:
+            campaign = await self.db.fetchrow(
+                "SELECT id, tenant_id, name, status, channel, purpose, config FROM campaigns "
+                "WHERE id = $1",
+                row["campaign_id"],
+            )
+            if campaign["status"] == "canceled":
+                await self._give_up(campaign, row, "canceled", "campaign_canceled")
+                continue
+            if campaign["status"] != "running":
+                continue  # paused: sent when it resumes
+            log.info(
+                "campaign prospect claimed but never sent: sending it now",
+                prospect_id=row["id"],
+                n=row["attempts"],
+            )
+            await self._send(campaign, row)
+            sent += 1
+        return sent
+
+    # --- 3. claims and dials -------------------------------------------------------------
+
+    async def dial_campaign(self, campaign_id: uuid.UUID) -> int:
+        claimed: list[asyncpg.Record] = []
+        async with self.db.acquire() as conn, conn.transaction():
+            c = await conn.fetchrow(
+                """
+                SELECT id, tenant_id, name, status, channel, purpose, config, pace_tokens, pace_at,
+                       now() AS now
+                  FROM campaigns WHERE id = $1 AND status = 'running' FOR UPDATE SKIP LOCKED
+                """,
+                campaign_id,
+            )
+            if c is None:
+                return 0
+            cfg = CampaignConfig.from_row(c["channel"], c["purpose"], c["config"])
+            dialing = await conn.fetchval(
+                "SELECT count(*) FROM campaign_prospects WHERE campaign_id = $1 "
+                "AND status = 'dialing'",
+                campaign_id,
+            )
+            elapsed = 1.0 if c["pace_at"] is None else (c["now"] - c["pace_at"]).total_seconds()
+            tokens = min(max(1.0, cfg.cps), c["pace_tokens"] + max(0.0, elapsed) * cfg.cps)
+            k = min(cfg.max_concurrent - dialing, int(tokens), self.max_claim)
+            if k > 0:
+                claimed = await conn.fetch(_CLAIM, campaign_id, k, cfg.window, self.clock())
+                tokens -= len(claimed)
+            await conn.execute(
+                "UPDATE campaigns SET pace_tokens = $2, pace_at = $3 WHERE id = $1",
+                campaign_id,
+                tokens,
+                c["now"],
+            )
+            await emit(
+                conn,
+                *(
+                    prospect_event(
+                        c["tenant_id"],
+                        campaign_id,
+                        "dialing",
+                        {"prospect_id": p["id"], "number": p["number"], "n": p["attempts"]},
+                    )
+                    for p in claimed
+                ),
+            )
+        for p in claimed:  # sent concurrently; the next step need not wait for them
+            task = asyncio.create_task(self._send(c, p), name=f"campaign-send:{p['id']}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return len(claimed)
+
+    async def _send(self, campaign: Any, prospect: Any) -> None:
+        """One attempt as an ordinary call or message; never raises (an attempt that could
+        not be sent stays `dialing` without its attempt row, and the orphan pass re-sends it
+        under the same key)."""
+        cfg = CampaignConfig.from_row(campaign["channel"], campaign["purpose"], campaign["config"])
+        pid, n = prospect["id"], prospect["attempts"]
+        key = attempt_key(pid, n)
+        digest = hashlib.sha256(key.encode()).digest()
+        metadata = {"campaign_id": str(campaign["id"]), "prospect_id": str(pid), "attempt": str(n)}
+        try:
+            if cfg.channel == "sms":
+                await self._text(campaign, cfg, prospect, key, digest, metadata)
+            else:
+                await self._call(campaign, cfg, prospect, key, digest, metadata)
+        except Problem as exc:
+            if exc.status in (409, 429) or exc.status >= 500:
+                log.warning("campaign attempt not sent yet", prospect_id=pid, n=n, error=exc.code)
+                return
+            # Refused for good (a template variable missing, no agent provider…): it fails.
+            await self._give_up(campaign, prospect, "done", f"failed:{exc.code}", outcome="failed")
+        except Exception:
+            log.exception("campaign attempt not sent yet", prospect_id=pid, n=n)
+
+    async def _call(
+        self,
+        campaign: Any,
+        cfg: CampaignConfig,
+        prospect: Any,
+        key: str,
+        digest: bytes,
+        metadata: dict[str, str],
+    ) -> None:
+        if self.calls is None:
+            raise RuntimeError("no call pipeline in this process")
+        req = PlaceCall.model_validate(
+            {
+                "to": prospect["number"],
+                "from": cfg.caller_id,
+                "pool": POOL,
+                "on_answer": cfg.on_answer,
+                "amd": cfg.amd,
+                "on_machine": "hangup" if cfg.amd else "continue",
+                "ring_timeout": cfg.ring_timeout,
+                "max_duration": cfg.max_duration,
+                "purpose": cfg.purpose,
+                "when_closed": "deny",
+                "metadata": metadata,
+            }
+        )
+        pid, n, campaign_id = prospect["id"], prospect["attempts"], campaign["id"]
+
+        async def attach(conn: asyncpg.Connection, call_id: uuid.UUID) -> None:
+            await repo.insert_attempt(conn, pid, n, campaign_id, call_id=call_id)
+
+        await self.calls.accept(
+            campaign["tenant_id"],
+            None,
+            req,
+            trace_id=new_trace_id(),
+            idempotency_key=key,
+            request_digest=digest,
+            wait_for_pool=True,
+            attach=attach,
+        )
+
+    async def _text(
+        self,
+        campaign: Any,
+        cfg: CampaignConfig,
+        prospect: Any,
+        key: str,
+        digest: bytes,
+        metadata: dict[str, str],
+    ) -> None:
+        """An sms campaign's text. The messages pipeline has no `attach`: the attempt row is
+        written just after the accept, and a worker that dies in between leaves an orphan
+        whose re-send replays the same message (same key) and writes the row then."""
+        if self.messages is None:
+            raise RuntimeError("no message pipeline in this process")
+        variables = dict(prospect["variables"] or {})
+        body: dict[str, Any] = {
+            "channel": "sms",
+            "to": prospect["number"],
+            "from": cfg.caller_id,
+            "purpose": cfg.purpose,
+            "when_closed": "deny",
+            "metadata": metadata,
+        }
+        if cfg.template is not None:
+            body |= {"template": cfg.template, "variables": variables}
+        else:
+            body["body"] = render(f"campaign {campaign['name']}", cfg.body or "", variables)
+        principal = Principal(
+            campaign["tenant_id"], campaign["name"], f"campaign:{campaign['id']}", ("*",)
+        )
+        outcome = await self.messages.accept(
+            principal,
+            SendMessage.model_validate(body),
+            trace_id=new_trace_id(),
+            idempotency_key=key,
+            request_digest=digest,
+        )
+        message_id = outcome.body.get("id") or outcome.body.get("message_id")
+        if message_id is None:
+            raise Problem(f"no message id in {outcome.body}", status=503, code="no_message_id")
+        await self.db.execute(
+            """
+            INSERT INTO campaign_attempts (prospect_id, n, campaign_id, message_id)
+            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
+            """,
+            prospect["id"],
+            prospect["attempts"],
+            campaign["id"],
+            uuid.UUID(str(message_id)),
+        )
+
+    async def _give_up(
+        self,
+        campaign: Any,
+        prospect: Any,
+        status: str,
+        reason: str,
+        *,
+        outcome: str | None = None,
+    ) -> None:
+        """Close an attempt that was never sent (no call, no attempt row)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            moved = await conn.execute(
+                """
+                UPDATE campaign_prospects SET status = $3, reason = $4, updated_at = now()
+                 WHERE id = $1 AND attempts = $2 AND status = 'dialing'
+                """,
+                prospect["id"],
+                prospect["attempts"],
+                status,
+                reason,
+            )
+            if moved.endswith(" 0"):
+                return
+            data = {"prospect_id": prospect["id"], "number": prospect["number"]}
+            events = (
+                []
+                if outcome is None
+                else [prospect_event(campaign["tenant_id"], campaign["id"], outcome, data)]
+            )
+            events.append(
+                prospect_event(
+                    campaign["tenant_id"], campaign["id"], status, data | {"reason": reason}
+                )
+            )
+            await emit(conn, *events)

@@ -1,0 +1,137 @@
+"""The dialer on the sandbox: every prospect ends final, concurrency within bounds, retries at
+the policy's times, no attempt dialled twice; pause / resume / cancel; DNC at dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from gateway.providers.sandbox.voice import (
+    ANSWERS,
+    BUSY,
+    CARRIER_FAILS,
+    DECLINES,
+    MACHINE,
+    NO_ANSWER,
+    behaves_as,
+)
+
+NPAS = ["212", "312", "415", "617", "713", "305", "206", "303", "404", "503"]
+RETRY = 1.0  # seconds: retry.busy / no_answer / machine .after
+
+
+def list_numbers(n: int) -> list[str]:
+    """n numbers of the sandbox list profile (+1 NPA 555 2xyz), spread over area codes."""
+    # 37 is prime to 1000: the last two digits spread over the profile even for a short list
+    return [f"+1{NPAS[i % 10]}5552{(i // 10 * 37) % 1000:03d}" for i in range(n)]
+
+
+def expected(number: str) -> tuple[str, str, int]:
+    """(status, reason, attempts) a list number ends with under the test's policy."""
+    as_ = behaves_as(number)
+    if as_ == ANSWERS:
+        return "done", "answered", 1
+    if as_ == CARRIER_FAILS:
+        return "done", "failed", 1
+    outcome = {BUSY: "busy", NO_ANSWER: "no_answer", DECLINES: "no_answer", MACHINE: "machine"}
+    return "max_attempts", outcome[as_], 2
+
+
+def config(max_concurrent: int, **more) -> dict:
+    return {
+        "name": "list",
+        "amd": True,
+        "on_machine": "retry",
+        "pacing": {"max_concurrent": max_concurrent, "cps": 100},
+        "retry": {
+            "busy": {"after": f"{RETRY}s"},
+            "no_answer": {"after": f"{RETRY}s"},
+            "machine": {"after": f"{RETRY}s"},
+            "max_attempts": 2,
+        },
+        "ring_timeout": 15,
+    } | more
+
+
+class Sampler:
+    """Samples, while the campaign runs, the campaign's live calls (not yet final) and the
+    campaign pool's holders in Redis: the largest of each is kept."""
+
+    def __init__(self, campaigns, pool) -> None:
+        self.campaigns = campaigns
+        self.pool = pool
+        self.max_live = 0
+        self.max_held = 0
+        self.samples = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            live = await self.campaigns.db.fetchval(
+                "SELECT count(*) FROM calls WHERE pool = 'campaign' "
+                "AND status IN ('queued', 'dialing', 'ringing', 'answered')"
+            )
+            held = (await self.pool.holders()).__len__()
+            self.max_live = max(self.max_live, live)
+            self.max_held = max(self.max_held, held)
+            self.samples += 1
+            await asyncio.sleep(0.05)
+
+
+async def attempts_of(db, campaign_id: str) -> list:
+    return await db.fetch(
+        """
+        SELECT a.prospect_id, a.n, a.outcome, a.created_at, a.ended_at, c.status, c.metadata,
+               p.number
+          FROM campaign_attempts a JOIN calls c ON c.id = a.call_id
+          JOIN campaign_prospects p ON p.id = a.prospect_id
+         WHERE a.campaign_id = $1 ORDER BY a.prospect_id, a.n
+        """,
+        campaign_id,
+    )
+
+
+@pytest.mark.parametrize("n", [1000])
+async def test_list_campaign_runs_to_the_end(campaigns, client, n):
+    from gateway.pipeline.calls import VOICE
+
+    c = await campaigns.create(**config(max_concurrent=30))
+    numbers = list_numbers(n)
+    added = await campaigns.add(c["id"], [{"number": x} for x in numbers])
+    assert added["added"] == n
+    voice = client.app[VOICE]
+    sampler = Sampler(campaigns, voice.pools.get("campaign"))
+    stop = asyncio.Event()
+    sampling = asyncio.create_task(sampler.run(stop))
+    started = time.monotonic()
+    await campaigns.act(c["id"], "start")
+    final = await campaigns.wait(c["id"], lambda x: x["status"] == "completed", timeout=120)
+    took = time.monotonic() - started
+    stop.set()
+    await sampling
+    print(f"{n} prospects: {took:.1f} s; max live {sampler.max_live}, held {sampler.max_held}")
+
+    want = Counter(expected(x)[0] for x in numbers)
+    assert final["prospects"] == {"total": n, **want}
+    page = await campaigns.request("GET", f"/v1/campaigns/{c['id']}/prospects?limit=1000", 200)
+    got = {p["number"]: (p["status"], p["reason"], p["attempts"]) for p in page["data"]}
+    assert got == {x: expected(x) for x in numbers}
+
+    attempts = await attempts_of(campaigns.db, c["id"])
+    assert len(attempts) == sum(expected(x)[2] for x in numbers)
+    # One call per (prospect, attempt), and it is that attempt's call.
+    keys = [(a["metadata"]["prospect_id"], a["metadata"]["attempt"]) for a in attempts]
+    assert len(set(keys)) == len(keys)
+    assert all(str(a["prospect_id"]) == a["metadata"]["prospect_id"] for a in attempts)
+    # Retries waited for the policy's delay after the first attempt ended.
+    by_prospect: dict[int, list] = {}
+    for a in attempts:
+        by_prospect.setdefault(a["prospect_id"], []).append(a)
+    retried = [v for v in by_prospect.values() if len(v) == 2]
+    assert retried
+    for first, second in retried:
+        assert second["created_at"] - first["ended_at"] >= timedelta(seconds=RETRY)
+    assert 0 < sampler.max_live <= 30 and sampler.max_held <= 32
