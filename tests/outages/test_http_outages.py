@@ -85,7 +85,7 @@ async def test_database_outage_answers_503_and_is_logged_once_each_way(outage, a
             return resp.status == 200 and not monitor.is_down("database")
 
         await eventually(back, timeout=20)
-        status, _, body = await send(client, token, "after")
+        status, _, body = await send(client, token, "during-0")  # the same key, retried
         assert status == 202, body
     assert transitions(logs, "database") == ["database unavailable", "database available again"]
     assert tracebacks(logs) == []
@@ -119,6 +119,8 @@ async def test_redis_outage_answers_503_where_redis_is_needed_and_200_elsewhere(
             return not monitor.is_down("redis")
 
         await eventually(recovered, timeout=10)
+        status, _, body = await send(client, token, "during-0")  # the same key, retried
+        assert status == 202 and "Idempotent-Replayed" not in body, body
     assert transitions(logs, "redis") == ["redis unavailable", "redis available again"]
     assert tracebacks(logs) == []
 
