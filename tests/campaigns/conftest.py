@@ -52,7 +52,11 @@ def settings(database_url, redis_url, overrides):
         "http": {"port": 0, "shutdown_timeout": 5},
         "events": {"sequencer_interval": 0.2, "subscriber_interval": 0.5},
         "providers": {"sandbox": {"receipt_delay": 0.005}, "voice": {"primary": "sandbox"}},
-        "pools": {"sizes": {"api": 4, "campaign": 32, "ivr": 1}, "renew_interval": 1.0},
+        "pools": {
+            "sizes": {"api": 4, "campaign": 32, "ivr": 1},
+            "renew_interval": 1.0,
+            "retry_after_max": 1.0,
+        },
         "calls": {"sandbox_call_duration": 0.05, "sandbox_ring_seconds": 0.05, "pool_wait": 0.5},
         "guardrails": {
             "rate_limits": {"tenant": OPEN, "api_key": OPEN, "destination": OPEN, "sender": OPEN},
