@@ -41,14 +41,16 @@ def merged(settings: Settings, **sections: dict[str, Any]) -> Settings:
 
 @pytest.fixture
 async def make_chain(
-    pg_pool, redis_client, settings
+    pg_pool, redis_client, settings, guardrail_clock
 ) -> AsyncIterator[Callable[..., GuardrailChain]]:
-    """A chain built exactly as the app builds it, from settings with some overrides."""
+    """A chain built exactly as the app builds it, from settings with some overrides, on the
+    test's guardrail clock (tests/conftest.py) unless the test passes `now` or sets one."""
     made: list[GuardrailChain] = []
 
     def make(**sections: dict[str, Any]) -> GuardrailChain:
         policy = GuardrailPolicy.from_settings(merged(settings, **sections))
-        made.append(GuardrailChain(build_checks(policy, pg_pool, redis_client), policy=policy))
+        checks = build_checks(policy, pg_pool, redis_client)
+        made.append(GuardrailChain(checks, clock=guardrail_clock, policy=policy))
         return made[-1]
 
     yield make
