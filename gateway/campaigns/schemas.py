@@ -73,7 +73,7 @@ class Window(BaseModel):
         description="'mon-fri', 'mon,wed' or a list of day names; stored as ISO weekdays",
     )
     start: str = Field(default="09:00", description="HH:MM local time")
-    end: str = Field(default="20:00", description="HH:MM local time (exclusive)")
+    end: str = Field(default="20:00", description="HH:MM local time (exclusive); 24:00: midnight")
     timezone: str = Field(
         default="America/New_York", description="for numbers whose time zone is unknown"
     )
@@ -85,11 +85,18 @@ class Window(BaseModel):
             return parse_days(v)
         return v
 
-    @field_validator("start", "end")
+    @field_validator("start")
     @classmethod
     def _hhmm(cls, v: str) -> str:
         if not _HHMM.match(v):
             raise ValueError("give a time as HH:MM")
+        return v
+
+    @field_validator("end")
+    @classmethod
+    def _hhmm_end(cls, v: str) -> str:
+        if not _HHMM.match(v) and v != "24:00":
+            raise ValueError("give a time as HH:MM (24:00 for the end of the day)")
         return v
 
     @field_validator("timezone")

@@ -19,6 +19,7 @@ from gateway.providers.sandbox.voice import (
     NO_ANSWER,
     behaves_as,
 )
+from tests.helpers import eventually
 
 NPAS = ["212", "312", "415", "617", "713", "305", "206", "303", "404", "503"]
 RETRY = 1.0  # seconds: retry.busy / no_answer / machine .after
@@ -135,3 +136,51 @@ async def test_list_campaign_runs_to_the_end(campaigns, client, n):
     for first, second in retried:
         assert second["created_at"] - first["ended_at"] >= timedelta(seconds=RETRY)
     assert 0 < sampler.max_live <= 30 and sampler.max_held <= 32
+
+
+async def test_a_claim_whose_process_died_is_sent_once_under_its_key(campaigns, client):
+    """The crash windows, made deterministic: (1) a worker dies after committing its claim,
+    before the call exists — the prospect is an orphan, re-sent by another worker under the
+    same key; (2) a worker sends, then another sends the same attempt again (it could not
+    know the first had committed) — the key replays the first call, nothing new is dialled."""
+    from gateway.campaigns.tasks import DIALER
+
+    dialer = client.app[DIALER]
+    c = await campaigns.create(pacing={"max_concurrent": 2, "cps": 100})
+    numbers = [x for x in list_numbers(400) if int(x[-2:]) <= 54][:2]  # they answer
+    await campaigns.add(c["id"], [{"number": x} for x in numbers])
+
+    sent: list = []
+
+    async def dies_after_claim(campaign, prospect) -> None:
+        sent.append((campaign, prospect))  # committed claim; the process dies here
+
+    dialer._send, real_send = dies_after_claim, dialer._send  # type: ignore[method-assign]
+    try:
+        await campaigns.act(c["id"], "start")
+        await eventually(lambda: _claimed(sent, 2), timeout=10)
+    finally:
+        dialer._send = real_send  # type: ignore[method-assign]
+    rows = await campaigns.db.fetch(
+        "SELECT status, attempts FROM campaign_prospects WHERE campaign_id = $1::uuid", c["id"]
+    )
+    assert {(r["status"], r["attempts"]) for r in rows} == {("dialing", 1)}
+    assert await campaigns.db.fetchval("SELECT count(*) FROM calls") == 0
+
+    # (2) first prospect: sent twice by "two workers" → one call.
+    campaign, first = sent[0]
+    await dialer._send(campaign, first)
+    await dialer._send(campaign, first)
+    # (1) second prospect: an orphan once orphan_after has passed → re-sent once.
+    dialer.orphan_after = 0.0
+    assert await dialer.redial_orphans() == 1
+    assert await dialer.redial_orphans() == 0  # it has its attempt row now
+    done = await campaigns.wait(c["id"], lambda x: x["status"] == "completed", timeout=30)
+    assert done["prospects"] == {"total": 2, "done": 2}
+    calls = await campaigns.db.fetch("SELECT to_number, metadata FROM calls")
+    assert sorted(r["to_number"] for r in calls) == sorted(numbers)
+    assert {r["metadata"]["attempt"] for r in calls} == {"1"}
+
+
+async def _claimed(sent: list, n: int) -> bool:
+    return len(sent) >= n

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -84,6 +85,8 @@ def behaves_as(number: str) -> str:
 
 
 class SandboxVoice(VoiceProvider):
+    fetches_status = True
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -124,8 +127,54 @@ class SandboxVoice(VoiceProvider):
             return OriginateResult(earlier.decode() if earlier else call_id, already=True)
         await self.redis.incr(self._key("sent", attempt_key))
         await self.redis.expire(self._key("sent", attempt_key), _TTL)
+        end = self._script_end(to, spec)
+        if end is not None:  # what the 'network' will say, for fetch_status after a crash
+            final, seconds = end
+            ends_at = time.time() + seconds
+            await self.redis.set(self._key("end", attempt_key), f"{final}|{ends_at}", ex=_TTL)
         self._spawn(attempt_key, self._progress(to, attempt_key, call_id, spec))
         return OriginateResult(call_id)
+
+    def _script_end(self, to: str, spec: CallSpec) -> tuple[str, float] | None:
+        """How and (at the latest) when the call placed to `to` ends; None: it stays up."""
+        steps = 4 * self.step_delay + 1.0  # + a second of slack for a loaded process
+        if to in (NOT_FOUND, CARRIER_FAILS):
+            return "failed", steps
+        if to == BUSY:
+            return "busy", steps
+        if to == DECLINES:
+            return "no_answer", steps
+        if to == NO_ANSWER:
+            return "no_answer", steps + min(self.ring_for, spec.ring_timeout)
+        if to == STAYS_UP:
+            return None
+        return "completed", steps + self.call_duration
+
+    async def fetch_status(self, call: CallRef) -> CallReport | None:
+        """The call's end as the 'network' knows it, once its script is over — the way a real
+        provider answers a lookup. So a call whose progress task died with its process (kill
+        -9 of a worker) still ends, through the receipt reconciler. None while it is live."""
+        status, end = await self.redis.mget(
+            self._key("status", call.attempt_key), self._key("end", call.attempt_key)
+        )
+        final = status.decode() if status is not None else None
+        if final not in ("completed", "busy", "no_answer", "failed", "canceled"):
+            if end is None:
+                return None
+            scripted, _, ends_at = end.decode().partition("|")
+            if time.time() < float(ends_at):
+                return None
+            answered = final == "answered"
+            final = "completed" if answered or scripted == "completed" else scripted
+        return CallReport(
+            provider=self.name,
+            attempt_key=call.attempt_key,
+            provider_call_id=call.provider_call_id,
+            source="sandbox:fetch",
+            raw={"sandbox": True, "fetched": True},
+            status=final,
+            hangup_cause=16 if final == "completed" else None,
+        )
 
     def _spawn(self, key: str, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
