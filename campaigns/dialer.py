@@ -3,12 +3,9 @@
 Each step, on a NOTIFY of the event log (every call or message change emits one) or every
 `interval`:
 
-1. **Outcomes.** Attempts whose call (or message) reached a final status are settled, set-based:
-   the call's end becomes the prospect's outcome (completed → answered, or machine when AMD
-   said so; busy; no_answer; failed; rejected by the chain → suppressed for DNC/opt-out, or
-   refused and tried again later), and the retry policy decides what follows — a retry at
-   now + `retry.<outcome>.after` (the database's clock), `max_attempts`, or `done`. A
-   campaign with no prospect left to move is `completed`.
+1. **Outcomes** (campaigns/outcomes.py): attempts whose call or message is final are settled
+   set-based into the prospect's outcome and what the retry policy says follows; a campaign
+   with no prospect left to move is `completed`.
 2. **Orphans.** A prospect claimed by a worker that died before its call committed is still
    `dialing` with no attempt row for its n: it is dialled again, under the SAME
    Idempotency-Key — which cannot create a second call (DESIGN principle 4).
@@ -39,13 +36,14 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from campaigns import repo
+from campaigns import outcomes, repo
 from campaigns.model import CampaignConfig
+from campaigns.outcomes import prospect_event
 from gateway import db as dbmod
 from gateway.calls.schemas import PlaceCall
 from gateway.core.errors import Problem
 from gateway.core.ids import new_trace_id
-from gateway.events.outbox import NOTIFY_CHANNEL, NewEvent, emit
+from gateway.events.outbox import NOTIFY_CHANNEL, emit
 from gateway.events.wake import Wakeup
 from gateway.logs import get_logger
 from gateway.messages.schemas import SendMessage
@@ -55,9 +53,6 @@ from gateway.tenants.service import Principal
 log = get_logger(__name__)
 
 POOL = "campaign"
-CALL_FINAL = ["completed", "busy", "no_answer", "failed", "canceled", "rejected"]
-MESSAGE_FINAL = ["delivered", "undelivered", "failed", "rejected"]
-SUPPRESSING = frozenset({"dnc_listed", "opted_out"})
 
 _CLAIM = """
 UPDATE campaign_prospects p
@@ -73,51 +68,6 @@ UPDATE campaign_prospects p
 RETURNING p.id, p.number, p.variables, p.attempts
 """
 
-_SETTLE_CALLS = """
-SELECT a.prospect_id, a.n, a.campaign_id, a.call_id AS ref,
-       c.status AS end_status, c.amd_result, c.error_code,
-       cp.tenant_id, cp.name, cp.status AS campaign_status, cp.channel, cp.purpose, cp.config,
-       p.number,
-       (SELECT count(*) FROM campaign_attempts x
-         WHERE x.prospect_id = a.prospect_id
-           AND x.outcome IS DISTINCT FROM 'refused') AS dials
-  FROM campaign_attempts a
-  JOIN calls c ON c.id = a.call_id
-  JOIN campaign_prospects p ON p.id = a.prospect_id
-  JOIN campaigns cp ON cp.id = a.campaign_id
- WHERE a.outcome IS NULL AND c.status = ANY($1::text[])
- ORDER BY a.prospect_id, a.n
- LIMIT $2
-   FOR UPDATE OF a, p SKIP LOCKED
-"""
-_SETTLE_MESSAGES = (
-    _SETTLE_CALLS.replace("a.call_id AS ref", "a.message_id AS ref")
-    .replace("JOIN calls c ON c.id = a.call_id", "JOIN messages c ON c.id = a.message_id")
-    .replace("c.amd_result", "NULL::text AS amd_result")
-)
-
-_APPLY_ATTEMPTS = """
-UPDATE campaign_attempts a SET outcome = u.outcome, detail = u.detail, ended_at = now()
-  FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[]) AS u(pid, n, outcome, detail)
- WHERE a.prospect_id = u.pid AND a.n = u.n
-"""
-_APPLY_PROSPECTS = """
-UPDATE campaign_prospects p
-   SET status = u.status, reason = u.reason, updated_at = now(),
-       next_attempt_at = CASE WHEN u.delay IS NULL THEN p.next_attempt_at
-                              ELSE now() + make_interval(secs => u.delay) END
-  FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::float8[])
-       AS u(id, n, status, reason, delay)
- WHERE p.id = u.id AND p.attempts = u.n AND p.status = 'dialing'
-"""
-_COMPLETE = """
-UPDATE campaigns c SET status = 'completed', ended_at = now(), updated_at = now()
- WHERE c.status = 'running'
-   AND NOT EXISTS (SELECT 1 FROM campaign_prospects p
-                    WHERE p.campaign_id = c.id
-                      AND p.status IN ('pending', 'dialing', 'retry_scheduled'))
-RETURNING c.id, c.tenant_id, c.name, c.status
-"""
 _ORPHANS = """
 SELECT p.id, p.number, p.variables, p.attempts, p.campaign_id, c.status AS campaign_status
   FROM campaign_prospects p JOIN campaigns c ON c.id = p.campaign_id
@@ -159,62 +109,6 @@ class MessageAcceptor(Protocol):
 def attempt_key(prospect_id: int, n: int) -> str:
     """The Idempotency-Key of one attempt: the same on every re-send of it, by any worker."""
     return f"campaign:{prospect_id}:{n}"
-
-
-def prospect_event(
-    tenant_id: uuid.UUID, campaign_id: uuid.UUID, kind: str, data: dict[str, Any]
-) -> NewEvent:
-    return NewEvent(
-        tenant_id,
-        f"campaign.prospect.{kind}",
-        str(campaign_id),
-        None,
-        {"campaign_id": str(campaign_id)} | data,
-    )
-
-
-@dataclass(frozen=True)
-class Settled:
-    """What one final call or message means for its prospect."""
-
-    outcome: str  # the attempt's outcome (campaign_attempts.outcome)
-    status: str  # where the prospect lands
-    reason: str | None
-    delay: float | None  # seconds to the next attempt (retry_scheduled)
-
-
-def settle(row: Any, cfg: CampaignConfig, refused_retry: float) -> Settled:
-    """The prospect's next state from its attempt's final call/message (pure)."""
-    end, code = row["end_status"], row["error_code"]
-    canceled = row["campaign_status"] == "canceled"
-    if cfg.channel == "sms":
-        outcome = "delivered" if end == "delivered" else "failed"
-        if end == "rejected" and code in SUPPRESSING:
-            return Settled("suppressed", "suppressed", code, None)
-        return Settled(outcome, "done", end if code is None else f"{end}:{code}", None)
-    if end == "rejected":
-        if code in SUPPRESSING:
-            return Settled("suppressed", "suppressed", code, None)
-        if canceled:
-            return Settled("refused", "canceled", "campaign_canceled", None)
-        return Settled("refused", "retry_scheduled", f"refused:{code}", refused_retry)
-    outcome = {
-        "completed": "machine" if row["amd_result"] == "machine" else "answered",
-        "busy": "busy",
-        "no_answer": "no_answer",
-    }.get(end, "failed")
-    if outcome in ("answered", "failed"):
-        return Settled(outcome, "done", outcome if end != "canceled" else "failed:canceled", None)
-    delay = cfg.retry.delay_for(outcome)
-    if outcome == "machine" and cfg.on_machine != "retry":
-        delay = None
-    if delay is None:
-        return Settled(outcome, "done", outcome, None)
-    if canceled:
-        return Settled(outcome, "canceled", "campaign_canceled", None)
-    if row["dials"] >= cfg.retry.max_attempts:
-        return Settled(outcome, "max_attempts", outcome, None)
-    return Settled(outcome, "retry_scheduled", outcome, delay)
 
 
 @dataclass
@@ -275,65 +169,10 @@ class Dialer:
     # --- 1. outcomes -------------------------------------------------------------------
 
     async def settle_outcomes(self) -> int:
-        total = 0
-        for sql, final in ((_SETTLE_CALLS, CALL_FINAL), (_SETTLE_MESSAGES, MESSAGE_FINAL)):
-            async with self.db.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(sql, final, self.batch)
-                if rows:
-                    await self._apply(conn, rows)
-            total += len(rows)
-        return total
-
-    async def _apply(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
-        configs: dict[uuid.UUID, CampaignConfig] = {}
-        attempts: list[tuple[int, int, str, str | None]] = []
-        prospects: list[tuple[int, int, str, str | None, float | None]] = []
-        events: list[NewEvent] = []
-        for row in rows:
-            cfg = configs.get(row["campaign_id"])
-            if cfg is None:
-                cfg = configs[row["campaign_id"]] = CampaignConfig.from_row(
-                    row["channel"], row["purpose"], row["config"]
-                )
-            s = settle(row, cfg, self.refused_retry)
-            attempts.append((row["prospect_id"], row["n"], s.outcome, row["error_code"]))
-            prospects.append((row["prospect_id"], row["n"], s.status, s.reason, s.delay))
-            data = {
-                "prospect_id": row["prospect_id"],
-                "number": row["number"],
-                "n": row["n"],
-                "ref": str(row["ref"]),
-            }
-            if s.outcome not in ("refused", "suppressed"):
-                events.append(prospect_event(row["tenant_id"], row["campaign_id"], s.outcome, data))
-            events.append(
-                prospect_event(
-                    row["tenant_id"],
-                    row["campaign_id"],
-                    s.status,
-                    data | {"outcome": s.outcome, "reason": s.reason, "retry_in_s": s.delay},
-                )
-            )
-        await conn.execute(_APPLY_ATTEMPTS, *map(list, zip(*attempts, strict=True)))
-        await conn.execute(_APPLY_PROSPECTS, *map(list, zip(*prospects, strict=True)))
-        await emit(conn, *events)
+        return await outcomes.settle_outcomes(self.db, self.batch, self.refused_retry)
 
     async def complete_finished(self) -> None:
-        async with self.db.acquire() as conn, conn.transaction():
-            done = await conn.fetch(_COMPLETE)
-            await emit(
-                conn,
-                *(
-                    NewEvent(
-                        r["tenant_id"],
-                        "campaign.completed",
-                        str(r["id"]),
-                        None,
-                        {"campaign_id": str(r["id"]), "name": r["name"], "status": r["status"]},
-                    )
-                    for r in done
-                ),
-            )
+        await outcomes.complete_finished(self.db)
 
     # --- 2. orphans --------------------------------------------------------------------
 
