@@ -113,7 +113,7 @@ async def main(url: str, duration: float) -> None:
     cfg = TrunkPoolsConfig(trunk="bench", pools={"bench": PoolConfig(100, lease=30)})
     release_keys = [
         f"tl:pool:{{bench}}:bench:{k}" for k in ("leases", "since", "queue", "qexp", "seq")
-    ] + ["tl:pool:{bench}:epoch"]
+    ] + ["tl:pool:{bench}:bench:epoch"]
 
     floor = redis_benchmark(url, ["evalsha", TRIVIAL.sha, "0"])
     release_c = redis_benchmark(

@@ -7,7 +7,7 @@ Every script starts with the same prelude and works on one pool's six keys:
   KEYS[3] queue   ZSET ticket -> sequence number (FIFO order of waiters)
   KEYS[4] qexp    ZSET ticket -> ticket deadline (ms); a dead waiter's ticket lapses here
   KEYS[5] seq     STRING counter giving tickets their order
-  KEYS[6] epoch   STRING the trunk's state marker, shared by its pools (see below)
+  KEYS[6] epoch   STRING the pool's state marker (see below)
 
 A ticket member is `id|lease_ms|channel|holder` (holder last, so it may contain `|`).
 ARGV[1] is always the pool size. Every script first "settles" the pool: expired leases
@@ -212,8 +212,8 @@ return released
 """
 )
 
-# Restore every pool of a trunk at once and set the marker, atomically.
-# KEYS: epoch, rebuild lock, then per pool: leases, since
+# Restore every pool of a trunk at once and set their markers, atomically.
+# KEYS: rebuild lock, then per pool: leases, since, epoch
 # ARGV: lock token, marker value, pool count, then per pool:
 #       size, lease_ms, n_live, n_pending, live holders..., pending holders...
 # Live holders (calls on the trunk) are all restored, even past the size: they hold a
@@ -225,12 +225,12 @@ return released
 REBUILD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local out = {}
 local npools = tonumber(ARGV[3])
 local at = 4
 for p = 1, npools do
-  local leases, since = KEYS[1 + 2 * p], KEYS[2 + 2 * p]
+  local leases, since, epoch = KEYS[3 * p - 1], KEYS[3 * p], KEYS[3 * p + 1]
   local size, lease_ms = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   local n_live, n_pending = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   at = at + 4
@@ -248,20 +248,24 @@ for p = 1, npools do
     end
   end
   at = at + n_live + n_pending
+  redis.call('SET', epoch, ARGV[2])
   out[p] = restored
 end
-redis.call('SET', KEYS[1], ARGV[2])
 return out
 """
 
-# KEYS: epoch; ARGV: the server's run id -> 1 if a marker of another server run was dropped
+# KEYS: the pools' epoch keys; ARGV: the server's run id -> how many markers of another
+# server run were dropped
 CHECK_EPOCH = """
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
-  redis.call('DEL', KEYS[1])
-  return 1
+local dropped = 0
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+    redis.call('DEL', KEYS[i])
+    dropped = dropped + 1
+  end
 end
-return 0
+return dropped
 """
 
 # KEYS: lock; ARGV: token -> 1 if the lock was ours and is now released

@@ -61,23 +61,24 @@ async def _no_holders() -> Mapping[str, PoolHolders]:
 
 
 class Rebuilder:
-    """Guards one trunk's pools: `ensure()` returns once the marker is present, rebuilding
-    the holders first if it is not. One rebuild at a time per process (an asyncio lock) and
-    across processes (a Redis lock whose loss, e.g. to a second flush, voids the rebuild)."""
+    """Guards one trunk's pools: `ensure()` returns once every pool's marker is present,
+    rebuilding the holders first if one is not (a marker per pool: a process whose
+    configuration has a pool another lacks still finds that pool unrebuilt). One rebuild at a
+    time per process (an asyncio lock) and across processes (a Redis lock per trunk whose
+    loss, e.g. to a second flush, voids the rebuild)."""
 
     def __init__(
         self,
         redis: aioredis.Redis,
         trunk: str,
-        marker_key: str,
+        lock_key: str,
         *,
         timeout: float,
         source: HolderSource | None = None,
     ) -> None:
         self._redis = redis
         self.trunk = trunk
-        self.marker_key = marker_key
-        self.lock_key = marker_key + ":rebuilding"
+        self.lock_key = lock_key
         self.timeout = timeout
         self.source: HolderSource = source or _no_holders
         self._local = asyncio.Lock()
@@ -85,10 +86,11 @@ class Rebuilder:
 
     async def ensure(self, pools: Sequence[Pool]) -> None:
         """Return when the pools' state is whole; `PoolStateUnavailable` after `timeout`."""
+        markers = [pool.keys[5] for pool in pools]
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._local:
-                    while not await self._redis.exists(self.marker_key):
+                    while await self._redis.exists(*markers) < len(markers):
                         token = uuid.uuid4().hex
                         lock_ms = max(1, math.ceil(self.timeout * 1000))
                         if await self._redis.set(self.lock_key, token, nx=True, px=lock_ms):
@@ -108,13 +110,13 @@ class Rebuilder:
     async def _rebuild(self, pools: Sequence[Pool], token: str) -> None:
         started = time.monotonic()
         truth = await self.source()
-        keys: list[str] = [self.marker_key, self.lock_key]
+        keys: list[str] = [self.lock_key]
         run_id = await server_run_id(self._redis)
         marker = f"{run_id} rebuilt {time.time():.3f} by {socket.gethostname()}:{os.getpid()}"
         args: list[Any] = [token, marker, len(pools)]
         for pool in pools:
             held = truth.get(pool.name, PoolHolders())
-            keys += [pool.keys[0], pool.keys[1]]
+            keys += [pool.keys[0], pool.keys[1], pool.keys[5]]
             lease_ms = max(1, math.ceil(pool.lease * 1000))
             args += [pool.size, lease_ms, len(held.live), len(held.pending)]
             args += [*held.live, *held.pending]
@@ -182,7 +184,7 @@ async def server_run_id(redis: aioredis.Redis) -> str:
         return "unknown"
 
 
-async def verify_epoch(conn: Any, marker_key: str, trunk: str) -> None:
+async def verify_epoch(conn: Any, marker_keys: Sequence[str], trunk: str) -> None:
     """Run on every new pool connection before anything else: drop a marker that another run
     of the server wrote (a restart that reloaded a snapshot, a promoted replica), so the next
     acquire rebuilds instead of trusting holders that miss the latest admissions."""
@@ -191,7 +193,7 @@ async def verify_epoch(conn: Any, marker_key: str, trunk: str) -> None:
         run_id = run_id_of(await conn.read_response())
     except ResponseError:
         return
-    await conn.send_command("EVAL", _lua.CHECK_EPOCH, 1, marker_key, run_id)
+    await conn.send_command("EVAL", _lua.CHECK_EPOCH, len(marker_keys), *marker_keys, run_id)
     if await conn.read_response():
         log.warning(
             "Redis runs anew since the pools' state was rebuilt (restart, restored snapshot or"

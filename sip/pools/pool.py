@@ -116,7 +116,7 @@ class Pool:
             base + "queue",
             base + "qexp",
             base + "seq",
-            owner.marker_key,
+            base + "epoch",
         )
 
     def __repr__(self) -> str:
@@ -364,9 +364,12 @@ class TrunkPools:
             config = TrunkPoolsConfig.from_mapping(config)
         self.config = config
         self.redis = redis
-        self.marker_key = f"{config.key_prefix}:{{{config.trunk}}}:epoch"
         self._rebuilder = Rebuilder(
-            redis, config.trunk, self.marker_key, timeout=config.rebuild_timeout, source=holders
+            redis,
+            config.trunk,
+            f"{config.key_prefix}:{{{config.trunk}}}:rebuilding",
+            timeout=config.rebuild_timeout,
+            source=holders,
         )
         self._batcher = ScriptBatcher(redis, lanes=lanes, on_connect=self._verify_epoch)
         self._waker = Waker(redis, f"{config.key_prefix}:wake:{uuid.uuid4().hex}")
@@ -392,7 +395,7 @@ class TrunkPools:
         return list(self._pools)
 
     async def _verify_epoch(self, conn: Any) -> None:
-        await verify_epoch(conn, self.marker_key, self.config.trunk)
+        await verify_epoch(conn, [p.keys[5] for p in self._pools.values()], self.config.trunk)
 
     def rebuild_from(self, source: HolderSource) -> None:
         """Where holders come from after Redis lost them (the daemon: the calls table).

@@ -282,3 +282,18 @@ async def test_a_fair_waiter_after_a_flush_waits_behind_the_rebuilt_holders(
     await tp.get("api").release("live-1")
     permit = await tp.get("api").acquire("campaign-call", timeout=1)
     assert permit.holder == "campaign-call"
+
+
+async def test_a_pool_another_process_does_not_know_is_rebuilt_by_the_one_that_does(
+    make_pools: MakePools, raw: aioredis.Redis
+) -> None:
+    """A rolling deploy adds a pool: the old process rebuilds only the pools it has, so each
+    pool has its own marker and the new process still rebuilds the new pool."""
+    truth = fixed(api=PoolHolders(live=LIVE[:1]), ivr=PoolHolders(live=LIVE[1:]))
+    old = await make_pools(truth, pools={"api": 2})
+    new = await make_pools(truth, pools={"api": 2, "ivr": 2})
+    await old.get("api").try_acquire("new-api")  # the old process rebuilds "api" alone
+    with pytest.raises(PoolExhausted):
+        await new.get("ivr").try_acquire("new-ivr")  # "ivr" was rebuilt before admitting
+    assert set(await new.get("ivr").holders()) == set(LIVE[1:])
+    assert set(await new.get("api").holders()) == {LIVE[0], "new-api"}
