@@ -176,3 +176,35 @@ async def running_campaigns(conn: Conn) -> list[asyncpg.Record]:
 
 async def now(conn: Conn) -> datetime:
     return await conn.fetchval("SELECT now()")
+
+
+async def rates(conn: Conn, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """Attempt outcomes, the answer and machine rates over dials, and an ETA from the last
+    minute's dial rate (None while nothing was dialled in it)."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE outcome IN ('answered', 'busy', 'no_answer', 'machine',
+                                                  'failed', 'delivered')) AS dials,
+               count(*) FILTER (WHERE outcome = 'answered') AS answered,
+               count(*) FILTER (WHERE outcome = 'machine') AS machine,
+               count(*) FILTER (WHERE outcome = 'busy') AS busy,
+               count(*) FILTER (WHERE outcome = 'no_answer') AS no_answer,
+               count(*) FILTER (WHERE outcome = 'failed') AS failed,
+               count(*) FILTER (WHERE created_at > now() - interval '60 seconds') AS last_minute,
+               (SELECT count(*) FROM campaign_prospects
+                 WHERE campaign_id = $1 AND status IN ('pending', 'dialing', 'retry_scheduled'))
+                   AS open
+          FROM campaign_attempts WHERE campaign_id = $1
+        """,
+        campaign_id,
+    )
+    dials = row["dials"]
+    per_s = row["last_minute"] / 60.0
+    return {
+        "dials": dials,
+        "outcomes": {k: row[k] for k in ("answered", "machine", "busy", "no_answer", "failed")},
+        "answer_rate": round(row["answered"] / dials, 4) if dials else None,
+        "machine_rate": round(row["machine"] / dials, 4) if dials else None,
+        "dials_per_s": round(per_s, 3),
+        "eta_seconds": round(row["open"] / per_s) if per_s and row["open"] else None,
+    }

@@ -168,6 +168,12 @@ class Campaign(BaseModel):
     prospects: dict[str, int] = Field(
         description="prospects by status, and `total` (a query over the prospects table)"
     )
+    stats: dict[str, Any] | None = Field(
+        default=None,
+        description="GET of one campaign: dials (attempts that reached a number), outcomes, "
+        "answer_rate and machine_rate over dials, dials_per_s over the last minute and the ETA "
+        "of the prospects still open at that rate",
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -157,7 +157,9 @@ async def get(db: asyncpg.Pool, tenant_id: uuid.UUID, campaign_id: uuid.UUID) ->
     if row is None:
         raise NotFound("no such campaign", code="campaign_not_found")
     counts = await repo.counts(db, [campaign_id])
-    return campaign_from_row(row, counts[campaign_id])
+    out = campaign_from_row(row, counts[campaign_id])
+    out.stats = await repo.rates(db, campaign_id)
+    return out
 
 
 async def list_campaigns(db: asyncpg.Pool, tenant_id: uuid.UUID, q: CampaignQuery) -> CampaignList:

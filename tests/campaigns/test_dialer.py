@@ -123,6 +123,12 @@ async def test_list_campaign_runs_to_the_end(campaigns, client, n):
 
     attempts = await attempts_of(campaigns.db, c["id"])
     assert len(attempts) == sum(expected(x)[2] for x in numbers)
+    answered = sum(1 for x in numbers if behaves_as(x) == ANSWERS)
+    stats = final["stats"]
+    assert stats["dials"] == len(attempts)
+    assert stats["outcomes"]["answered"] == answered
+    assert stats["outcomes"]["machine"] == 2 * sum(1 for x in numbers if behaves_as(x) == MACHINE)
+    assert stats["answer_rate"] == round(answered / len(attempts), 4)
     # One call per (prospect, attempt), and it is that attempt's call.
     keys = [(a["metadata"]["prospect_id"], a["metadata"]["attempt"]) for a in attempts]
     assert len(set(keys)) == len(keys)
