@@ -435,6 +435,25 @@ class CallsSettings(_Section):
         description="seconds after the answer an AMD verdict may take; then the call goes on "
         "as amd_result 'unknown' (above Twilio's 30 s MachineDetectionTimeout and AMD()'s 5 s)",
     )
+    setup_timeout: float = Field(
+        default=4.0,
+        ge=0,
+        description="seconds an Asterisk call may go without ringing or progress from the far "
+        "end (nothing answered the INVITE) before it is given up as unreachable and failed "
+        "over; 0 waits for the whole ring_timeout",
+    )
+    connect_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a dispatch waits for its provider's connection (AMI) when no "
+        "other provider is left; then the job is put back without spending a try",
+    )
+    unavailable_max: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds a call may wait for its provider's connection in all before it "
+        "fails (error_code provider_unavailable)",
+    )
 
 
 class UltravoxSettings(_Section):

@@ -112,6 +112,19 @@ class AsteriskVoice(VoiceProvider):
             raise _provider_error("originate", exc) from exc
         return OriginateResult(attempt_key)
 
+    async def wait_ready(self, timeout: float) -> bool:
+        """Logged in to this Asterisk, or logged in again within ``timeout`` s (a restart takes
+        seconds): nothing can be dialled before, and that is our outage, not a failed try."""
+        if self.client.is_connected:
+            return True
+        if timeout <= 0:
+            return False
+        try:
+            await self.client.wait_connected(timeout)
+        except TimeoutError:
+            return False
+        return self.client.is_connected
+
     # -- hangup / bridge --------------------------------------------------------------------
 
     async def _hangup(self, call: CallRef) -> None:

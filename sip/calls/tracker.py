@@ -397,7 +397,10 @@ class CallTracker:
 
     def _dialstate(self, event: Message) -> None:
         leg = self._leg(event, "DestUniqueid")
-        if leg is not None and str(event.get("DialStatus", "")).upper() == "RINGING":
+        # RINGING: a 180 (captured). PROGRESS: a 183 with early media, the ringback of a far
+        # end that sends no 180 (not captured; Asterisk's dial.c publishes it the same way):
+        # either way the far end answered the INVITE and is alerting someone.
+        if leg is not None and str(event.get("DialStatus", "")).upper() in ("RINGING", "PROGRESS"):
             leg.rang = True
             self._status(leg, event, "ringing")
 

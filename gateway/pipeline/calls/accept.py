@@ -256,7 +256,7 @@ class CallPipeline:
         if isinstance(self.registry.voice(voice_provider), AsteriskVoice):
             raise ValidationFailed(
                 f"on_answer.agent: the sandbox agent provider cannot take the audio of a call "
-                f"on {voice_provider}; configure a real one (agents.provider = \"ultravox\") "
+                f'on {voice_provider}; configure a real one (agents.provider = "ultravox") '
                 f"or use on_answer.bridge_to",
                 code="agent_provider_unsupported",
             )

@@ -24,6 +24,7 @@ from gateway.logs import bind
 from gateway.pipeline.calls.route import attempt_key_of, call_ref
 from gateway.providers.agents.base import AgentError
 from gateway.providers.contracts import (
+    CallRef,
     PermanentProviderError,
     ProviderError,
     SipTarget,
@@ -101,6 +102,21 @@ class CallController:
         # The called party's leg; its end hangs up an agent leg still ringing (hangup_agent),
         # and a bridged agent leg goes with it anyway (04).
         await self._voice(call).hangup(call_ref(call))
+
+    async def _op_setup_timeout(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        await self.service.setup_timed_out(call["id"], int(payload["n"]))
+
+    async def _op_hangup_attempt(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        """Hang up one attempt's leg (given up, or superseded by a failover), never the
+        call's current one: it is addressed by that attempt's own key."""
+        key = payload["attempt_key"]
+        ref = CallRef(payload["provider"], key, key, payload.get("channel"))
+        try:
+            await self.registry.voice(payload["provider"]).hangup(ref)
+        except ProviderError as exc:
+            if exc.code not in ("no_channel", "call_gone"):
+                raise
+            # gone already: what was asked is done
 
     async def _op_max_duration(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         await self.service.max_duration_reached(call["id"])

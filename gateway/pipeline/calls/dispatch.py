@@ -9,6 +9,7 @@ for what each provider answer leads to.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from gateway.settings import Settings
 from guardrails.chain import GuardrailChain
 from guardrails.verdicts import Defer, Deny
 from sip import calls as sip_calls
+from sip.asterisk import AsteriskVoice
 from sip.pools import (
     PoolExhausted,
     UnknownPool,
@@ -129,8 +131,13 @@ class CallDispatcher:
             await self._finish(call, "failed", "no_provider", "every voice provider failed")
             return
         errors: list[str] = []
+        unreachable: list[str] = []  # our connection to it is down: our outage, not a try
         verdict_event: NewEvent | None = decision.event
-        for name in candidates:
+        for i, name in enumerate(candidates):
+            last = i == len(candidates) - 1
+            if last and not await self._connected(name):
+                unreachable.append(name)
+                continue
             breaker = self.health.breaker(name)
             permit = await breaker.allow()
             if permit is None:
@@ -179,6 +186,9 @@ class CallDispatcher:
                     raise queue.RetryableError(
                         f"{name}: {exc.detail} (may have been placed; retrying under the same key)"
                     ) from exc
+                if last and exc.code == "ami_not_connected":  # lost between check and send
+                    unreachable.append(name)
+                    continue
                 errors.append(f"{name}: {exc.detail}")
                 continue
             latency = time.perf_counter() - started
@@ -187,7 +197,37 @@ class CallDispatcher:
                 self._originated(call_id, attempt, name, result.provider_call_id, latency),
             )
             return
+        if unreachable and not errors:
+            await self._wait_for_connection(call, unreachable)  # Reschedule, or fails it
+            return
         raise queue.RetryableError("; ".join(errors) or "no voice provider admitted the call")
+
+    async def _connected(self, name: str) -> bool:
+        """Is the way to this provider up (the AMI session), waiting a little for it (a
+        restart takes seconds)? Providers without a connection of ours always are."""
+        wait_ready = getattr(self.registry.voice(name), "wait_ready", None)
+        if wait_ready is None:
+            return True
+        return bool(await wait_ready(self.settings.calls.connect_wait))
+
+    async def _wait_for_connection(self, call: asyncpg.Record, names: list[str]) -> None:
+        """No provider could be reached through our own connection: the job comes back in a
+        few seconds without spending a try (principle 11), until the call has waited
+        ``calls.unavailable_max`` in all — then it fails as provider_unavailable."""
+        limit = self.settings.calls.unavailable_max
+        waited = await self.db.fetchval(
+            "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", call["created_at"]
+        )
+        what = ", ".join(names)
+        if waited >= limit:
+            detail = f"no connection to {what} for {waited:.0f} s (calls.unavailable_max)"
+            await self._finish(call, "failed", "provider_unavailable", detail)
+            return
+        delay = min(limit - waited, random.uniform(1.0, 3.0))
+        now = datetime.now(UTC)
+        raise queue.Reschedule(
+            now + timedelta(seconds=delay), f"waiting for the connection to {what}", now=now
+        )
 
     async def _admit(self, call: asyncpg.Record) -> None:
         """Hold a channel of the call's pool: refresh the API's permit, or wait fairly."""
@@ -292,6 +332,19 @@ class CallDispatcher:
                 await emit(conn, event(moved, "dialing", {"source": "dispatch", "n": attempt["n"]}))
             elif call["provider_call_id"] is None:
                 await repo.update_call(conn, call_id, provider_call_id=provider_call_id)
+            setup = self.settings.calls.setup_timeout
+            if 0 < setup < call["ring_timeout"] and self._reports_setup(provider):
+                # Nothing but the far end's ringing or progress shows the INVITE was answered:
+                # without it by then, the attempt is given up (CallService.setup_timed_out).
+                await queue.enqueue(
+                    conn,
+                    CALL_CONTROL_QUEUE,
+                    {"op": "setup_timeout", "call_id": str(call_id), "n": attempt["n"]},
+                    tenant_id=call["tenant_id"],
+                    trace_id=call["trace_id"],
+                    max_attempts=self.settings.calls.max_attempts + 2,
+                    run_after=setup,
+                )
             hangup = call["hangup_requested_at"] is not None or call["status"] == "canceled"
             if hangup:  # hung up while we were dialling: the control job may have found nothing
                 await queue.enqueue(
@@ -302,6 +355,11 @@ class CallDispatcher:
                     trace_id=call["trace_id"],
                     max_attempts=self.settings.calls.max_attempts + 2,
                 )
+
+    def _reports_setup(self, name: str) -> bool:
+        """Providers whose events show the far end answering the INVITE (AMI: Newstate
+        Ringing, DialState RINGING/PROGRESS), so that silence means nobody answered it."""
+        return isinstance(self.registry.voice(name), AsteriskVoice)
 
     async def _finish(self, call: asyncpg.Record, status: str, code: str, detail: str) -> None:
         async with self.db.acquire() as conn, conn.transaction():
