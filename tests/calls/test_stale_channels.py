@@ -167,3 +167,23 @@ class TestYoungUnseen:
         closed = await voice.wait(call_id, "failed", timeout=5)  # looked at again, settled
         assert closed["error_code"] == "ended_unobserved"
         await reconciled_after(voice, before + 1)  # by a second pass, not the reconnect's
+
+
+async def test_a_bridge_with_a_call_asterisk_no_longer_has_closes_it_and_frees_the_other(
+    voice, ami
+):
+    gone = (await voice.place(to="+14155550531"))["id"]
+    other = (await voice.place(to="+14155550532"))["id"]
+    up = await voice.wait(gone, "answered")
+    await voice.wait(other, "answered")
+    del ami.channels[up["channel"]]  # its end was never seen
+    await voice.post(f"/v1/calls/{gone}/bridge", call_id=other)
+    closed = await voice.wait(gone, "completed", timeout=5)
+    failed = await voice.wait_event(gone, "call.control_failed")
+    [event] = [e for e in failed["timeline"] if e["type"] == "call.control_failed"]
+    assert (event["data"]["op"], event["data"]["code"]) == ("bridge", "call_gone")
+    assert closed["error_detail"].endswith("it ended unobserved")
+    assert not ami.actions("Bridge"), "nothing was joined"
+    alone = await voice.get(other)
+    assert alone["status"] == "answered" and alone["bridged_with"] is None
+    assert ami.find_channel(f"tl-{other}-1") is not None

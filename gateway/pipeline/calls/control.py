@@ -75,6 +75,14 @@ class CallController:
                 fresh = await repo.get_call(conn, call["id"], lock=True)
                 if fresh is not None and fresh["status"] not in FINAL:
                     await self.service._request_hangup(conn, fresh, reason="agent_unavailable")
+            if op == "bridge" and call["bridged_with"] is not None:
+                # Not joined: neither call stays promised to the other (each may be bridged
+                # again, or hung up, on its own).
+                await conn.execute(
+                    "UPDATE calls SET bridged_with = NULL, updated_at = now()"
+                    " WHERE id = ANY($1::uuid[]) AND bridged_at IS NULL",
+                    [call["id"], call["bridged_with"]],
+                )
 
     async def _gone(self, call: asyncpg.Record, op: str, exc: ProviderError) -> None:
         """The provider no longer has a leg we saw up: its end was missed. A called party's
