@@ -18,6 +18,7 @@ from gateway import queue
 from gateway.calls.http import routes as call_routes
 from gateway.campaigns.http import routes as campaign_routes
 from gateway.campaigns.tasks import campaign_tasks
+from gateway.dashboard.http import routes as dashboard_routes
 from gateway.deadletters.http import routes as dead_letter_routes
 from gateway.dnc import inbound as dnc_inbound
 from gateway.dnc.http import routes as dnc_routes
@@ -28,6 +29,8 @@ from gateway.http.metrics import Registry
 from gateway.http.middleware import METRICS, context_middleware
 from gateway.http.routing import RouteTable, openapi_document
 from gateway.http.server import client_gone_middleware
+from gateway.ivr.http import routes as ivr_routes
+from gateway.ivr.wiring import ivr_ctx
 from gateway.limits.http import routes as limit_routes
 from gateway.logs import get_logger
 from gateway.messages.http import routes as message_routes
@@ -70,6 +73,8 @@ ROUTE_TABLES: list[RouteTable] = [
     dnc_routes,
     limit_routes,
     campaign_routes,
+    dashboard_routes,
+    ivr_routes,
 ]
 
 
@@ -229,6 +234,7 @@ def create_app(
     app.cleanup_ctx.append(resources_ctx)
     app.cleanup_ctx.append(pipeline_ctx)
     app.cleanup_ctx.append(voice_ctx)
+    app.cleanup_ctx.append(ivr_ctx)
     if role in ("worker", "all"):
         app.cleanup_ctx.append(workers_ctx)
     return app

@@ -22,7 +22,7 @@ from gateway.http.auth import authenticate
 Handler = Callable[..., Awaitable[Any]]
 RAW_BODY = web.RequestKey("raw_body", bytes)
 # pydantic custom error types that are also stable API error codes.
-CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number"})
+CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number", "flow_node_kind"})
 # A JSON \u0000 escape (preceded by an even number of backslashes, so not "\\u0000"):
 # PostgreSQL text and jsonb cannot hold U+0000, so it is refused here, not at an INSERT.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -41,6 +41,24 @@ def validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
     first = errors[0]
     code = first["type"] if first["type"] in CUSTOM_ERROR_CODES else None
     return ValidationFailed(f"{first['field']}: {first['message']}", code=code, errors=errors)
+
+
+def is_json(content_type: str) -> bool:
+    """application/json, or a structured-syntax type such as application/merge-patch+json."""
+    kind, _, subtype = content_type.lower().partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+class UnsupportedMediaType(Problem):
+    """A body that is not declared JSON is refused, not guessed at: a form post or a text body
+    parsed as JSON by luck would be accepted one day and not the next."""
+
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+    def __init__(self, given: str) -> None:
+        super().__init__(
+            f"the body must be JSON, sent with Content-Type: application/json (got {given!r})"
+        )
 
 
 def json_response(model: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> web.Response:
@@ -94,6 +112,8 @@ class Endpoint:
                 raise validation_problem(exc, "query") from None
         if self.body is not None:
             raw = await request.read()
+            if raw and not is_json(request.content_type):
+                raise UnsupportedMediaType(request.content_type)
             if _JSON_NUL.search(raw):
                 raise ValidationFailed(
                     "text must not contain the NUL character (U+0000)", code="nul_character"
@@ -239,6 +259,8 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
                 codes |= {401, 403}
             if ep.body is not None or ep.query is not None:
                 codes |= {400, 422}
+            if ep.body is not None:
+                codes |= {415}  # unsupported_media_type: the body is not sent as JSON
             if ep.path.startswith(("/v1/", "/webhooks/")):
                 codes |= {503}  # database_unavailable / redis_unavailable, with Retry-After
             for code in sorted(codes):

@@ -1,0 +1,105 @@
+"""IVR routes: /v1/ivr/flows, /v1/ivr/simulate, /v1/ivr/sessions (scopes ivr:read, ivr:write)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.http import idempotency
+from gateway.http.auth import principal_of
+from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.ivr import service
+from gateway.ivr.schemas import (
+    FlowCreated,
+    FlowList,
+    FlowOut,
+    FlowQuery,
+    SessionOut,
+    SimulateIn,
+    SimulateOut,
+)
+from gateway.ivr.wiring import RUNNER
+from gateway.resources import RESOURCES
+from ivr.flow import Flow
+
+routes = RouteTable(tag="ivr")
+
+
+@routes.post(
+    "/v1/ivr/flows",
+    summary="Upload a flow (201): version 1 for a new name, else the next version. A 422 names "
+    "the node: flow_unknown_node, flow_unreachable_node, flow_loop_without_input, flow_node_kind",
+    scope="ivr:write",
+    body=Flow,
+    response=FlowCreated,
+    status=201,
+    errors=(409,),
+)
+async def create_flow(request: web.Request, body: Flow) -> web.Response:
+    key = request.headers.get(idempotency.HEADER)
+    digest = b""
+    if key is not None:
+        key = idempotency.validate_key(key)
+        digest = idempotency.request_hash("POST", "/v1/ivr/flows", request[RAW_BODY])
+    status, out = await service.create_flow(
+        request.app[RESOURCES].db,
+        principal_of(request).tenant_id,
+        body,
+        idempotency_key=key,
+        digest=digest,
+    )
+    return web.json_response(out, status=status)
+
+
+@routes.get(
+    "/v1/ivr/flows",
+    summary="Your flows: each name's latest version",
+    scope="ivr:read",
+    response=FlowList,
+)
+async def list_flows(request: web.Request) -> FlowList:
+    return await service.list_flows(request.app[RESOURCES].db, principal_of(request).tenant_id)
+
+
+@routes.get(
+    "/v1/ivr/flows/{name}",
+    summary="A flow's document (the latest version, or ?version=)",
+    scope="ivr:read",
+    query=FlowQuery,
+    response=FlowOut,
+    errors=(404,),
+)
+async def get_flow(request: web.Request, query: FlowQuery) -> FlowOut:
+    return await service.get_flow(
+        request.app[RESOURCES].db,
+        principal_of(request).tenant_id,
+        request.match_info["name"],
+        query.version,
+    )
+
+
+@routes.post(
+    "/v1/ivr/simulate",
+    summary="Run a flow on the sandbox with scripted caller inputs; returns the transcript "
+    "(webhook nodes really POST; a transfer is checked by the guardrails, not dialled)",
+    scope="ivr:write",
+    body=SimulateIn,
+    response=SimulateOut,
+    errors=(404,),
+)
+async def simulate(request: web.Request, body: SimulateIn) -> SimulateOut:
+    return await service.simulate(request.app[RUNNER], principal_of(request).tenant_id, body)
+
+
+@routes.get(
+    "/v1/ivr/sessions/{session_id}",
+    summary="A session: live (from Redis) or its summary once ended",
+    scope="ivr:read",
+    response=SessionOut,
+    errors=(404,),
+)
+async def get_session(request: web.Request) -> SessionOut:
+    return await service.get_session(
+        request.app[RUNNER],
+        principal_of(request).tenant_id,
+        service.parse_session_id(request.match_info["session_id"]),
+    )

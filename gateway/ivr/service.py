@@ -1,0 +1,169 @@
+"""IVR: upload and read flows, simulate a call on the sandbox transport, read a session.
+
+A flow upload is validated twice: its shape by pydantic at the edge (ivr.flow.Flow), its graph
+here (ivr.flow.check_graph), each problem a 422 with a stable code that names the node. Every
+upload of a name is a new immutable version; a session keeps the version it started with.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.core.errors import NotFound, ValidationFailed
+from gateway.core.ids import new_id
+from gateway.http import idempotency
+from gateway.ivr.schemas import (
+    FlowCreated,
+    FlowList,
+    FlowOut,
+    FlowSummary,
+    SessionOut,
+    SimulateIn,
+    SimulateOut,
+)
+from gateway.webhooks.signing import new_secret
+from ivr import repo
+from ivr.engine import Session
+from ivr.flow import Flow, check_graph
+from ivr.runner import FlowRunner
+from ivr.sandbox import simulate as run_simulation
+
+
+def validate_flow(flow: Flow) -> None:
+    """The graph checks; the first problem is the 422, all of them are in `errors`."""
+    problems = check_graph(flow)
+    if problems:
+        first = problems[0]
+        raise ValidationFailed(
+            first.detail,
+            code=first.code,
+            node=first.node,
+            errors=[{"code": p.code, "node": p.node, "message": p.detail} for p in problems],
+        )
+
+
+async def create_flow(
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    flow: Flow,
+    *,
+    idempotency_key: str | None = None,
+    digest: bytes = b"",
+) -> tuple[int, dict[str, Any]]:
+    validate_flow(flow)
+    document = flow.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if idempotency_key is not None:
+        replay = await idempotency.lookup(db, tenant_id, idempotency_key, digest)
+        if replay is not None:
+            return replay.status, replay.body
+    async with db.acquire() as conn, conn.transaction():
+        if idempotency_key is not None:
+            replay = await idempotency.claim(
+                conn, tenant_id, idempotency_key, "POST", "/v1/ivr/flows", digest
+            )
+            if replay is not None:
+                return replay.status, replay.body
+        row = await repo.insert_flow(conn, new_id(), tenant_id, flow.name, document, new_secret())
+        body = FlowCreated(
+            id=row["id"],
+            name=row["name"],
+            version=row["version"],
+            signing_secret=row["signing_secret"],
+        ).model_dump(mode="json")
+        if idempotency_key is not None:
+            await idempotency.record(conn, tenant_id, idempotency_key, 201, body)
+    return 201, body
+
+
+async def list_flows(db: asyncpg.Pool, tenant_id: uuid.UUID) -> FlowList:
+    rows = await repo.list_flows(db, tenant_id)
+    return FlowList(data=[FlowSummary(**dict(r)) for r in rows])
+
+
+async def flow_row(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, name: str, version: int | None
+) -> asyncpg.Record:
+    if version is None:
+        row = await repo.latest_flow(db, tenant_id, name)
+    else:
+        row = await repo.flow_version(db, tenant_id, name, version)
+    if row is None:
+        which = name if version is None else f"{name} version {version}"
+        raise NotFound(f"no IVR flow {which}", code="ivr_flow_not_found")
+    return row
+
+
+async def get_flow(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, name: str, version: int | None
+) -> FlowOut:
+    row = await flow_row(db, tenant_id, name, version)
+    return FlowOut(**{k: row[k] for k in FlowOut.model_fields})
+
+
+async def simulate(runner: FlowRunner, tenant_id: uuid.UUID, body: SimulateIn) -> SimulateOut:
+    row = await flow_row(runner.db, tenant_id, body.flow, body.version)
+    session, left = await run_simulation(
+        runner, row, caller=body.from_, called=body.to, inputs=body.inputs
+    )
+    out = _live(session)
+    return SimulateOut(**out.model_dump(by_alias=True), inputs_left=left)
+
+
+def _live(s: Session) -> SessionOut:
+    return SessionOut(
+        id=uuid.UUID(s.id),
+        status="ended" if s.ended else "active",
+        flow=s.flow_name,
+        version=s.version,
+        transport=s.transport,
+        from_=s.caller,
+        to=s.called,
+        node=s.node,
+        waiting=s.waiting,
+        end_reason=s.ended,
+        started_at=datetime.fromisoformat(s.started_at),
+        steps=s.steps,
+        variables=s.variables,
+        recordings=list(s.recordings),
+        transcript=list(s.transcript),
+    )
+
+
+def parse_session_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound("no such IVR session", code="ivr_session_not_found") from None
+
+
+async def get_session(
+    runner: FlowRunner, tenant_id: uuid.UUID, session_id: uuid.UUID
+) -> SessionOut:
+    """A live session from Redis, else the summary of an ended one from PostgreSQL."""
+    live = await runner.store.load(str(session_id))
+    if live is not None and live.tenant_id == str(tenant_id):
+        return _live(live)
+    row = await repo.summary(runner.db, tenant_id, session_id)
+    if row is None:
+        raise NotFound("no such IVR session", code="ivr_session_not_found")
+    return SessionOut(
+        id=row["id"],
+        status="ended",
+        flow=row["flow_name"],
+        version=row["flow_version"],
+        transport=row["transport"],
+        from_=row["caller"],
+        to=row["called"],
+        node=row["last_node"],
+        end_reason=row["end_reason"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        steps=row["steps"],
+        variables=row["variables"],
+        recordings=row["recordings"],
+        transcript=row["transcript"],
+    )

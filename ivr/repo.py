@@ -1,0 +1,117 @@
+"""SQL for IVR: flows (versioned, immutable) and session summaries."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+from ivr.engine import Session
+
+
+async def insert_flow(
+    conn: asyncpg.Connection,
+    flow_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    name: str,
+    document: dict[str, Any],
+    new_secret: str,
+) -> asyncpg.Record:
+    """The next version of `name` (1 for a new name). An advisory lock per (tenant, name)
+    makes concurrent uploads of one name take consecutive versions instead of colliding."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2, 16))",
+        str(tenant_id),
+        name,
+    )
+    return await conn.fetchrow(
+        """
+        WITH prev AS (
+            SELECT version, signing_secret FROM ivr_flows
+             WHERE tenant_id = $2 AND name = $3 ORDER BY version DESC LIMIT 1
+        )
+        INSERT INTO ivr_flows (id, tenant_id, name, version, document, signing_secret)
+        VALUES ($1, $2, $3, COALESCE((SELECT version FROM prev), 0) + 1, $4,
+                COALESCE((SELECT signing_secret FROM prev), $5))
+        RETURNING *
+        """,
+        flow_id,
+        tenant_id,
+        name,
+        document,
+        new_secret,
+    )
+
+
+async def latest_flow(db: Any, tenant_id: uuid.UUID, name: str) -> asyncpg.Record | None:
+    return await db.fetchrow(
+        "SELECT * FROM ivr_flows WHERE tenant_id = $1 AND name = $2 ORDER BY version DESC LIMIT 1",
+        tenant_id,
+        name,
+    )
+
+
+async def flow_version(
+    db: Any, tenant_id: uuid.UUID, name: str, version: int
+) -> asyncpg.Record | None:
+    return await db.fetchrow(
+        "SELECT * FROM ivr_flows WHERE tenant_id = $1 AND name = $2 AND version = $3",
+        tenant_id,
+        name,
+        version,
+    )
+
+
+async def flow_by_id(db: Any, flow_id: uuid.UUID) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM ivr_flows WHERE id = $1", flow_id)
+
+
+async def list_flows(db: Any, tenant_id: uuid.UUID) -> list[asyncpg.Record]:
+    """Each name's latest version, by name."""
+    return await db.fetch(
+        """
+        SELECT DISTINCT ON (name) id, name, version, created_at,
+               (SELECT count(*) FROM ivr_flows v
+                 WHERE v.tenant_id = f.tenant_id AND v.name = f.name) AS versions
+          FROM ivr_flows f WHERE tenant_id = $1
+         ORDER BY name, version DESC
+        """,
+        tenant_id,
+    )
+
+
+async def insert_summary(conn: asyncpg.Connection, s: Session, ended_at: Any) -> None:
+    await conn.execute(
+        """
+        INSERT INTO ivr_sessions (id, tenant_id, flow_id, flow_name, flow_version, transport,
+                                  caller, called, started_at, ended_at, end_reason, last_node,
+                                  steps, variables, recordings, transcript)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::timestamptz, $10, $11, $12, $13, $14,
+                $15::text::jsonb, $16::text::jsonb)
+        ON CONFLICT (id) DO NOTHING
+        """,
+        uuid.UUID(s.id),
+        uuid.UUID(s.tenant_id),
+        uuid.UUID(s.flow_id),
+        s.flow_name,
+        s.version,
+        s.transport,
+        s.caller,
+        s.called,
+        s.started_at,
+        ended_at,
+        s.ended or "unknown",
+        s.node,
+        s.steps,
+        s.variables,
+        json.dumps(list(s.recordings)),
+        json.dumps(list(s.transcript)),
+    )
+
+
+async def summary(db: Any, tenant_id: uuid.UUID, session_id: uuid.UUID) -> asyncpg.Record | None:
+    return await db.fetchrow(
+        "SELECT * FROM ivr_sessions WHERE tenant_id = $1 AND id = $2", tenant_id, session_id
+    )

@@ -1,0 +1,224 @@
+"""The runner: the engine's pure steps, with the session in Redis and the events in PostgreSQL.
+
+Each step loads nothing but the session and its flow version (immutable, so cached per
+process), asks the engine, then commits: the step's events (`ivr.started`, `ivr.node`,
+`ivr.input`, `ivr.transfer`, `ivr.ended`, and a transfer's guardrail verdict) in one
+PostgreSQL transaction, the session saved to Redis (compare-and-set on its step count) before
+that transaction commits, and — when the session has ended — its summary row in the same
+transaction. A step that fails to commit leaves the session where it was, so the input can
+be fed again by any worker.
+
+The clock is the guardrail chain's (DESIGN principle 12): a business-hours condition and the
+calling-hours check of a transfer read the same time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.core.actions import OutboundAction
+from gateway.core.ids import new_id, new_trace_id
+from gateway.events.outbox import NewEvent, emit
+from guardrails.chain import GuardrailChain
+from guardrails.verdicts import Deny
+from ivr import repo
+from ivr.engine import (
+    CallStarted,
+    Command,
+    Input,
+    Session,
+    Transfer,
+    TransferVerdict,
+    Webhook,
+    WebhookAnswer,
+    step,
+)
+from ivr.flow import Flow
+from ivr.sessions import SessionStore
+from ivr.webhook import WebhookCaller
+
+
+@dataclass(frozen=True)
+class LoadedFlow:
+    id: str
+    tenant_id: str
+    name: str
+    version: int
+    flow: Flow
+    secret: str
+
+
+@dataclass(frozen=True)
+class Stepped:
+    commands: list[Command]
+    session: Session
+    notes: list[dict[str, Any]]
+
+
+class FlowNotFound(Exception):
+    pass
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class FlowRunner:
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        store: SessionStore,
+        chain: GuardrailChain,
+        webhooks: WebhookCaller,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.chain = chain
+        self.webhooks = webhooks
+        self._clock = clock
+        self._flows: dict[str, LoadedFlow] = {}  # versions are immutable: safe to keep
+
+    def now(self) -> datetime:
+        return (self._clock or self.chain.clock or _utcnow)()
+
+    async def flow(self, flow_id: str) -> LoadedFlow:
+        loaded = self._flows.get(flow_id)
+        if loaded is None:
+            row = await repo.flow_by_id(self.db, uuid.UUID(flow_id))
+            if row is None:
+                raise FlowNotFound(flow_id)
+            loaded = loaded_flow(row)
+            if len(self._flows) > 1000:
+                self._flows.clear()
+            self._flows[flow_id] = loaded
+        return loaded
+
+    async def start(
+        self,
+        row: asyncpg.Record,
+        *,
+        caller: str,
+        called: str | None,
+        transport: str,
+        trace_id: str | None = None,
+    ) -> Stepped:
+        """A new session on this flow version, stepped once (the call has started)."""
+        loaded = loaded_flow(row)
+        self._flows.setdefault(loaded.id, loaded)
+        session = Session(
+            id=str(new_id()),
+            tenant_id=loaded.tenant_id,
+            flow_id=loaded.id,
+            flow_name=loaded.name,
+            version=loaded.version,
+            caller=caller,
+            called=called,
+            transport=transport,
+            started_at=self.now().isoformat(),
+            trace_id=trace_id or new_trace_id(),
+        )
+        return await self._step(loaded, session, CallStarted(), new=True)
+
+    async def feed(
+        self, session: Session, event: Input, extra: tuple[NewEvent, ...] = ()
+    ) -> Stepped:
+        """One input to a live session (as loaded from Redis or returned by the last step)."""
+        return await self._step(await self.flow(session.flow_id), session, event, extra=extra)
+
+    async def _step(
+        self,
+        loaded: LoadedFlow,
+        session: Session,
+        event: Input,
+        *,
+        new: bool = False,
+        extra: tuple[NewEvent, ...] = (),
+    ) -> Stepped:
+        now = self.now()
+        commands, after, notes = step(loaded.flow, session, event, now)
+        events = [*self._events(after, notes, started=new), *extra]
+        async with self.db.acquire() as conn, conn.transaction():
+            await emit(conn, *events)
+            if after.ended is not None:
+                await repo.insert_summary(conn, after, now)
+            # In the transaction: a session someone else moved first rolls back these events.
+            await self.store.save(after, previous_steps=None if new else session.steps)
+        if after.ended is not None:
+            await self.store.drop(after.id)
+        return Stepped(commands, after, notes)
+
+    def _events(self, s: Session, notes: list[dict[str, Any]], *, started: bool) -> list[NewEvent]:
+        base = {"session_id": s.id, "flow": s.flow_name, "version": s.version}
+        out: list[NewEvent] = []
+
+        def add(kind: str, data: dict[str, Any]) -> None:
+            out.append(NewEvent(uuid.UUID(s.tenant_id), kind, s.id, s.trace_id, base | data))
+
+        if started:
+            add("ivr.started", {"from": s.caller, "to": s.called, "transport": s.transport})
+        for note in notes:
+            if "ignored" in note:
+                continue
+            if "end" in note:
+                add(
+                    "ivr.ended", {"reason": note["end"], "node": note.get("node"), "steps": s.steps}
+                )
+            elif "transfer" in note:
+                add("ivr.transfer", note)
+            elif "input" in note or "webhook" in note:
+                add("ivr.input", note)
+            elif "kind" in note:
+                add("ivr.node", note)
+        return out
+
+    # --- what the outside world answers: the webhook node and the transfer ------------------
+
+    async def call_webhook(self, session: Session, cmd: Webhook) -> WebhookAnswer:
+        loaded = await self.flow(session.flow_id)
+        return await self.webhooks.call(cmd, loaded.secret)
+
+    async def clear_transfer(
+        self, session: Session, cmd: Transfer
+    ) -> tuple[TransferVerdict, NewEvent, Any]:
+        """Run the transfer through the guardrail chain, as any outbound call is.
+
+        Returns the verdict for the engine, the chain's decision event (committed with the
+        step) and the ClearedAction a dialling transport needs (None when refused). A Defer is a
+        refusal here: a caller on the line cannot wait for calling hours to open."""
+        action = OutboundAction(
+            tenant_id=uuid.UUID(session.tenant_id),
+            subject=session.id,
+            channel="voice",
+            to=cmd.to,
+            from_=cmd.from_,
+            purpose=cmd.purpose,  # type: ignore[arg-type]
+            trace_id=session.trace_id,
+            extra={"ivr_session": session.id, "ivr_node": session.node},
+        )
+        decision = await self.chain.evaluate(action, stage="accept", when_closed="deny")
+        if decision.allowed:
+            return TransferVerdict("transferred"), decision.event, decision.cleared
+        verdict = decision.verdict
+        if isinstance(verdict, Deny):
+            reason = f"{verdict.code}: {verdict.reason}"
+        else:
+            reason = f"deferred: {getattr(verdict, 'reason', '')}"
+        return TransferVerdict("refused", reason), decision.event, None
+
+
+def loaded_flow(row: Any) -> LoadedFlow:
+    return LoadedFlow(
+        id=str(row["id"]),
+        tenant_id=str(row["tenant_id"]),
+        name=row["name"],
+        version=row["version"],
+        flow=Flow.model_validate(row["document"]),
+        secret=row["signing_secret"],
+    )

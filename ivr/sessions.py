@@ -1,0 +1,70 @@
+"""Live IVR sessions in Redis, with a TTL.
+
+One key per session (`ivr:session:<id>`, JSON). Any worker may load a session and carry it on;
+a save is a compare-and-set on the session's step count, so two workers that took the same
+input cannot both advance it (the second is told, and re-reads). Every save renews the TTL: a
+session that no one steps for `ttl` seconds (its call is long gone and nobody said so) expires
+on its own. A session cannot be rebuilt after Redis loses it (DESIGN principle 10): the call
+it belonged to is ended by its transport; what happened up to the last step is in the event log.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+
+from gateway.redis import LuaScript
+from ivr.engine import Session
+
+DEFAULT_TTL = 3600
+PREFIX = "ivr:session:"
+
+# KEYS[1] session key; ARGV: expected steps of the stored copy (-1: must not exist), the new
+# JSON, ttl seconds. Returns 1 when saved, 0 when someone else moved it first.
+_CAS = LuaScript(
+    """
+local cur = redis.call('GET', KEYS[1])
+local expected = tonumber(ARGV[1])
+if expected < 0 then
+  if cur then return 0 end
+else
+  if not cur then return 0 end
+  local steps = cjson.decode(cur)['steps']
+  if steps ~= expected then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+""",
+    name="ivr_session_cas",
+)
+
+
+class SessionConflict(Exception):
+    """Another worker stepped this session first."""
+
+
+class SessionStore:
+    def __init__(self, redis: aioredis.Redis, ttl: int = DEFAULT_TTL) -> None:
+        self.redis = redis
+        self.ttl = ttl
+
+    @staticmethod
+    def key(session_id: str) -> str:
+        return PREFIX + session_id
+
+    async def load(self, session_id: str) -> Session | None:
+        raw = await self.redis.get(self.key(session_id))
+        return None if raw is None else Session.from_json(json.loads(raw))
+
+    async def save(self, session: Session, *, previous_steps: int | None) -> None:
+        """Store `session`; `previous_steps` is the step count of the copy it was made from
+        (None: a new session, which must not exist yet)."""
+        body = json.dumps(session.to_json(), separators=(",", ":"))
+        expected = -1 if previous_steps is None else previous_steps
+        saved = await _CAS(self.redis, [self.key(session.id)], [expected, body, self.ttl])
+        if not saved:
+            raise SessionConflict(session.id)
+
+    async def drop(self, session_id: str) -> None:
+        await self.redis.delete(self.key(session_id))

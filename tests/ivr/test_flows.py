@@ -1,0 +1,134 @@
+"""Flow upload: versions, reads, and a 422 naming the node for each kind of bad flow."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from gateway.resources import RESOURCES
+from tests.helpers import auth
+from tests.ivr.conftest import main_menu
+
+
+async def test_upload_versions_list_and_get(ivr):
+    first = await ivr.upload(main_menu())
+    assert first["version"] == 1 and first["name"] == "main-menu"
+    assert first["signing_secret"].startswith("whsec_")
+    changed = main_menu()
+    changed["nodes"]["goodbye"]["say"] = "Bye now."
+    second = await ivr.upload(changed)
+    assert second["version"] == 2 and second["id"] != first["id"]
+    assert second["signing_secret"] == first["signing_secret"]  # one secret per name
+
+    listed = await ivr.request("GET", "/v1/ivr/flows", 200)
+    assert [(f["name"], f["version"], f["versions"]) for f in listed["data"]] == [
+        ("main-menu", 2, 2)
+    ]
+    latest = await ivr.request("GET", "/v1/ivr/flows/main-menu", 200)
+    assert latest["version"] == 2 and latest["document"]["nodes"]["goodbye"]["say"] == "Bye now."
+    old = await ivr.request("GET", "/v1/ivr/flows/main-menu?version=1", 200)
+    assert old["document"]["nodes"]["goodbye"]["say"] == "Goodbye."
+    missing = await ivr.request("GET", "/v1/ivr/flows/nope", 404)
+    assert missing["code"] == "ivr_flow_not_found"
+
+
+async def test_versions_are_immutable_in_the_database(ivr, client):
+    made = await ivr.upload(main_menu())
+    db = client.app[RESOURCES].db
+    with pytest.raises(asyncpg.RaiseError, match="immutable"):
+        await db.execute("UPDATE ivr_flows SET document = '{}' WHERE id = $1::uuid", made["id"])
+
+
+async def test_another_tenant_sees_none_of_it(ivr, client, make_key):
+    await ivr.upload(main_menu())
+    other = await make_key("globex")
+    resp = await client.get("/v1/ivr/flows/main-menu", headers=auth(other))
+    assert resp.status == 404
+    resp = await client.get("/v1/ivr/flows", headers=auth(other))
+    assert (await resp.json())["data"] == []
+
+
+BAD = {
+    # a branch that names no node
+    "unknown branch": (
+        lambda f: f["nodes"]["menu"]["on"].update({"3": "sales"}),
+        "flow_unknown_node",
+        "menu",
+        "'sales'",
+    ),
+    "unknown start": (
+        lambda f: f.update({"start": "hello"}),
+        "flow_unknown_node",
+        "hello",
+        "start",
+    ),
+    "unknown next": (
+        lambda f: f["nodes"]["greet"].update({"next": "mneu"}),
+        "flow_unknown_node",
+        "greet",
+        "'mneu'",
+    ),
+    # a node nothing leads to
+    "unreachable": (
+        lambda f: f["nodes"].update({"orphan": {"say": "Nobody hears this."}}),
+        "flow_unreachable_node",
+        "orphan",
+        "cannot be reached",
+    ),
+    # greet → count → greet … with no gather on the way
+    "loop without input": (
+        lambda f: f["nodes"].update(
+            {
+                "greet": {"say": "Hello.", "next": "count"},
+                "count": {
+                    "condition": {"test": {"var": "n", "exists": True}},
+                    "true": "menu",
+                    "false": "greet",
+                },
+            }
+        ),
+        "flow_loop_without_input",
+        "count",
+        "takes no input",
+    ),
+    "node of no kind": (
+        lambda f: f["nodes"].update({"greet": {"speak": "Hi", "next": "menu"}}),
+        "flow_node_kind",
+        "nodes.greet",
+        "exactly one of",
+    ),
+    "node of two kinds": (
+        lambda f: f["nodes"].update({"greet": {"say": "Hi", "play": "https://a.example/x.wav"}}),
+        "flow_node_kind",
+        "nodes.greet",
+        "exactly one of",
+    ),
+    "bad field in a node": (
+        lambda f: f["nodes"]["menu"]["gather"].update({"timeout": 0}),
+        "validation_error",
+        "nodes.menu",
+        "timeout",
+    ),
+}
+
+
+async def test_each_bad_flow_gets_422_naming_the_node(ivr):
+    """One app for every case (each is one request): the suite stays quick."""
+    for case, (change, code, node, words) in BAD.items():
+        flow = main_menu()
+        change(flow)
+        problem = await ivr.upload(flow, expect=422)
+        assert problem["code"] == code, (case, problem)
+        assert node in problem["detail"], (case, problem)
+        assert words in problem["detail"], (case, problem)
+        if code.startswith("flow_") and code != "flow_node_kind":
+            assert problem["node"] == node, (case, problem)
+            assert problem["errors"][0]["node"] == node, (case, problem)
+    listed = await ivr.request("GET", "/v1/ivr/flows", 200)
+    assert listed["data"] == []  # nothing stored
+
+
+async def test_a_loop_through_a_gather_is_accepted(ivr):
+    # menu → invalid → menu is a loop, but the caller is asked each time round
+    made = await ivr.upload(main_menu())
+    assert made["version"] == 1
