@@ -181,8 +181,9 @@ class Dialer:
         sent = 0
         for row in rows:
             campaign = await self.db.fetchrow(
-                "SELECT id, tenant_id, name, status, channel, purpose, config FROM campaigns "
-                "WHERE id = $1",
+                "SELECT id, tenant_id, name, status, channel, purpose, config, "
+                "(SELECT t.name FROM tenants t WHERE t.id = campaigns.tenant_id) AS tenant_name "
+                "FROM campaigns WHERE id = $1",
                 row["campaign_id"],
             )
             if campaign["status"] == "canceled":
@@ -207,7 +208,8 @@ class Dialer:
             c = await conn.fetchrow(
                 """
                 SELECT id, tenant_id, name, status, channel, purpose, config, pace_tokens, pace_at,
-                       now() AS now
+                       now() AS now,
+                       (SELECT t.name FROM tenants t WHERE t.id = campaigns.tenant_id) AS tenant_name
                   FROM campaigns WHERE id = $1 AND status = 'running' FOR UPDATE SKIP LOCKED
                 """,
                 campaign_id,
@@ -342,8 +344,9 @@ class Dialer:
             body |= {"template": cfg.template, "variables": variables}
         else:
             body["body"] = render(f"campaign {campaign['name']}", cfg.body or "", variables)
+        # The tenant's own name: its guardrail policy is chosen by it (guardrails/policy.py).
         principal = Principal(
-            campaign["tenant_id"], campaign["name"], f"campaign:{campaign['id']}", ("*",)
+            campaign["tenant_id"], campaign["tenant_name"], f"campaign:{campaign['id']}", ("*",)
         )
         outcome = await self.messages.accept(
             principal,
