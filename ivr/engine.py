@@ -363,7 +363,8 @@ def _webhook_answered(run: _Run, name: str, node: WebhookNode, event: WebhookAns
     if event.ok:
         sets = event.data.get("set") or {}
         asked = event.data.get("next")
-        if not isinstance(sets, dict) or (asked is not None and asked not in run.flow.nodes):
+        allowed = {node.next, node.on_error, *node.branches} - {None}
+        if not isinstance(sets, dict) or (asked is not None and asked not in allowed):
             event = WebhookAnswer(False, error="bad_answer")
         else:
             run.variables.update({str(k): v for k, v in sets.items()})

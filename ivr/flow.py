@@ -177,12 +177,19 @@ class WebhookSpec(_Strict):
 
 class WebhookNode(_Strict):
     """A signed POST of the session (variables, digits) to the tenant. The answer's JSON may
-    `set` variables and name the `next` node; a timeout, a non-2xx or a bad answer → on_error."""
+    `set` variables and name the `next` node (one of next, on_error, branches: the graph is
+    known at upload); a timeout, a non-2xx or a bad answer → on_error."""
 
     webhook: WebhookSpec
     next: NodeName | None = None
     then: Literal["hangup"] | None = None
     on_error: NodeName | None = Field(default=None, description="none: hang up")
+    branches: list[NodeName] = Field(
+        default_factory=list,
+        max_length=50,
+        description="the nodes the answer may name as `next` (besides next and on_error); an "
+        "answer naming another node is an error (→ on_error)",
+    )
 
 
 class SetNode(_Next):
@@ -351,6 +358,8 @@ def edges(node: BaseModel) -> list[tuple[str, str]]:
         out += [(f"on {key!r}", target) for key, target in node.on.items()]
     if isinstance(node, ConditionNode):
         out += [("true", node.true), ("false", node.false)]
+    if isinstance(node, WebhookNode):
+        out += [("branches", target) for target in node.branches]
     for label in ("next", "no_input", "invalid", "on_error", "fallback"):
         target = getattr(node, label, None)
         if target is not None:

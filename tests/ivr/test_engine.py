@@ -170,22 +170,28 @@ def test_webhook_answer_sets_variables_and_names_the_next_node_error_goes_on_err
     doc = {
         "start": "hook",
         "nodes": {
-            "hook": {"webhook": {"url": "https://a.example/h"}, "next": "a", "on_error": "err"},
+            "hook": {
+                "webhook": {"url": "https://a.example/h"},
+                "next": "a",
+                "on_error": "err",
+                "branches": ["b"],
+            },
             "a": {"say": "A {{balance}}"},
             "b": {"say": "B {{balance}}"},
-            "err": {"say": "Sorry."},
+            "err": {"say": "Sorry.", "next": "err2"},
+            "err2": {"say": "Really."},
         },
     }
-    doc["nodes"]["a"]["next"] = "b"  # b reachable
     f = flow(doc)
     steps, s = run(f, [WebhookAnswer(True, {"set": {"balance": 12}, "next": "b"})])
     assert steps[1][0] == Say("B 12") and s.variables["balance"] == 12
     steps, _ = run(f, [WebhookAnswer(True, {})])
-    assert steps[1][:2] == [Say("A "), Say("B ")]
+    assert steps[1][0] == Say("A ")
     steps, _ = run(f, [WebhookAnswer(False, error="timeout")])
     assert steps[1][0] == Say("Sorry.")
-    steps, _ = run(f, [WebhookAnswer(True, {"next": "nowhere"})])  # a bad answer: on_error
-    assert steps[1][0] == Say("Sorry.")
+    for bad in ({"next": "nowhere"}, {"next": "err2"}, {"set": [1]}):  # → on_error
+        steps, _ = run(f, [WebhookAnswer(True, bad)])
+        assert steps[1][0] == Say("Sorry."), bad
 
 
 def test_condition_business_hours_on_the_given_clock():
