@@ -192,8 +192,8 @@ class MessageDispatcher:
         """Back from `dead_lettered` to `queued`: the one move back, an operator's replay."""
         async with self.db.acquire() as conn, conn.transaction():
             moved = await conn.fetchval(
-                "UPDATE messages SET status = 'queued', updated_at = now() "
-                "WHERE id = $1 AND status = 'dead_lettered' RETURNING true",
+                "UPDATE messages SET status = 'queued', error_code = NULL, error_detail = NULL,"
+                " updated_at = now() WHERE id = $1 AND status = 'dead_lettered' RETURNING true",
                 msg["id"],
             )
             if moved:

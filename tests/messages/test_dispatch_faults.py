@@ -240,7 +240,7 @@ async def test_retry_budget_exhausted_goes_to_dead_letters_and_can_be_replayed(
 
     async def dead():
         resp = await client.get("/v1/dead-letters", headers=auth(token))
-        items = (await resp.json())["items"]
+        items = (await resp.json())["data"]
         return items if items else None
 
     items = await eventually(dead, timeout=20)
@@ -258,6 +258,15 @@ async def test_retry_budget_exhausted_goes_to_dead_letters_and_can_be_replayed(
     ).status == 404
     resp = await client.post(f"/v1/dead-letters/{items[0]['id']}/replay", headers=auth(token))
     assert resp.status == 202
+
+    async def requeued():
+        body = await (await client.get(f"/v1/messages/{msg['id']}", headers=auth(token))).json()
+        kinds = [e["type"] for e in body["timeline"]]
+        return body if "message.requeued" in kinds else None
+
+    detail = await eventually(requeued, timeout=20)
+    event = next(e for e in detail["timeline"] if e["type"] == "message.requeued")
+    assert event["data"] == {"job_id": items[0]["id"], "reason": "dead_letter_replayed"}
 
     async def failed_again():
         return await pg_pool.fetchval("SELECT count(*) >= 4 FROM message_attempts")
