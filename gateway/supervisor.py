@@ -102,7 +102,7 @@ class Supervisor:
             back.cancel()
             stop.cancel()
         if not self.stopping.is_set():
-            await self._pause(min(wait, self.backoff_initial) * random.random())
+            await self._pause(min(wait, 0.25) * random.random())
 
     async def stop(self, deadline: float) -> None:
         """Ask tasks to finish, wait up to `deadline` seconds, then cancel the rest."""

@@ -145,3 +145,53 @@ async def test_supervisor_backoff_starts_over_after_a_healthy_run():
     assert gaps[4] >= 0.32 * 0.8
     assert sup.last_wait["events"] <= 0.02 * 1.2
     assert gaps[5] < 0.3
+
+
+async def test_a_task_stopped_by_an_outage_restarts_when_it_ends_without_a_traceback():
+    """Issue 10 items 4 and 8: our outage is no crash: no traceback per restart, and the
+    task is back as soon as the dependency is, not after its (here 3 s) backoff."""
+    from structlog.testing import capture_logs
+
+    from gateway.outage import OutageMonitor
+    from gateway.redis import create_redis
+    from tests.helpers import free_port
+
+    healthy = asyncio.Event()
+    back = asyncio.Event()
+
+    async def probe() -> None:
+        if not healthy.is_set():
+            raise ConnectionRefusedError("still down")
+
+    monitor = OutageMonitor({"redis": probe}, probe_interval=0.02)
+    unreachable = create_redis(f"redis://127.0.0.1:{free_port()}")
+
+    async def listener(stopping: asyncio.Event) -> None:
+        if not healthy.is_set():
+            await unreachable.ping()  # a real redis-py ConnectionError
+        back.set()
+        await stopping.wait()
+
+    sup = Supervisor(backoff_initial=3.0, backoff_max=30.0, outages=monitor)
+    sup.add("listener", listener)
+    try:
+        with capture_logs() as logs:
+            sup.start()
+            deadline = time.monotonic() + 5
+            while not monitor.is_down("redis"):
+                assert time.monotonic() < deadline, "the outage was never confirmed"
+                await asyncio.sleep(0.01)
+            healthy.set()
+            started = time.monotonic()
+            await asyncio.wait_for(back.wait(), 5)
+            assert time.monotonic() - started < 1.5  # not the 3 s (± 20 %) backoff
+    finally:
+        await sup.stop(deadline=1)
+        await monitor.aclose()
+        await unreachable.aclose()
+    assert sup.restarts == {"listener": 1}
+    assert [e for e in logs if e.get("exc_info") or e["event"] == "task crashed; restarting"] == []
+    assert [e["event"] for e in logs if e["log_level"] != "debug"] == [
+        "redis unavailable",
+        "redis available again",
+    ]
