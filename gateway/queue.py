@@ -271,28 +271,39 @@ async def extend_lease(db: asyncpg.Pool, job: Job, worker_id: str, lease: float)
 
 
 async def list_dead(
-    db: asyncpg.Pool, tenant_id: uuid.UUID, *, limit: int = 100, before_id: int | None = None
+    db: asyncpg.Pool | asyncpg.Connection,
+    tenant_id: uuid.UUID | None,
+    *,
+    limit: int = 100,
+    before_id: int | None = None,
+    queue_name: str | None = None,
 ) -> list[asyncpg.Record]:
+    """A tenant's dead jobs by id, newest first; `tenant_id=None` (the operator's CLI): every
+    tenant's, and jobs of no tenant."""
     return await db.fetch(
         """
-        SELECT id, queue, payload, attempts, max_attempts, last_error, trace_id, created_at, dead_at
-        FROM jobs WHERE state = 'dead' AND tenant_id = $1 AND ($3::bigint IS NULL OR id < $3)
+        SELECT id, queue, tenant_id, payload, attempts, max_attempts, last_error, trace_id,
+               created_at, dead_at
+        FROM jobs WHERE state = 'dead' AND ($1::uuid IS NULL OR tenant_id = $1)
+          AND ($3::bigint IS NULL OR id < $3) AND ($4::text IS NULL OR queue = $4)
         ORDER BY id DESC LIMIT $2
         """,
         tenant_id,
         limit,
         before_id,
+        queue_name,
     )
 
 
 async def replay_dead(
-    conn: asyncpg.Connection, tenant_id: uuid.UUID, job_id: int
+    conn: asyncpg.Connection, tenant_id: uuid.UUID | None, job_id: int
 ) -> asyncpg.Record | None:
-    """Put a dead job back in its queue with a fresh retry budget."""
+    """Put a dead job back in its queue with a fresh retry budget (`tenant_id=None`: the
+    operator's CLI, whichever tenant it belongs to)."""
     row = await conn.fetchrow(
         """
         UPDATE jobs SET state = 'ready', attempts = 0, run_at = now(), dead_at = NULL, updated_at = now()
-        WHERE id = $1 AND tenant_id = $2 AND state = 'dead'
+        WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND state = 'dead'
         RETURNING id, queue, payload, trace_id
         """,
         job_id,

@@ -106,7 +106,7 @@ async def seed_dnc(client, token_b: str, pg_pool) -> dict[str, str]:
         json={"number": "+12125550177", "source": "litigator", "note": "b-secret-note"},
         headers=auth(token_b),
     )
-    assert resp.status == 200, await resp.text()
+    assert resp.status == 201, await resp.text()
     return {"number": "+12125550177", "dnc_note_marker": "b-secret-note"}
 
 

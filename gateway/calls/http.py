@@ -4,10 +4,13 @@ import uuid
 
 from aiohttp import web
 
+from gateway.calls import lists
 from gateway.calls.schemas import (
     BridgeCall,
     Call,
     CallDetail,
+    CallList,
+    CallQuery,
     PlaceCall,
     Pools,
     VoiceUsage,
@@ -19,6 +22,7 @@ from gateway.http.auth import principal_of
 from gateway.http.middleware import TRACE_ID
 from gateway.http.routing import RAW_BODY, RouteTable, json_response
 from gateway.pipeline.calls import VOICE
+from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="calls")
 
@@ -59,6 +63,18 @@ async def place_call(request: web.Request, body: PlaceCall) -> web.Response:
     return web.json_response(
         outcome.body, status=outcome.status, content_type=ctype, headers=outcome.headers
     )
+
+
+@routes.get(
+    "/v1/calls",
+    summary="Your calls, newest first; filter by status, to and a created_at range "
+    "(cursor pagination: pass next_cursor back as ?cursor=)",
+    scope="calls:read",
+    query=CallQuery,
+    response=CallList,
+)
+async def list_calls(request: web.Request, query: CallQuery) -> CallList:
+    return await lists.list_calls(request.app[RESOURCES].db, principal_of(request).tenant_id, query)
 
 
 @routes.get(

@@ -6,10 +6,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from gateway.calls.states import CallStatus
 from gateway.core.phone import E164
 from gateway.core.usstates import USState
+from gateway.http.pagination import ListQuery, Page
 from gateway.messages.schemas import TimelineEntry
 
 SIP_URI = r"^sips?:[^\s<>\"]{1,250}$"
@@ -177,6 +179,21 @@ class CallAttempt(BaseModel):
 class CallDetail(Call):
     attempts: list[CallAttempt]
     timeline: list[TimelineEntry]
+
+
+class CallList(Page[Call]):
+    pass
+
+
+class CallQuery(ListQuery):
+    status: CallStatus | None = Field(default=None, description="only calls in this status")
+    to: E164 | None = Field(default=None, description="only calls to this number")
+    created_after: AwareDatetime | None = Field(
+        default=None, description="only calls created after this instant (exclusive)"
+    )
+    created_before: AwareDatetime | None = Field(
+        default=None, description="only calls created before this instant (exclusive)"
+    )
 
 
 class PoolState(BaseModel):

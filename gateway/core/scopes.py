@@ -12,6 +12,7 @@ SCOPES: frozenset[str] = frozenset(
         "webhooks:manage",
         "dnc:manage",
         "dead_letters:manage",
+        "keys:read",  # your tenant's keys (ids, names, scopes; never a secret)
         "usage:read",
         "campaigns:read",
         "campaigns:write",

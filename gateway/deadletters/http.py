@@ -6,6 +6,7 @@ from gateway import queue
 from gateway.core.errors import NotFound
 from gateway.deadletters.schemas import DeadLetter, DeadLetterList, DeadLetterQuery, Replayed
 from gateway.http.auth import principal_of
+from gateway.http.pagination import decode_cursor, page_of
 from gateway.http.routing import RouteTable
 from gateway.resources import RESOURCES
 
@@ -14,19 +15,22 @@ routes = RouteTable(tag="dead letters")
 
 @routes.get(
     "/v1/dead-letters",
-    summary="Jobs that exhausted their retry budget, newest first",
+    summary="Jobs that exhausted their retry budget, newest first (cursor pagination)",
     scope="dead_letters:manage",
     query=DeadLetterQuery,
     response=DeadLetterList,
 )
 async def list_dead_letters(request: web.Request, query: DeadLetterQuery) -> DeadLetterList:
+    (before,) = decode_cursor("dead-letters", query.cursor, (int,))
     rows = await queue.list_dead(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
-        limit=query.limit,
-        before_id=query.before,
+        limit=query.limit + 1,
+        before_id=before,
+        queue_name=query.queue,
     )
-    return DeadLetterList(items=[DeadLetter(**dict(r)) for r in rows])
+    page, cursor = page_of("dead-letters", rows, query.limit, lambda r: (r["id"],))
+    return DeadLetterList(data=[DeadLetter(**dict(r)) for r in page], next_cursor=cursor)
 
 
 @routes.post(

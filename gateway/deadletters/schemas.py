@@ -3,15 +3,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from gateway.http.pagination import ListQuery, Page
 
 
-class DeadLetterQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    limit: int = Field(default=50, ge=1, le=500)
-    before: int | None = Field(
-        default=None, ge=1, le=2**63 - 1, description="page: ids lower than this"
-    )
+class DeadLetterQuery(ListQuery):
+    queue: str | None = Field(default=None, max_length=64, description="only this queue's jobs")
 
 
 class DeadLetter(BaseModel):
@@ -26,8 +24,8 @@ class DeadLetter(BaseModel):
     dead_at: datetime | None
 
 
-class DeadLetterList(BaseModel):
-    items: list[DeadLetter]
+class DeadLetterList(Page[DeadLetter]):
+    pass
 
 
 class Replayed(BaseModel):

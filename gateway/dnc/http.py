@@ -8,7 +8,7 @@ from pydantic_core import PydanticCustomError
 from gateway.core.errors import ValidationFailed
 from gateway.core.phone import normalize_e164
 from gateway.dnc import service
-from gateway.dnc.schemas import DncDeleteQuery, DncEntryIn, DncStatus
+from gateway.dnc.schemas import DncDeleteQuery, DncEntryIn, DncEntryList, DncListQuery, DncStatus
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.routing import RAW_BODY, RouteTable
@@ -27,10 +27,13 @@ def _number(request: web.Request) -> str:
 
 @routes.post(
     "/v1/dnc",
-    summary="Add (or update) a number on your do-not-contact list; returns what now applies to it",
+    summary="Add (201) or update (200) a number on your do-not-contact list; returns what now "
+    "applies to it",
     scope=SCOPE,
     body=DncEntryIn,
     response=DncStatus,
+    status=201,
+    also=(200,),
     errors=(409,),
 )
 async def add_entry(request: web.Request, body: DncEntryIn) -> web.Response:
@@ -47,6 +50,20 @@ async def add_entry(request: web.Request, body: DncEntryIn) -> web.Response:
         request_digest=digest,
     )
     return web.json_response(out, status=status)
+
+
+@routes.get(
+    "/v1/dnc",
+    summary="Your own do-not-contact entries, newest first (cursor pagination; the operator's "
+    "global lists are not included)",
+    scope=SCOPE,
+    query=DncListQuery,
+    response=DncEntryList,
+)
+async def list_entries(request: web.Request, query: DncListQuery) -> DncEntryList:
+    return await service.list_entries(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, query
+    )
 
 
 @routes.get(

@@ -22,13 +22,16 @@ async def upsert(
     note: str | None,
     origin: str,
 ) -> asyncpg.Record:
+    """The entry, and whether this statement created it: a new row's created_at is this
+    transaction's now(), an updated one keeps its own (xmax = 0, the usual test, cannot be
+    read from a partitioned table)."""
     return await conn.fetchrow(
         f"""
         INSERT INTO dnc_entries (number, tenant_id, source, expires_at, note, origin)
         VALUES ($1, $2, $3::dnc_source, $4, $5, $6)
         ON CONFLICT (number, source, tenant_id) DO UPDATE
             SET expires_at = EXCLUDED.expires_at, note = coalesce(EXCLUDED.note, dnc_entries.note)
-        RETURNING {_COLUMNS}
+        RETURNING {_COLUMNS}, created_at = now() AS inserted
         """,
         number,
         tenant_id,
@@ -68,3 +71,31 @@ async def delete(conn: Conn, tenant_id: uuid.UUID, number: str, source: str | No
         source,
     )
     return len(rows)
+
+
+async def list_own(
+    conn: Conn,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[datetime | None, str | None, str | None],
+    source: str | None = None,
+) -> list[asyncpg.Record]:
+    """One page of the tenant's own entries (expired ones too: they are still its list), newest
+    first on (created_at, number, source) — source in its enum order, as the index has it —
+    `limit` rows plus one."""
+    return await conn.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM dnc_entries
+        WHERE tenant_id = $1
+          AND ($3::timestamptz IS NULL
+               OR (created_at, number, source) < ($3, $4::text COLLATE "C", $5::dnc_source))
+          AND ($6::text IS NULL OR source = $6::dnc_source)
+        ORDER BY created_at DESC, number DESC, source DESC
+        LIMIT $2
+        """,
+        tenant_id,
+        limit + 1,
+        *after,
+        source,
+    )

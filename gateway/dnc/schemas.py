@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.core.phone import E164
+from gateway.http.pagination import ListQuery, Page
 
 Source = Literal["internal", "national_registry", "state_registry", "litigator", "consumer_opt_out"]
 
@@ -54,3 +55,11 @@ class DncDeleteQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Source | None = Field(default=None, description="remove only this source's entry")
+
+
+class DncEntryList(Page[DncEntry]):
+    pass
+
+
+class DncListQuery(ListQuery):
+    source: Source | None = Field(default=None, description="only entries from this source")

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from gateway.core.errors import NotFound
 from gateway.dnc import repo
-from gateway.dnc.schemas import Blocked, DncEntry, DncEntryIn, DncStatus
+from gateway.dnc.schemas import (
+    Blocked,
+    DncEntry,
+    DncEntryIn,
+    DncEntryList,
+    DncListQuery,
+    DncStatus,
+)
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
+from gateway.http.pagination import decode_cursor, page_of
 from guardrails.policy import blocks
 
 _PATH = "/v1/dnc"
+_RESOURCE = "dnc"
 
 
 def status_of(number: str, rows: list[asyncpg.Record]) -> DncStatus:
@@ -38,7 +48,7 @@ async def add(
     idempotency_key: str | None = None,
     request_digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
-    """Add or update the tenant's entry; the status after it, as (HTTP status, body)."""
+    """Add (201) or update (200) the tenant's entry; the status after it, as (HTTP status, body)."""
     async with db.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             replay = await idempotency.claim(
@@ -46,9 +56,10 @@ async def add(
             )
             if replay is not None:
                 return replay.status, replay.body
-        await repo.upsert(
+        row = await repo.upsert(
             conn, tenant_id, body.number, body.source, body.expires_at, body.note, "api"
         )
+        code = 201 if row["inserted"] else 200  # a new entry is a create; an update is not
         await emit(
             conn,
             NewEvent(
@@ -67,8 +78,18 @@ async def add(
         status = status_of(body.number, await repo.active_for(conn, tenant_id, body.number))
         out = json.loads(status.model_dump_json())
         if idempotency_key is not None:
-            await idempotency.record(conn, tenant_id, idempotency_key, 200, out)
-        return 200, out
+            await idempotency.record(conn, tenant_id, idempotency_key, code, out)
+        return code, out
+
+
+async def list_entries(db: asyncpg.Pool, tenant_id: uuid.UUID, query: DncListQuery) -> DncEntryList:
+    """The tenant's own entries, newest first (global entries are the operator's list)."""
+    after = decode_cursor(_RESOURCE, query.cursor, (datetime, str, str))
+    rows = await repo.list_own(db, tenant_id, limit=query.limit, after=after, source=query.source)
+    page, cursor = page_of(
+        _RESOURCE, rows, query.limit, lambda r: (r["created_at"], r["number"], r["source"])
+    )
+    return DncEntryList(data=[DncEntry.model_validate(dict(r)) for r in page], next_cursor=cursor)
 
 
 async def lookup(db: asyncpg.Pool, tenant_id: uuid.UUID, number: str) -> DncStatus:

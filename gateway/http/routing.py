@@ -43,6 +43,24 @@ def validation_problem(exc: ValidationError, where: str) -> ValidationFailed:
     return ValidationFailed(f"{first['field']}: {first['message']}", code=code, errors=errors)
 
 
+def is_json(content_type: str) -> bool:
+    """application/json, or a structured-syntax type such as application/merge-patch+json."""
+    kind, _, subtype = content_type.lower().partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+class UnsupportedMediaType(Problem):
+    """A body that is not declared JSON is refused, not guessed at: a form post or a text body
+    parsed as JSON by luck would be accepted one day and not the next."""
+
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+    def __init__(self, given: str) -> None:
+        super().__init__(
+            f"the body must be JSON, sent with Content-Type: application/json (got {given!r})"
+        )
+
+
 def json_response(model: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> web.Response:
     if isinstance(model, BaseModel):
         body = model.model_dump_json(by_alias=True)
@@ -66,6 +84,7 @@ class Endpoint:
     status: int
     errors: tuple[int, ...]
     stream: str | None
+    also: tuple[int, ...] = ()  # further success statuses (an upsert: 201 created, 200 updated)
 
     @property
     def operation_id(self) -> str:
@@ -94,6 +113,8 @@ class Endpoint:
                 raise validation_problem(exc, "query") from None
         if self.body is not None:
             raw = await request.read()
+            if raw and not is_json(request.content_type):
+                raise UnsupportedMediaType(request.content_type)
             if _JSON_NUL.search(raw):
                 raise ValidationFailed(
                     "text must not contain the NUL character (U+0000)", code="nul_character"
@@ -132,6 +153,7 @@ class RouteTable:
         status: int = 200,
         errors: tuple[int, ...] = (),
         stream: str | None = None,
+        also: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -149,6 +171,7 @@ class RouteTable:
                     status,
                     errors,
                     stream,
+                    also,
                 )
             )
             return handler
@@ -228,10 +251,11 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
                     "content": {ep.stream: {"schema": {"type": "string"}}},
                 }
             elif ep.response is not None:
-                op["responses"][str(ep.status)] = {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": ref(ep.response)}},
-                }
+                for status in (ep.status, *ep.also):
+                    op["responses"][str(status)] = {
+                        "description": "Created" if status == 201 else "OK",
+                        "content": {"application/json": {"schema": ref(ep.response)}},
+                    }
             else:
                 op["responses"][str(ep.status)] = {"description": "OK"}
             codes = set(ep.errors)
@@ -239,6 +263,8 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
                 codes |= {401, 403}
             if ep.body is not None or ep.query is not None:
                 codes |= {400, 422}
+            if ep.body is not None:
+                codes |= {415}  # unsupported_media_type: the body is not sent as JSON
             if ep.path.startswith(("/v1/", "/webhooks/")):
                 codes |= {503}  # database_unavailable / redis_unavailable, with Retry-After
             for code in sorted(codes):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from aiohttp import web
 
@@ -8,14 +9,18 @@ from gateway.core.errors import NotFound
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.middleware import TRACE_ID
-from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.http.pagination import ListQuery, decode_cursor, page_of
+from gateway.http.routing import RAW_BODY, RouteTable, json_response
 from gateway.messages import repo, service
 from gateway.messages.schemas import (
     Message,
     MessageDetail,
+    MessageList,
+    MessageQuery,
     SendMessage,
     Template,
     TemplateIn,
+    TemplateList,
     Trace,
     Usage,
     UsageQuery,
@@ -59,6 +64,30 @@ async def send_message(request: web.Request, body: SendMessage) -> web.Response:
 
 
 @routes.get(
+    "/v1/messages",
+    summary="Your messages, newest first; filter by status, to and a created_at range "
+    "(cursor pagination: pass next_cursor back as ?cursor=)",
+    scope="messages:read",
+    query=MessageQuery,
+    response=MessageList,
+)
+async def list_messages(request: web.Request, query: MessageQuery) -> MessageList:
+    after = decode_cursor("messages", query.cursor, (datetime, uuid.UUID))
+    rows = await repo.list_messages(
+        request.app[RESOURCES].db,
+        principal_of(request).tenant_id,
+        limit=query.limit,
+        after=after,
+        status=query.status,
+        to=query.to,
+        created_after=query.created_after,
+        created_before=query.created_before,
+    )
+    page, cursor = page_of("messages", rows, query.limit, lambda r: (r["created_at"], r["id"]))
+    return MessageList(data=[service.message_from_row(r) for r in page], next_cursor=cursor)
+
+
+@routes.get(
     "/v1/messages/{message_id}",
     summary="A message with its attempts and full timeline",
     scope="messages:read",
@@ -90,16 +119,34 @@ async def get_trace(request: web.Request) -> Trace:
 
 @routes.post(
     "/v1/templates",
-    summary="Create or replace a message template ({{ name }} placeholders)",
+    summary="Create (201) or replace (200) a message template ({{ name }} placeholders)",
     scope="messages:write",
     body=TemplateIn,
     response=Template,
+    status=201,
+    also=(200,),
 )
-async def put_template(request: web.Request, body: TemplateIn) -> Template:
+async def put_template(request: web.Request, body: TemplateIn) -> web.Response:
     row = await repo.upsert_template(
         request.app[RESOURCES].db, principal_of(request).tenant_id, body.name, body.body
     )
-    return service.template_from_row(row)
+    return json_response(service.template_from_row(row), 201 if row["inserted"] else 200)
+
+
+@routes.get(
+    "/v1/templates",
+    summary="Your message templates by name (cursor pagination)",
+    scope="messages:read",
+    query=ListQuery,
+    response=TemplateList,
+)
+async def list_templates(request: web.Request, query: ListQuery) -> TemplateList:
+    (after,) = decode_cursor("templates", query.cursor, (str,))
+    rows = await repo.list_templates(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, limit=query.limit, after=after
+    )
+    page, cursor = page_of("templates", rows, query.limit, lambda r: (r["name"],))
+    return TemplateList(data=[service.template_from_row(r) for r in page], next_cursor=cursor)
 
 
 @routes.get(

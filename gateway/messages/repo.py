@@ -249,7 +249,7 @@ async def upsert_template(conn: Conn, tenant_id: uuid.UUID, name: str, body: str
         """
         INSERT INTO message_templates (tenant_id, name, body) VALUES ($1, $2, $3)
         ON CONFLICT (tenant_id, name) DO UPDATE SET body = EXCLUDED.body, updated_at = now()
-        RETURNING name, body, created_at, updated_at
+        RETURNING name, body, created_at, updated_at, (xmax = 0) AS inserted
         """,
         tenant_id,
         name,
@@ -324,4 +324,56 @@ async def lock_provider_ref(
     """Serialize a receipt with the dispatch that records its provider id (see orphan_receipts)."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{provider}:{provider_message_id}"
+    )
+
+
+async def list_messages(
+    conn: Conn,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int,
+    after: tuple[Any, Any],
+    status: str | None = None,
+    to: str | None = None,
+    created_after: Any = None,
+    created_before: Any = None,
+) -> list[asyncpg.Record]:
+    """One page newest first, keyed on (created_at, id) after the cursor `after`; `limit`
+    rows plus one to tell whether another page follows."""
+    return await conn.fetch(
+        f"""
+        SELECT {MESSAGE_COLUMNS} FROM messages m
+        WHERE m.tenant_id = $1
+          AND ($3::timestamptz IS NULL OR (m.created_at, m.id) < ($3, $4::uuid))
+          AND ($5::text IS NULL OR m.status = $5)
+          AND ($6::text IS NULL OR m.to_number = $6)
+          AND ($7::timestamptz IS NULL OR m.created_at > $7)
+          AND ($8::timestamptz IS NULL OR m.created_at < $8)
+        ORDER BY m.created_at DESC, m.id DESC
+        LIMIT $2
+        """,
+        tenant_id,
+        limit + 1,
+        after[0],
+        after[1],
+        status,
+        to,
+        created_after,
+        created_before,
+    )
+
+
+async def list_templates(
+    conn: Conn, tenant_id: uuid.UUID, *, limit: int, after: str | None
+) -> list[asyncpg.Record]:
+    """One page of templates by name (their key), `limit` rows plus one."""
+    return await conn.fetch(
+        """
+        SELECT name, body, created_at, updated_at FROM message_templates
+        WHERE tenant_id = $1 AND ($3::text IS NULL OR name > $3)
+        ORDER BY name LIMIT $2
+        """,
+        tenant_id,
+        limit + 1,
+        after,
     )

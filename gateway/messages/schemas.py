@@ -6,10 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.core.phone import E164
 from gateway.core.usstates import USState
+from gateway.http.pagination import ListQuery, Page
+from gateway.messages.states import Status
 
 
 class SendMessage(BaseModel):
@@ -112,6 +114,25 @@ class Template(BaseModel):
     variables: list[str]
     created_at: datetime
     updated_at: datetime
+
+
+class MessageList(Page[Message]):
+    pass
+
+
+class MessageQuery(ListQuery):
+    status: Status | None = Field(default=None, description="only messages in this status")
+    to: E164 | None = Field(default=None, description="only messages to this number")
+    created_after: AwareDatetime | None = Field(
+        default=None, description="only messages created after this instant (exclusive)"
+    )
+    created_before: AwareDatetime | None = Field(
+        default=None, description="only messages created before this instant (exclusive)"
+    )
+
+
+class TemplateList(Page[Template]):
+    pass
 
 
 class UsageQuery(BaseModel):

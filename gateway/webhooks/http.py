@@ -4,6 +4,7 @@ from aiohttp import web
 
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
+from gateway.http.pagination import ListQuery
 from gateway.http.routing import RAW_BODY, RouteTable
 from gateway.resources import RESOURCES
 from gateway.webhooks import service
@@ -50,9 +51,17 @@ async def create_endpoint(request: web.Request, body: EndpointIn) -> web.Respons
     return web.json_response(out, status=status)
 
 
-@routes.get(_BASE, summary="Your webhook endpoints", scope=SCOPE, response=EndpointList)
-async def list_endpoints(request: web.Request) -> EndpointList:
-    return await service.list_endpoints(request.app[RESOURCES].db, principal_of(request).tenant_id)
+@routes.get(
+    _BASE,
+    summary="Your webhook endpoints, oldest first (cursor pagination)",
+    scope=SCOPE,
+    query=ListQuery,
+    response=EndpointList,
+)
+async def list_endpoints(request: web.Request, query: ListQuery) -> EndpointList:
+    return await service.list_endpoints(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, query
+    )
 
 
 @routes.get(

@@ -39,10 +39,19 @@ async def insert_endpoint(
     )
 
 
-async def list_endpoints(db: Db, tenant_id: uuid.UUID) -> list[asyncpg.Record]:
+async def list_endpoints(
+    db: Db, tenant_id: uuid.UUID, *, limit: int, after: tuple[Any, Any]
+) -> list[asyncpg.Record]:
+    """Oldest first on (created_at, id) after the cursor `after`, `limit` rows plus one."""
     return await db.fetch(
-        f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, id",
+        f"""
+        SELECT {_ENDPOINT} FROM webhook_endpoints
+        WHERE tenant_id = $1 AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+        ORDER BY created_at, id LIMIT $2
+        """,
         tenant_id,
+        limit + 1,
+        *after,
     )
 
 
@@ -144,22 +153,21 @@ async def list_deliveries(
     *,
     limit: int,
     status: str | None,
-    before: uuid.UUID | None,
+    after: tuple[Any, Any],
 ) -> list[asyncpg.Record]:
+    """Newest first on (created_at, id) after the cursor `after`, `limit` rows plus one."""
     return await db.fetch(
         f"""
         SELECT {_DELIVERY} FROM webhook_deliveries d
         WHERE tenant_id = $1 AND endpoint_id = $2 AND ($4::text IS NULL OR status = $4)
-          AND ($5::uuid IS NULL OR (created_at, id) < (
-                SELECT created_at, id FROM webhook_deliveries
-                WHERE tenant_id = $1 AND endpoint_id = $2 AND id = $5))
+          AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::uuid))
         ORDER BY created_at DESC, id DESC LIMIT $3
         """,
         tenant_id,
         endpoint_id,
-        limit,
+        limit + 1,
         status,
-        before,
+        *after,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from gateway.events.model import validate_patterns
+from gateway.http.pagination import ListQuery, Page
 
 
 class EndpointIn(BaseModel):
@@ -42,8 +43,8 @@ class EndpointCreated(Endpoint):
     )
 
 
-class EndpointList(BaseModel):
-    data: list[Endpoint]
+class EndpointList(Page[Endpoint]):
+    pass
 
 
 class Delivery(BaseModel):
@@ -64,19 +65,12 @@ class Delivery(BaseModel):
     delivered_at: datetime | None
 
 
-class DeliveryList(BaseModel):
-    data: list[Delivery]
-    has_more: bool
+class DeliveryList(Page[Delivery]):
+    pass
 
 
-class DeliveryQuery(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    limit: int = Field(default=50, ge=1, le=500)
+class DeliveryQuery(ListQuery):
     status: Literal["pending", "succeeded", "failed"] | None = None
-    before: uuid.UUID | None = Field(
-        default=None, description="the last delivery id of the previous page (newest first)"
-    )
 
 
 def delivery_from_row(row: Any) -> Delivery:

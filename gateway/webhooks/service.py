@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from gateway import queue
 from gateway.core.errors import Conflict, NotFound, Problem
 from gateway.core.ids import new_id
 from gateway.http import idempotency
+from gateway.http.pagination import ListQuery, decode_cursor, page_of
 from gateway.webhooks import repo, signing, ssrf
 from gateway.webhooks.deliver import JOB_ATTEMPTS, QUEUE
 from gateway.webhooks.schemas import (
@@ -73,10 +75,15 @@ async def create_endpoint(
     return 201, out
 
 
-async def list_endpoints(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> EndpointList:
-    return EndpointList(
-        data=[endpoint_from_row(r) for r in await repo.list_endpoints(pool, tenant_id)]
+async def list_endpoints(
+    pool: asyncpg.Pool, tenant_id: uuid.UUID, query: ListQuery
+) -> EndpointList:
+    after = decode_cursor("webhook-endpoints", query.cursor, (datetime, uuid.UUID))
+    rows = await repo.list_endpoints(pool, tenant_id, limit=query.limit, after=after)
+    page, cursor = page_of(
+        "webhook-endpoints", rows, query.limit, lambda r: (r["created_at"], r["id"])
     )
+    return EndpointList(data=[endpoint_from_row(r) for r in page], next_cursor=cursor)
 
 
 async def get_endpoint(pool: asyncpg.Pool, tenant_id: uuid.UUID, raw_id: str) -> Endpoint:
@@ -102,17 +109,17 @@ async def list_deliveries(
     pool: asyncpg.Pool, tenant_id: uuid.UUID, raw_endpoint_id: str, query: DeliveryQuery
 ) -> DeliveryList:
     endpoint = await get_endpoint(pool, tenant_id, raw_endpoint_id)
+    resource = f"deliveries:{endpoint.id}"  # a cursor of one endpoint is no cursor of another
     rows = await repo.list_deliveries(
         pool,
         tenant_id,
         endpoint.id,
-        limit=query.limit + 1,
+        limit=query.limit,
         status=query.status,
-        before=query.before,
+        after=decode_cursor(resource, query.cursor, (datetime, uuid.UUID)),
     )
-    return DeliveryList(
-        data=[delivery_from_row(r) for r in rows[: query.limit]], has_more=len(rows) > query.limit
-    )
+    page, cursor = page_of(resource, rows, query.limit, lambda r: (r["created_at"], r["id"]))
+    return DeliveryList(data=[delivery_from_row(r) for r in page], next_cursor=cursor)
 
 
 async def redeliver(

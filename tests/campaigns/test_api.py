@@ -118,10 +118,10 @@ async def test_add_prospects_counts_rejects_and_suppression(campaigns):
     c = await campaigns.create()
     # On the tenant's DNC list and opted out before the import: stored suppressed.
     await campaigns.request(
-        "POST", "/v1/dnc", 200, {"number": "+14155550131", "source": "internal"}
+        "POST", "/v1/dnc", 201, {"number": "+14155550131", "source": "internal"}
     )
     await campaigns.request(
-        "POST", "/v1/dnc", 200, {"number": "+14155550132", "source": "consumer_opt_out"}
+        "POST", "/v1/dnc", 201, {"number": "+14155550132", "source": "consumer_opt_out"}
     )
     out = await campaigns.add(
         c["id"],

@@ -89,7 +89,7 @@ async def test_dnc_entry_added_while_the_call_waits_stops_it_at_dispatch(campaig
         return n == 2
 
     await eventually(queued, timeout=30)
-    await campaigns.request("POST", "/v1/dnc", 200, {"number": number, "source": "internal"})
+    await campaigns.request("POST", "/v1/dnc", 201, {"number": number, "source": "internal"})
     for holder in blockers:
         await pool.release(holder)
     done = await campaigns.wait(c["id"], lambda x: x["status"] == "completed", timeout=30)

@@ -95,9 +95,11 @@ async def test_text_postgresql_cannot_store_is_a_422_on_every_route(client, make
     assert resp.status == 422 and (await resp.json())["code"] == "nul_character"
     # An escaped backslash before "u0000" is ordinary text.
     ok = await client.post(
-        "/v1/templates", data='{"name": "raw", "body": "C:\\\\u0000"}', headers=headers
+        "/v1/templates",
+        data='{"name": "raw", "body": "C:\\\\u0000"}',
+        headers=headers | {"Content-Type": "application/json"},
     )
-    assert ok.status == 200, await ok.text()  # templates are upserted
+    assert ok.status == 201, await ok.text()  # a new template: created
     assert (
         await pg_pool.fetchval("SELECT body FROM message_templates WHERE name = 'raw'")
         == "C:\\u0000"

@@ -75,7 +75,7 @@ async def test_calling_hours_through_the_api_at_fixed_clock_times(api, pg_pool):
 async def test_every_denial_is_problem_json_with_its_stable_code(api, pg_pool):
     token = api.tokens["acme"]
     r = await api.post("/v1/dnc", json={"number": "+12125550111"}, headers=auth(token))
-    assert r.status == 200
+    assert r.status == 201
     await api.post(
         "/v1/dnc",
         json={"number": "+12125550112", "source": "consumer_opt_out"},
@@ -158,7 +158,7 @@ async def test_dnc_added_after_queueing_stops_the_send_at_dispatch(api, pg_pool)
     r = await api.post(
         "/v1/dnc", json={"number": "+12125550131", "source": "internal"}, headers=auth(token)
     )
-    assert r.status == 200
+    assert r.status == 201
     assert await dispatch_ready(api.app) == 1
     detail = await (await api.get(f"/v1/messages/{msg['id']}", headers=auth(token))).json()
     assert detail["status"] == "rejected" and detail["error_code"] == "dnc_listed"
@@ -202,7 +202,7 @@ async def test_dnc_routes(api, make_key, pg_pool):
         headers=auth(token) | {"Idempotency-Key": "dnc-1"},
     )
     out = await r.json()
-    assert r.status == 200 and out["number"] == number
+    assert r.status == 201 and out["number"] == number  # a new entry: created
     assert out["blocked"] == {"marketing": True, "transactional": True}
     [entry] = out["entries"]
     assert (entry["source"], entry["scope"], entry["note"]) == (
@@ -217,7 +217,7 @@ async def test_dnc_routes(api, make_key, pg_pool):
               "note": "served 2026-11-01"},
         headers=auth(token) | {"Idempotency-Key": "dnc-1"},
     )  # fmt: skip
-    assert again.status == 200 and await again.json() == out
+    assert again.status == 201 and await again.json() == out  # the first answer, replayed
     # A global registry entry is visible to every tenant, and only marketing is blocked by it.
     await pg_pool.execute(
         "INSERT INTO dnc_entries (number, tenant_id, source) VALUES ($1, NULL, 'national_registry')",

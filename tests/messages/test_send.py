@@ -50,7 +50,7 @@ async def test_whatsapp_and_templates(client, token, wait_status):
         json={"name": "otp", "body": "Hi {{ name }}, your code is {{code}}"},
         headers=auth(token),
     )
-    assert resp.status == 200
+    assert resp.status == 201
     assert (await resp.json())["variables"] == ["code", "name"]
     resp = await send(
         client,
@@ -86,7 +86,11 @@ async def test_invalid_input_is_a_clear_problem(client, token):
         assert resp.status == 422, (body, await resp.text())
         assert resp.content_type == "application/problem+json"
         assert (await resp.json())["code"] == code, body
-    resp = await client.post("/v1/messages", data=b"{not json", headers=auth(token))
+    resp = await client.post(
+        "/v1/messages",
+        data=b"{not json",
+        headers=auth(token) | {"Content-Type": "application/json"},
+    )
     assert resp.status == 400 and (await resp.json())["code"] == "invalid_json"
 
 

@@ -28,7 +28,7 @@ async def test_create_list_get_delete(client, make_key):
     assert one["url"] == URL and "secret" not in one
 
     deliveries = await client.get(f"/v1/webhook-endpoints/{eid}/deliveries", headers=auth(token))
-    assert (await deliveries.json()) == {"data": [], "has_more": False}
+    assert (await deliveries.json()) == {"data": [], "next_cursor": None}
 
     assert (await client.delete(f"/v1/webhook-endpoints/{eid}", headers=auth(token))).status == 204
     gone = await client.get(f"/v1/webhook-endpoints/{eid}", headers=auth(token))
