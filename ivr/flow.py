@@ -218,6 +218,13 @@ class BusinessHours(_Strict):
             raise ValueError(f"{v!r} is not an IANA time zone") from None
         return v
 
+    @field_validator("open", "close")
+    @classmethod
+    def _local(cls, v: dtime) -> dtime:
+        if v.tzinfo is not None:
+            raise ValueError("a local time (HH:MM) without an offset: time_zone gives the zone")
+        return v
+
     @model_validator(mode="after")
     def _order(self) -> BusinessHours:
         if self.close <= self.open:
@@ -303,7 +310,12 @@ class HangupNode(_Strict):
 
 def kind_of(node: Any) -> str | None:
     """The node's kind: its one kind key. None (→ a `flow_node_kind` error) for none or two."""
-    keys = node.keys() if isinstance(node, dict) else type(node).model_fields.keys()
+    if isinstance(node, dict):
+        keys = node.keys()
+    elif isinstance(node, BaseModel):
+        keys = type(node).model_fields.keys()
+    else:
+        return None
     found = [k for k in KINDS if k in keys]
     if isinstance(node, dict) and "gather" in found:
         found = ["gather"]  # a gather's own prompt may be spelled say/play inside it only

@@ -103,6 +103,32 @@ BAD = {
         "nodes.greet",
         "exactly one of",
     ),
+    "node that is not an object": (
+        lambda f: f["nodes"].update({"greet": "Hello."}),
+        "flow_node_kind",
+        "nodes.greet",
+        "exactly one of",
+    ),
+    "business hours with an offset": (
+        lambda f: f["nodes"].update(
+            {
+                "greet": {
+                    "condition": {
+                        "business_hours": {
+                            "time_zone": "UTC",
+                            "open": "09:00+02:00",
+                            "close": "17:00",
+                        }
+                    },
+                    "true": "menu",
+                    "false": "goodbye",
+                }
+            }
+        ),
+        "validation_error",
+        "nodes.greet",
+        "without an offset",
+    ),
     "bad field in a node": (
         lambda f: f["nodes"]["menu"]["gather"].update({"timeout": 0}),
         "validation_error",
