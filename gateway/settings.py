@@ -438,9 +438,9 @@ class CallsSettings(_Section):
     setup_timeout: float = Field(
         default=4.0,
         ge=0,
-        description="seconds an Asterisk call may go without ringing or progress from the far "
-        "end (nothing answered the INVITE) before it is given up as unreachable and failed "
-        "over; 0 waits for the whole ring_timeout",
+        description="seconds an Asterisk call's channel may go without ringing or progress "
+        "from the far end (nothing answered the INVITE) before it is given up as unreachable "
+        "and failed over; 0 waits for the whole ring_timeout",
     )
     connect_wait: float = Field(
         default=5.0,

@@ -110,12 +110,6 @@ async def call_by_attempt_key(
     return (call, row["n"]) if call is not None else None
 
 
-async def attempt_outcome(conn: Conn, call_id: uuid.UUID, n: int) -> str | None:
-    return await conn.fetchval(
-        "SELECT outcome FROM call_attempts WHERE call_id = $1 AND n = $2", call_id, n
-    )
-
-
 async def move_status(
     conn: asyncpg.Connection,
     call_id: uuid.UUID,

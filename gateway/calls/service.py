@@ -181,6 +181,12 @@ class CallService:
                     log.warning("a live call lost its pool permit", call_id=str(row["id"]))
                     async with self.db.acquire() as conn, conn.transaction():
                         await emit(conn, event(row, "permit_lost", {"pool": row["pool"]}))
+                    return
+                # Or it ended (and gave its permit back) since it was read as live: the
+                # permit just taken would be held by nobody until its lease ran out.
+                call = await repo.get_call(self.db, row["id"])
+                if call is None or call["status"] in FINAL:
+                    await self.release_permit(row["id"], row["pool"])
 
         await asyncio.gather(*(renew(r) for r in rows), return_exceptions=True)
 
@@ -219,15 +225,9 @@ class CallService:
         if r.leg == "agent":
             await self._agent_report(conn, call, r)
             return
-        superseded = n != call["attempt_n"]
-        if not superseded and r.status is not None and call["status"] not in FINAL:
-            # Given up (setup timeout) and failed over, the next attempt not opened yet.
-            superseded = await repo.attempt_outcome(conn, call["id"], n) == "failed_over"
-        if superseded:
+        if n != call["attempt_n"]:
             if r.status is not None:
                 reason = f"attempt {n} was superseded by {call['attempt_n']}"
-                if n == call["attempt_n"]:
-                    reason = f"attempt {n} failed over"
                 if r.status in ("ringing", "answered") and r.provider.startswith("asterisk:"):
                     # A leg we gave up on that rings or answers after all: nobody wants it.
                     await self._control(
@@ -385,50 +385,6 @@ class CallService:
             fresh = await repo.get_call(conn, call_id)
             assert fresh is not None
             await self._after_verdict(conn, fresh)
-
-    async def setup_timed_out(self, call_id: uuid.UUID, n: int) -> None:
-        """Nothing answered attempt ``n``'s INVITE — no ringing, no progress — within
-        ``calls.setup_timeout`` of the Originate (a far end that is down or silent, which
-        Asterisk would only give up at the ring timeout, 03f): it is unreachable now. Failed
-        over when another provider is left, else failed; its leg is hung up either way."""
-        after: After = []
-        async with self.db.acquire() as conn, conn.transaction():
-            call = await repo.get_call(conn, call_id, lock=True)
-            if (
-                call is None
-                or call["attempt_n"] != n
-                or call["status"] not in ("queued", "dialing")
-            ):
-                return  # it rang, answered, ended or moved on meanwhile
-            if call["ringing_at"] is not None or call["hangup_requested_at"] is not None:
-                return
-            if await repo.attempt_outcome(conn, call_id, n) != "originated":
-                return
-            key = next(a["attempt_key"] for a in await repo.attempts(conn, call_id) if a["n"] == n)
-            waited = self.settings.calls.setup_timeout
-            await emit(
-                conn,
-                event(call, "setup_timeout", {"n": n, "after_seconds": waited}),
-            )
-            report = CallReport(
-                provider=call["provider"],
-                attempt_key=key,
-                status="failed",
-                error_code="no_response",
-                failover=True,
-                source="setup_timeout",
-            )
-            await self._status(conn, call, n, report, after)
-            await self._control(
-                conn,
-                call,
-                "hangup_attempt",
-                attempt_key=key,
-                provider=call["provider"],
-                channel=call["channel"],
-            )
-        for work in after:
-            await work()
 
     async def max_duration_reached(self, call_id: uuid.UUID) -> None:
         """Hang up an answered call at its max_duration, the way POST …/hangup does, with

@@ -101,6 +101,7 @@ class _Leg:
     amd_cause: str | None = None
     amd_reported: bool = False
     reported: set[str] = field(default_factory=set)
+    setup_timer: asyncio.TimerHandle | None = None  # no ringing yet: give up when it fires
 
 
 class _Lanes:
@@ -165,11 +166,13 @@ class CallTracker:
         *,
         lease: LeaderLease | None = None,
         concurrency: int = 64,
+        setup_timeout: float = 0.0,
     ) -> None:
         self.client = client
         self.provider = provider
         self.sink = sink
         self.lease = lease
+        self.setup_timeout = setup_timeout
         self.reconciles = 0
         self._legs: dict[str, _Leg] = {}
         self._ended: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -209,6 +212,8 @@ class CallTracker:
             self._recheck.cancel()
         for task in list(self._rechecks):
             task.cancel()
+        for leg in self._legs.values():
+            _stop_setup_timer(leg)
         await self._lanes.drain()
 
     @property
@@ -301,7 +306,7 @@ class CallTracker:
             memo.rang = memo.rang or state in (RINGING, UP)
         alive = {leg.key.channel_id for leg in live}
         for channel_id in [c for c, m in self._legs.items() if m.created and c not in alive]:
-            del self._legs[channel_id]  # ended while we were not listening: the sink closes it
+            _stop_setup_timer(self._legs.pop(channel_id))  # ended unheard: the sink closes it
         result = await self.sink.reconcile(self.provider, live, sorted(channel_ids))
         self.reconciles += 1
         for orphan in result.orphans:
@@ -364,6 +369,8 @@ class CallTracker:
         self._lanes.submit(leg.key.attempt_key, report)
 
     def _status(self, leg: _Leg, event: Message, status: str) -> None:
+        if status in ("ringing", "answered"):
+            _stop_setup_timer(leg)
         if status in leg.reported:
             return
         if status == "ringing" and "answered" in leg.reported:
@@ -375,9 +382,34 @@ class CallTracker:
         leg = self._leg(event, "Uniqueid")
         if leg is None:
             return
+        first = not leg.created
         leg.created = True
         leg.channel = str(event.get("Channel"))
         self._status(leg, event, "dialing")  # usually batched with ringing/answered (_Lanes)
+        if first and self.setup_timeout > 0 and leg.key.leg == "customer":
+            leg.setup_timer = asyncio.get_running_loop().call_later(
+                self.setup_timeout, self._setup_expired, leg.key.channel_id
+            )
+
+    def _setup_expired(self, channel_id: str) -> None:
+        """No ringing or progress ``setup_timeout`` after the channel was created: nothing
+        answered the INVITE (a far end that is down or silent until a 408, 03f — Asterisk
+        itself would wait out the whole Originate Timeout). The leg ends now as unreachable,
+        which fails over like any failure before an answer, and its channel is hung up (its
+        Hangup, a late event of an ended leg, is ignored)."""
+        leg = self._legs.get(channel_id)
+        if leg is None or leg.rang or leg.answered or not self.active:
+            return
+        leg.setup_timer = None
+        event = {"Event": "SetupTimeout", "Uniqueid": channel_id}
+        self._end(leg, event, causes.Ending("failed", "no_response", True))  # type: ignore[arg-type]
+        task = asyncio.create_task(self._hang_up(channel_id), name=f"setup-timeout:{channel_id}")
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def _hang_up(self, channel_id: str) -> None:
+        with contextlib.suppress(AMIError):  # gone, or no session: reconcile finds orphans
+            await self.client.hangup(channel_id)  # by Uniqueid
 
     def _newstate(self, event: Message) -> None:
         state = causes.as_int(event.get("ChannelState"))
@@ -452,6 +484,7 @@ class CallTracker:
         self._end(leg, event, ending)
 
     def _end(self, leg: _Leg, event: Message, ending: causes.Ending) -> None:
+        _stop_setup_timer(leg)
         if leg.amd_status is not None and not leg.amd_reported:
             self._report_amd(leg, event)
         self._emit(
@@ -507,3 +540,9 @@ def _tech_cause(leg: _Leg, event: Message) -> None:
     code = causes.as_int(event.get("TechCause"))
     if code is not None and leg.sip_code_source != "sip":
         leg.sip_code, leg.sip_code_source = code, "mapped"
+
+
+def _stop_setup_timer(leg: _Leg) -> None:
+    if leg.setup_timer is not None:
+        leg.setup_timer.cancel()
+        leg.setup_timer = None

@@ -201,3 +201,26 @@ class TestRetryAfterRoundsUp:
         full = await voice.place(to="+14155550432", expect=429)
         assert full["retry_after"] == 1.4
         assert full["_headers"]["Retry-After"] == "2"
+
+
+async def test_renewing_a_call_that_just_ended_does_not_take_its_channel_back(
+    voice, ami, monkeypatch
+):
+    """The renewer reads the live calls, then renews each: one that ends in between has
+    given its permit back, and taking it back for it would hold a channel for nobody."""
+    from gateway.calls import repo
+
+    service = voice.runtime.service
+    call_id = (await voice.place(to="+14155550441"))["id"]
+    await voice.wait(call_id, "answered")
+    stale = await repo.live_calls(service.db)  # read while it is live...
+    await voice.post(f"/v1/calls/{call_id}/hangup")
+    await voice.wait(call_id, "completed")  # ...then it ends
+    await voice.wait_in_use("api", 0)
+
+    async def as_read_before(db):
+        return stale
+
+    monkeypatch.setattr(repo, "live_calls", as_read_before)
+    await service.renew_permits()
+    assert await voice.in_use("api") == 0

@@ -111,12 +111,9 @@ class CallController:
         # and a bridged agent leg goes with it anyway (04).
         await self._voice(call).hangup(call_ref(call))
 
-    async def _op_setup_timeout(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
-        await self.service.setup_timed_out(call["id"], int(payload["n"]))
-
     async def _op_hangup_attempt(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
-        """Hang up one attempt's leg (given up, or superseded by a failover), never the
-        call's current one: it is addressed by that attempt's own key."""
+        """Hang up one attempt's leg (superseded by a failover, yet it rang or answered),
+        never the call's current one: it is addressed by that attempt's own key."""
         key = payload["attempt_key"]
         ref = CallRef(payload["provider"], key, key, payload.get("channel"))
         try:

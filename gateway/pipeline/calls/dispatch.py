@@ -40,7 +40,6 @@ from gateway.settings import Settings
 from guardrails.chain import GuardrailChain
 from guardrails.verdicts import Defer, Deny
 from sip import calls as sip_calls
-from sip.asterisk import AsteriskVoice
 from sip.pools import (
     PoolExhausted,
     UnknownPool,
@@ -332,19 +331,6 @@ class CallDispatcher:
                 await emit(conn, event(moved, "dialing", {"source": "dispatch", "n": attempt["n"]}))
             elif call["provider_call_id"] is None:
                 await repo.update_call(conn, call_id, provider_call_id=provider_call_id)
-            setup = self.settings.calls.setup_timeout
-            if 0 < setup < call["ring_timeout"] and self._reports_setup(provider):
-                # Nothing but the far end's ringing or progress shows the INVITE was answered:
-                # without it by then, the attempt is given up (CallService.setup_timed_out).
-                await queue.enqueue(
-                    conn,
-                    CALL_CONTROL_QUEUE,
-                    {"op": "setup_timeout", "call_id": str(call_id), "n": attempt["n"]},
-                    tenant_id=call["tenant_id"],
-                    trace_id=call["trace_id"],
-                    max_attempts=self.settings.calls.max_attempts + 2,
-                    run_after=setup,
-                )
             hangup = call["hangup_requested_at"] is not None or call["status"] == "canceled"
             if hangup:  # hung up while we were dialling: the control job may have found nothing
                 await queue.enqueue(
@@ -355,11 +341,6 @@ class CallDispatcher:
                     trace_id=call["trace_id"],
                     max_attempts=self.settings.calls.max_attempts + 2,
                 )
-
-    def _reports_setup(self, name: str) -> bool:
-        """Providers whose events show the far end answering the INVITE (AMI: Newstate
-        Ringing, DialState RINGING/PROGRESS), so that silence means nobody answered it."""
-        return isinstance(self.registry.voice(name), AsteriskVoice)
 
     async def _finish(self, call: asyncpg.Record, status: str, code: str, detail: str) -> None:
         async with self.db.acquire() as conn, conn.transaction():

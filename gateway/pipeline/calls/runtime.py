@@ -166,6 +166,7 @@ class VoiceRuntime:
                     adapter.name,
                     self.service,
                     concurrency=settings.calls.tracker_concurrency,
+                    setup_timeout=settings.calls.setup_timeout,
                 )
                 lease = LeaderLease(
                     res.redis,
