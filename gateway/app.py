@@ -18,6 +18,7 @@ from gateway import queue
 from gateway.calls.http import routes as call_routes
 from gateway.campaigns.http import routes as campaign_routes
 from gateway.campaigns.tasks import campaign_tasks
+from gateway.dashboard.http import routes as dashboard_routes
 from gateway.deadletters.http import routes as dead_letter_routes
 from gateway.dnc import inbound as dnc_inbound
 from gateway.dnc.http import routes as dnc_routes
@@ -72,6 +73,7 @@ ROUTE_TABLES: list[RouteTable] = [
     dnc_routes,
     limit_routes,
     campaign_routes,
+    dashboard_routes,
     ivr_routes,
 ]
 

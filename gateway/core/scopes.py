@@ -16,11 +16,15 @@ SCOPES: frozenset[str] = frozenset(
         "usage:read",
         "campaigns:read",
         "campaigns:write",
+        "ops:read",  # trunk-wide figures (every tenant's pool occupancy, provider breakers)
         "ivr:read",
         "ivr:write",
     }
 )
 ALL = "*"
+# What a key gets when no scopes are asked for: everything about its own tenant. `ops:read`
+# shows trunk-wide figures (other tenants' traffic in aggregate), so it is granted by name only.
+DEFAULT: frozenset[str] = SCOPES - {"ops:read"}
 
 
 def grants(held: list[str] | tuple[str, ...] | frozenset[str], needed: str | None) -> bool:

@@ -7,12 +7,13 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.core.errors import Problem, ValidationFailed
+from gateway.dashboard import sessions
 from gateway.events import log, stats
 from gateway.events.hub import Hub
 from gateway.events.model import TypeFilter, public_event
 from gateway.events.schemas import MAX_ID, EventPage, EventPageQuery, EventStreamQuery, Stats
 from gateway.events.stream import serve_stream
-from gateway.http.auth import principal_of
+from gateway.http.auth import SESSION_TOKEN, principal_of
 from gateway.http.routing import RouteTable
 from gateway.resources import RESOURCES
 
@@ -115,15 +116,21 @@ async def stream_events(request: web.Request, query: EventStreamQuery) -> web.St
             title="Service unavailable",
             headers={"Retry-After": "5"},
         ) from None
-    return await serve_stream(
-        request,
-        hub=hub,
-        db=res.db,
-        settings=res.settings.events,
-        tenant_id=principal_of(request).tenant_id,
-        last_event_id=last_event_id,
-        types=TypeFilter.parse(query.types),
-    )
+    token = request.get(SESSION_TOKEN)  # opened with the dashboard's cookie: ends with it
+    watch = asyncio.create_task(sessions.watch_stream(res.db, token, request)) if token else None
+    try:
+        return await serve_stream(
+            request,
+            hub=hub,
+            db=res.db,
+            settings=res.settings.events,
+            tenant_id=principal_of(request).tenant_id,
+            last_event_id=last_event_id,
+            types=TypeFilter.parse(query.types),
+        )
+    finally:
+        if watch is not None:
+            watch.cancel()
 
 
 @routes.get(

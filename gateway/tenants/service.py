@@ -79,7 +79,7 @@ async def create_key(
     row = await repo.tenant_by_name(db, tenant)
     if row is None:
         raise NotFound(f"no tenant named {tenant!r}", code="tenant_not_found")
-    granted = scopes_mod.validate(scopes) if scopes else sorted(scopes_mod.SCOPES)
+    granted = scopes_mod.validate(scopes) if scopes else sorted(scopes_mod.DEFAULT)
     key_id = secrets.token_hex(_KEY_ID_LEN // 2)
     secret = secrets.token_urlsafe(32)
     await repo.insert_key(
