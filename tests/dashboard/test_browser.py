@@ -97,6 +97,23 @@ async def test_the_dashboard_is_live_resumes_without_a_gap_and_refuses_strangers
         "[data-pool$='/api'] .in-use:text-is('1')", timeout=WAIT_MS
     )  # the held call's channel in the api pool's gauge
     await page.wait_for_selector("[data-provider=sandbox] .state-closed", timeout=WAIT_MS)
+    # A campaign's progress bar (a draft: nothing dialled yet).
+    created = await client.post(
+        "/v1/campaigns",
+        json={"name": "spring-renewals", "channel": "voice", "purpose": "marketing"},
+        headers=auth(token),
+    )
+    campaign = await created.json()
+    assert created.status == 201, campaign
+    added = await client.post(
+        f"/v1/campaigns/{campaign['id']}/prospects",
+        json={"prospects": [{"number": "+12125552000"}, {"number": "+12125552070"}]},
+        headers=auth(token),
+    )
+    assert added.status == 200, await added.text()
+    await page.wait_for_selector(
+        f"[data-campaign='{campaign['id']}']:has-text('0 / 2 prospects done')", timeout=WAIT_MS
+    )
     first_seen = await page.evaluate("window.trunklineDashboard.seenIds[0]")
     assert first_seen is not None
     assert await page.evaluate("+document.querySelector('#rate-messages').textContent") >= 0

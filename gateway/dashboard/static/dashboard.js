@@ -213,6 +213,14 @@ function onEvent(ev) {
     else b.c += 1;
     state.buckets.set(sec, b);
   }
+  if (family === "campaign") refreshCampaigns().catch(() => {});
+  if ((family === "message" || family === "call") && state.statsSoon === undefined) {
+    // the counters move with the events: read them again shortly (at most twice a second)
+    state.statsSoon = setTimeout(() => {
+      state.statsSoon = undefined;
+      refreshStats().catch(() => {});
+    }, 500);
+  }
   feedRow(ev);
 }
 
@@ -297,7 +305,7 @@ async function showTimeline(path, title) {
 
 async function refreshAll() {
   if (!state.session) return;
-  await Promise.allSettled([refreshStats(), refreshPools(), refreshOps(), refreshDeadLetters()]);
+  await Promise.allSettled([refreshStats(), refreshPools(), refreshOps(), refreshDeadLetters(), refreshCampaigns()]);
 }
 
 const COLORS = {
@@ -386,6 +394,42 @@ async function refreshDeadLetters() {
   const body = await resp.json();
   const items = body.data || body.items || [];
   box.replaceChildren(el("h3", {}, "dead letters ", el("b", { id: "dead-count" }, items.length >= 100 ? "100+" : items.length)));
+}
+
+const OPEN_PROSPECTS = ["pending", "dialing", "retry_scheduled"];
+
+async function refreshCampaigns() {
+  const box = $("campaigns");
+  if (!can("campaigns:read")) {
+    box.replaceChildren(el("p", { class: "muted small" }, "needs the campaigns:read scope"));
+    return;
+  }
+  const resp = await api("/v1/campaigns?limit=8");
+  if (!resp.ok) return;
+  const { data } = await resp.json();
+  if (!data.length) {
+    box.replaceChildren(el("p", { class: "muted small" }, "no campaigns"));
+    return;
+  }
+  box.replaceChildren(
+    ...data.map((c) => {
+      const total = c.prospects.total || 0;
+      const open = OPEN_PROSPECTS.reduce((n, s) => n + (c.prospects[s] || 0), 0);
+      const done = total - open;
+      const row = el("div", { class: "gauge campaign", "data-campaign": c.id });
+      const bar = el("div", { class: "bar" });
+      const fill = el("span", {});
+      fill.style.width = `${total ? (100 * done) / total : 0}%`;
+      bar.append(fill);
+      row.append(
+        el("div", {},
+          el("a", { onclick: () => showTimeline("/v1/campaigns/" + c.id, `campaign ${c.name}`) }, c.name),
+          ` · ${c.status} · `, el("b", { class: "done" }, done), ` / ${total} prospects done`),
+        bar,
+      );
+      return row;
+    }),
+  );
 }
 
 // --- the chart ------------------------------------------------------------------------------
