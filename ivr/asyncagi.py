@@ -1,0 +1,321 @@
+"""The Asterisk transport: inbound calls reach the engine over the AMI connection with AsyncAGI.
+
+The dialplan a user needs (one context, reached by the trunk's inbound calls)::
+
+    [from-carrier]
+    exten => _X.,1,Goto(trunkline-ivr,s,1)
+    [trunkline-ivr]
+    exten => s,1,Answer()
+     same => n,AGI(agi:async)
+     same => n,Hangup()
+
+For each ``AsyncAGIStart`` the transport takes an ``ivr`` pool permit (holder: the channel's
+Uniqueid; a full pool plays the overflow and hangs up, recorded as ``ivr.overflow``), finds the
+flow for the number called, and runs the session: each engine command becomes AGI command
+lines (ivr/agi.py) sent as ``Action: AGI`` with our own ``CommandID``; the ``AsyncAGIExec``
+carrying that CommandID is the result, and the result of the command a node waits on (GET DATA,
+RECORD FILE) is the caller's input. ``AsyncAGIEnd`` (or an AGI action refused because the
+channel is gone) is the caller hanging up: the session ends ``caller_hangup``. The permit is
+released when the call ends, whatever ends it. Every wait is bounded.
+
+Event handlers only hand results to futures and start tasks: the AMI client runs handlers one
+at a time, so a call never holds up another's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.events.outbox import NewEvent, emit
+from gateway.logs import get_logger
+from ivr.agi import (
+    AgiConfig,
+    AgiResult,
+    gather_input,
+    parse_env,
+    parse_result,
+    record_input,
+    render,
+)
+from ivr.engine import (
+    Bridge,
+    CallerHangup,
+    Command,
+    Gather,
+    Hangup,
+    Input,
+    Record,
+    Transfer,
+    TransferVerdict,
+    Webhook,
+)
+from ivr.runner import FlowRunner, Stepped
+
+log = get_logger(__name__)
+
+Route = Callable[[dict[str, str]], Awaitable[Any]]  # AGI env → the ivr_flows row, or None
+
+
+class AmiLike(Protocol):
+    def on_event(self, pattern: str, handler: Callable[[Any], Any]) -> Callable[[], None]: ...
+
+    async def send(
+        self, action: Any, *, timeout: float | None = None, check: bool = True
+    ) -> Any: ...
+
+
+class PermitPool(Protocol):
+    async def try_acquire(self, holder: str) -> Any: ...
+
+    async def release(self, holder: str) -> bool: ...
+
+
+class ChannelGone(Exception):
+    """The channel left AsyncAGI (hung up): no command can run on it any more."""
+
+
+@dataclass
+class _Call:
+    channel: str
+    uniqueid: str
+    results: dict[str, asyncio.Future[AgiResult]] = field(default_factory=dict)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class AsyncAgiTransport:
+    def __init__(
+        self,
+        ami: AmiLike,
+        runner: FlowRunner,
+        route: Route,
+        *,
+        pool: PermitPool | None = None,
+        cfg: AgiConfig | None = None,
+        command_timeout: float = 10.0,
+        overflow_sound: str = "all-circuits-busy-now",
+    ) -> None:
+        self.ami = ami
+        self.runner = runner
+        self.route = route
+        self.pool = pool
+        self.cfg = cfg or AgiConfig()
+        self.command_timeout = command_timeout
+        self.overflow_sound = overflow_sound
+        self.calls: dict[str, _Call] = {}
+        self.overflows = 0
+        self._ids = itertools.count(1)
+        self._prefix = f"ivr-{uuid.uuid4().hex[:8]}"
+        self._unregister: list[Callable[[], None]] = []
+
+    def attach(self) -> None:
+        self._unregister = [
+            self.ami.on_event("AsyncAGIStart", self._on_start),
+            self.ami.on_event("AsyncAGIExec", self._on_exec),
+            self.ami.on_event("AsyncAGIEnd", self._on_end),
+        ]
+
+    async def close(self, timeout: float = 5.0) -> None:
+        for unregister in self._unregister:
+            unregister()
+        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # --- AMI events (quick: futures and tasks only) ---------------------------------------
+
+    def _on_start(self, event: Any) -> None:
+        env = parse_env(str(event.get("Env", "")))
+        channel = str(event.get("Channel") or env.get("agi_channel", ""))
+        call = _Call(channel, str(event.get("Uniqueid") or env.get("agi_uniqueid", "")))
+        self.calls[channel] = call
+        call.task = asyncio.ensure_future(self._run(call, env))
+
+    def _on_exec(self, event: Any) -> None:
+        call = self.calls.get(str(event.get("Channel", "")))
+        if call is None:
+            return
+        future = call.results.pop(str(event.get("CommandId", "")), None)
+        if future is not None and not future.done():
+            future.set_result(parse_result(str(event.get("Result", ""))))
+
+    def _on_end(self, event: Any) -> None:
+        call = self.calls.get(str(event.get("Channel", "")))
+        if call is not None:
+            call.ended.set()
+
+    # --- one call ----------------------------------------------------------------------------
+
+    async def _run(self, call: _Call, env: dict[str, str]) -> None:
+        admitted = False
+        try:
+            if self.pool is not None:
+                try:
+                    await self.pool.try_acquire(call.uniqueid)
+                    admitted = True
+                except Exception as exc:  # PoolExhausted (or Redis down): no IVR for this call
+                    await self._overflow(call, env, exc)
+                    return
+            row = await self.route(env)
+            if row is None:
+                log.warning("ivr.no_flow_for_number", dnid=env.get("agi_dnid"))
+                await self._send_quietly(call, "HANGUP")
+                return
+            stepped = await self.runner.start(
+                row,
+                caller=_e164ish(env.get("agi_callerid", "")),
+                called=env.get("agi_dnid") or None,
+                transport="asterisk",
+            )
+            await self._drive(call, stepped)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ivr.asyncagi_call_failed", channel=call.channel)
+        finally:
+            self.calls.pop(call.channel, None)
+            for future in call.results.values():
+                future.cancel()
+            if admitted and self.pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.pool.release(call.uniqueid))
+
+    async def _drive(self, call: _Call, stepped: Stepped) -> None:
+        while stepped.session.ended is None:
+            extra: list[NewEvent] = []  # a transfer's guardrail verdict, committed with the step
+            try:
+                event = await self._perform(call, stepped, extra)
+            except ChannelGone:
+                event = CallerHangup("caller_hangup")
+            stepped = await self.runner.feed(stepped.session, event, extra=tuple(extra))
+        # the last step's commands (a goodbye, HANGUP) still go out while the channel lives
+        if stepped.session.ended != "caller_hangup":
+            with contextlib.suppress(ChannelGone):
+                await self._perform(call, stepped, [])
+
+    async def _perform(self, call: _Call, stepped: Stepped, extra: list[NewEvent]) -> Input:
+        """Run the step's commands; the answer to the one the session waits on is its input."""
+        session = stepped.session
+        answer: Input | None = None
+        for n, cmd in enumerate(stepped.commands):
+            if isinstance(cmd, Webhook):
+                answer = await self.runner.call_webhook(session, cmd)
+                continue
+            if isinstance(cmd, Transfer):
+                answer = await self._transfer(call, session, cmd, extra)
+                continue
+            lines = render(cmd, self.cfg, session_id=session.id, n=n)
+            if isinstance(cmd, Bridge) and not lines:
+                lines = ["HANGUP"]  # an AI agent is not reachable from Asterisk in this build
+            for line in lines:
+                result = await self._command(call, line, _timeout_for(cmd, self.command_timeout))
+                if line.startswith("GET DATA") and isinstance(cmd, Gather):
+                    answer = gather_input(result)
+                elif line.startswith("RECORD FILE") and isinstance(cmd, Record):
+                    answer = record_input(result, line.split()[2])
+                if isinstance(cmd, Hangup):
+                    call.ended.set()
+        if session.ended is not None:
+            return CallerHangup(session.ended)
+        if answer is None:
+            raise ChannelGone(call.channel)
+        return answer
+
+    async def _transfer(
+        self, call: _Call, session: Any, cmd: Transfer, extra: list[NewEvent]
+    ) -> Input:
+        """Through the guardrail chain first; only a cleared transfer is dialled."""
+        verdict, decision_event, cleared = await self.runner.clear_transfer(session, cmd)
+        extra.append(decision_event)
+        if cleared is None:
+            return verdict
+        (line,) = render(cmd, self.cfg, session_id=session.id)
+        result = await self._command(call, line, cmd.timeout + self.command_timeout)
+        if result.code != 200 or result.result == "-1":
+            return TransferVerdict("failed", f"dial ended {result.code} {result.result}")
+        return TransferVerdict("transferred")
+
+    async def _command(self, call: _Call, line: str, timeout: float) -> AgiResult:
+        if call.ended.is_set():
+            raise ChannelGone(call.channel)
+        command_id = f"{self._prefix}-{next(self._ids)}"
+        future: asyncio.Future[AgiResult] = asyncio.get_running_loop().create_future()
+        call.results[command_id] = future
+        action = {
+            "Action": "AGI",
+            "Channel": call.channel,
+            "Command": line,
+            "CommandID": command_id,
+        }
+        try:
+            response = await self.ami.send(action, check=False)
+            if str(response.get("Response", "")).lower() != "success":
+                raise ChannelGone(str(response.get("Message", call.channel)))
+            ended = asyncio.ensure_future(call.ended.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {future, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                ended.cancel()
+            if future in done:
+                return future.result()
+            if call.ended.is_set():
+                raise ChannelGone(call.channel)
+            raise ChannelGone(f"{line!r}: no AsyncAGIExec within {timeout}s")
+        finally:
+            call.results.pop(command_id, None)
+
+    async def _send_quietly(self, call: _Call, line: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._command(call, line, self.command_timeout)
+
+    async def _overflow(self, call: _Call, env: dict[str, str], exc: BaseException) -> None:
+        """A full `ivr` pool: the caller hears the overflow message, the call is counted
+        (`ivr.overflow` for the flow's tenant, when the number called has one) and hung up."""
+        self.overflows += 1
+        log.warning("ivr.overflow", channel=call.channel, reason=str(exc))
+        with contextlib.suppress(Exception):
+            row = await self.route(env)
+            if row is not None:
+                async with self.runner.db.acquire() as conn, conn.transaction():
+                    await emit(
+                        conn,
+                        NewEvent(
+                            row["tenant_id"],
+                            "ivr.overflow",
+                            call.uniqueid,
+                            None,
+                            {
+                                "flow": row["name"],
+                                "from": env.get("agi_callerid"),
+                                "to": env.get("agi_dnid"),
+                                "reason": str(exc),
+                            },
+                        ),
+                    )
+        await self._send_quietly(call, f'STREAM FILE {self.overflow_sound} ""')
+        await self._send_quietly(call, "HANGUP")
+
+
+def _timeout_for(cmd: Command, base: float) -> float:
+    """How long one AGI command may take before the call is given up: its own time plus a
+    margin (a GET DATA waits up to its timeout per digit)."""
+    if isinstance(cmd, Gather):
+        return base + cmd.timeout * ((cmd.digits or 32) + 1)
+    if isinstance(cmd, Record):
+        return base + cmd.max_length + cmd.timeout
+    return base
+
+
+def _e164ish(callerid: str) -> str:
+    digits = "".join(ch for ch in callerid if ch.isdigit())
+    return f"+{digits}" if digits else callerid or "unknown"

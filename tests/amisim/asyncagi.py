@@ -1,0 +1,191 @@
+"""Inbound calls into ``AGI(agi:async)`` on the test AMI server, as 05a, 05b, 05e and 05g show.
+
+    agi = AsyncAgiSim(ami)                       # adds the AGI action to the server
+    ch = agi.inbound_call("7001", "15550001111", keys=["12"])
+
+The call arrives (Newchannel … Newexten AGI, then AsyncAGIStart with the URL-encoded Env, 05g);
+each ``Action: AGI`` is answered ``Added AGI command to queue`` (or ``Channel X does not
+exist.`` once the channel left AGI, 05a), then AGIExecStart, AGIExecEnd and AsyncAGIExec with
+the client's CommandId and the URL-encoded Result. The caller's script (``keys``) answers the
+GET DATA commands in order: digits (``"12"`` → ``200 result=12``, 05g), ``""`` for silence
+(``200 result= (timeout)``, 05a), an ``asyncio.Event`` to wait for first, or nothing left: the
+caller hangs up during the GET DATA (HangupRequest, ``200 result=-1``, AsyncAGIEnd, Hangup,
+05b). ``HANGUP`` from the client ends the call as in 05g. STREAM FILE of a sound in
+``missing_sounds`` answers ``200 result=-1 endpos=0`` (05e). RECORD FILE is not captured: it
+answers in STREAM FILE's shape (``200 result=0 endpos=<samples>``) from the next script entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from . import scenarios as sc
+from .framing import Action, Headers
+from .server import AMISimServer, Session
+
+
+def _enc(text: str) -> str:
+    """Asterisk's URL encoding of Env and Result: parentheses stay as they are (05a)."""
+    return quote(text, safe="()")
+
+
+@dataclass
+class AgiCall:
+    channel: sc.Channel
+    keys: list[str | asyncio.Event]
+    commands: list[str] = field(default_factory=list)  # every Command received, in order
+    in_agi: bool = True
+
+
+def agi_event(name: str, ch: sc.Channel, *fields: tuple[str, str]) -> Headers:
+    return sc.event(name, "agi,all", *sc.snapshot(ch), *fields)
+
+
+class AsyncAgiSim:
+    def __init__(self, ami: AMISimServer, *, missing_sounds: frozenset[str] = frozenset()) -> None:
+        self.ami = ami
+        self.missing_sounds = missing_sounds
+        self.calls: dict[str, AgiCall] = {}
+        self._seq = 0x1E
+        ami._handlers["agi"] = self._agi
+
+    def inbound_call(
+        self, exten: str, caller: str, *, keys: list[str | asyncio.Event] | None = None
+    ) -> AgiCall:
+        self._seq += 1
+        self.ami._uniqueid_seq += 1
+        ch = sc.Channel(
+            name=f"PJSIP/carrier-{self._seq:08x}",
+            uniqueid=f"{int(self.ami._started)}.{self.ami._uniqueid_seq}",
+            requested="",
+            dial_string="",
+            exten=exten,
+            state=4,
+            caller_num=caller,
+            caller_name="Caller",
+        )
+        self.ami.channels[ch.name] = ch
+        call = AgiCall(ch, list(keys or []))
+        self.calls[ch.name] = call
+        events: list[Headers] = [
+            sc.channel_event("Newchannel", ch),
+            sc.varset(ch, "SIPDOMAIN", "127.0.0.1"),
+            sc.newexten(ch, "Goto", "inbound-asyncagi,s,1"),
+        ]
+        ch.context, ch.exten = "inbound-asyncagi", "s"
+        events.append(sc.newexten(ch, "Answer", ""))
+        ch.state = 6
+        events += [sc.channel_event("Newstate", ch), sc.device_state(ch, "INUSE")]
+        ch.priority = 2
+        events.append(sc.newexten(ch, "AGI", "agi:async"))
+        env = "".join(
+            f"{k}: {v}\n"
+            for k, v in [
+                ("agi_request", "async"),
+                ("agi_channel", ch.name),
+                ("agi_language", "en"),
+                ("agi_type", "PJSIP"),
+                ("agi_uniqueid", ch.uniqueid),
+                ("agi_version", "22.10.1"),
+                ("agi_callerid", caller),
+                ("agi_calleridname", "Caller"),
+                ("agi_callingpres", "0"),
+                ("agi_callingani2", "0"),
+                ("agi_callington", "0"),
+                ("agi_callingtns", "0"),
+                ("agi_dnid", exten),
+                ("agi_rdnis", "unknown"),
+                ("agi_context", "inbound-asyncagi"),
+                ("agi_extension", "s"),
+                ("agi_priority", "2"),
+                ("agi_enhanced", "0.0"),
+                ("agi_accountcode", ""),
+                ("agi_threadid", "139727031183040"),
+            ]
+        )
+        events.append(agi_event("AsyncAGIStart", ch, ("Env", _enc(env + "\n"))))
+        self.ami._emit(events)
+        return call
+
+    def _agi(self, session: Session, action: Action) -> None:
+        name = action.get("Channel") or ""
+        call = self.calls.get(name)
+        if call is None or not call.in_agi:
+            session.reply("Error", action, ("Message", f"Channel {name} does not exist."))
+            return
+        session.reply("Success", action, ("Message", "Added AGI command to queue"))
+        command = action.get("Command") or ""
+        call.commands.append(command)
+        self.ami._spawn(self._exec(call, command, action.get("CommandID") or ""))
+
+    async def _exec(self, call: AgiCall, command: str, command_id: str) -> None:
+        ch = call.channel
+        ours = str(random.randint(10**8, 2**31 - 1))
+        self.ami._emit([agi_event("AGIExecStart", ch, ("CommandId", ours), ("Command", command))])
+        await asyncio.sleep(0)
+        words = command.split()
+        verb = " ".join(words[:2]).upper()
+        code, status = "200", "Success"
+        if verb == "GET DATA" or verb == "RECORD FILE":
+            entry = call.keys.pop(0) if call.keys else None
+            if isinstance(entry, asyncio.Event):
+                await entry.wait()
+                entry = call.keys.pop(0) if call.keys else None
+            if entry is None:  # 05b: the caller hangs up while the command runs
+                self._caller_hangs_up(call, command, ours, command_id)
+                return
+            if verb == "RECORD FILE":
+                result = f"200 result=0 endpos={len(entry) * 8000}\n"
+            else:
+                result = f"200 result={entry}\n" if entry else "200 result= (timeout)\n"
+        elif verb == "STREAM FILE":
+            if words[2] in self.missing_sounds:  # 05e
+                code, status, result = "-1", "Failure", "200 result=-1 endpos=0\n"
+            else:
+                result = "200 result=0 endpos=3520\n"
+        elif verb.startswith("EXEC"):
+            result = "200 result=0\n"
+        elif verb == "HANGUP":  # 05g
+            self.ami._emit([sc.channel_event("SoftHangupRequest", ch, ("Cause", "32"))])
+            result = "200 result=1\n"
+        else:
+            code, status = "510", "Invalid or unknown command"
+            result = "510 Invalid or unknown command\n"
+        end = [("CommandId", ours), ("Command", command), ("ResultCode", code), ("Result", status)]
+        events = [
+            agi_event("AGIExecEnd", ch, *end),
+            agi_event("AsyncAGIExec", ch, ("Result", _enc(result)), ("CommandId", command_id)),
+        ]
+        if verb == "HANGUP":
+            call.in_agi = False
+            events += [
+                agi_event("AsyncAGIEnd", ch),
+                sc.channel_event("SoftHangupRequest", ch, ("Cause", "16")),
+                sc.cdr(ch),
+                sc.hangup(ch, 0),
+            ]
+        self.ami._emit(events)
+
+    def _caller_hangs_up(self, call: AgiCall, command: str, ours: str, command_id: str) -> None:
+        ch = call.channel
+        call.in_agi = False
+        end = [("CommandId", ours), ("Command", command), ("ResultCode", "200")]
+        self.ami._emit(
+            [
+                sc.channel_event("HangupRequest", ch),
+                agi_event("AGIExecEnd", ch, *end, ("Result", "Success")),
+                agi_event(
+                    "AsyncAGIExec",
+                    ch,
+                    ("Result", _enc("200 result=-1\n")),
+                    ("CommandId", command_id),
+                ),
+                agi_event("AsyncAGIEnd", ch),
+                sc.channel_event("SoftHangupRequest", ch, ("Cause", "16")),
+                sc.cdr(ch),
+                sc.hangup(ch, 0),
+            ]
+        )
