@@ -14,13 +14,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import SecretStr
 
-from gateway import db
+from gateway import db, devstate, opscli
 from gateway.app import Role, create_app
 from gateway.core.errors import Problem
 from gateway.devservices import DevServiceError, PrivatePostgres, PrivateRedis
 from gateway.http.server import AppRunner
 from gateway.logs import configure_logging, get_logger
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import ConfigError, Settings, _mask_password, load_settings
 
 log = get_logger("trunkline")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -60,7 +60,7 @@ async def serve(
 
 
 async def _with_pool(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    pool = await db.create_pool(settings.database_url(), min_size=1, max_size=2)
+    pool = await opscli.open_pool(settings)  # an unreachable server: an error naming the fix
     try:
         return await work(pool)
     finally:
@@ -73,7 +73,14 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = asyncio.run(db.migrate(settings.database_url()))
+    url = opscli.database_url(settings)
+    try:
+        applied = asyncio.run(db.migrate(url))
+    except OSError as exc:
+        raise opscli.Unreachable(
+            f"cannot reach PostgreSQL at {_mask_password(url)} ({exc}): "
+            + opscli._fix(settings, "database", "TRUNKLINE_DATABASE__URL")
+        ) from None
     if applied:
         for m in applied:
             print(f"applied {m.version:04d}_{m.name}")
@@ -216,7 +223,7 @@ def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Zero-setup: private PostgreSQL/Redis when no URL is given, a dev tenant and key, then serve."""
-    from gateway.tenants.service import create_key, create_tenant
+    from gateway.tenants.service import authenticate_token, create_key, create_tenant
 
     data_dir = settings.dev.data_dir.resolve()
     started: list[PrivatePostgres | PrivateRedis] = []
@@ -234,28 +241,50 @@ def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
             started.append(rd)
             settings.redis = settings.redis.model_copy(update={"url": SecretStr(url)})
 
+        base = f"http://{settings.http.host}:{settings.http.port}"
+        local = base.replace("://0.0.0.0:", "://127.0.0.1:")
+        if started:  # for the CLI beside us; URLs given in the environment are there already
+            devstate.write_services(
+                data_dir,
+                database_url=settings.database_url(),
+                redis_url=settings.redis_url(),
+                http_url=local,
+            )
+
         async def main() -> None:
             await db.migrate(settings.database_url())
 
-            async def provision(pool: Any) -> Any:
+            async def provision(pool: Any) -> tuple[str, bool]:
                 try:
                     await create_tenant(pool, settings.dev.tenant)
                 except Problem as exc:
                     if exc.code != "tenant_exists":
                         raise
-                return await create_key(pool, settings.dev.tenant, None, "dev")
+                kept = devstate.read_dev_key(data_dir)
+                if kept is not None and await authenticate_token(pool, kept) is not None:
+                    return kept, False
+                issued = await create_key(pool, settings.dev.tenant, None, "dev")
+                devstate.write_dev_key(data_dir, issued.token)
+                return issued.token, True
 
-            issued = await _with_pool(settings, provision)
-            base = f"http://{settings.http.host}:{settings.http.port}"
+            token, minted = await _with_pool(settings, provision)
             print()
-            _print_key(issued)
-            print(f'  try: curl -H "Authorization: Bearer {issued.token}" {base}/v1/whoami')
+            key_file = data_dir / devstate.DEV_KEY
+            if minted:
+                print(f"Dev API key for tenant {settings.dev.tenant} (kept in {key_file}):")
+            else:
+                print(f"Dev API key for tenant {settings.dev.tenant} (the one in {key_file}):")
+            print(f"  {token}")
+            print(f'  try: curl -H "Authorization: Bearer {token}" {base}/v1/whoami')
             print(f"       curl {base}/readyz      docs: {base}/docs")
+            print("       trunkline status    (the CLI finds this database and Redis by itself)")
             print(flush=True)
             await serve(settings, args.role, dev=True)
 
         asyncio.run(main())
     finally:
+        if started:
+            devstate.forget_services(data_dir)
         for server in reversed(started):
             server.stop()
     return EXIT_OK
@@ -326,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("key_id", help="the key id (or the whole key)")
     p.set_defaults(func=_cmd_keys_revoke)
+    p = ksub.add_parser(
+        "list",
+        help="List API keys (never a secret).",
+        description="List API keys, newest first: id, tenant, name, state, scopes.",
+    )
+    p.add_argument("--tenant", help="only this tenant's keys")
+    p.set_defaults(func=opscli.cmd_keys_list)
+    opscli.add_commands(sub, tsub)
 
     dnc = sub.add_parser(
         "dnc", help="Manage do-not-contact lists.", description="Manage do-not-contact lists."
@@ -389,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log.level, settings.log.format)
+    if args.command != "dev":  # `dev` starts its own servers; every other command may use them
+        opscli.use_dev_services(settings)
     try:
         return args.func(args, settings)
     except ConfigError as exc:
@@ -396,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Problem as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except opscli.Unreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except (DevServiceError, db.MigrationError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
