@@ -16,7 +16,14 @@ failed ``OriginateResponse`` decides alone is a leg Asterisk never created a cha
 
 Per leg the tracker remembers what it saw (rang, answered, cause) while the leg lives; after a
 reconnect, ``CoreShowChannels`` rebuilds that memory and the sink reconciles the call records
-(``CallSink.reconcile``): calls Asterisk no longer has are closed, live ones adopted.
+(``CallSink.reconcile``): calls Asterisk no longer has are closed, live ones adopted. Events
+that arrive while it reconciles wait until it is done (what the database says it saw was seen
+before the list was taken), and calls too young to judge are looked at again until settled.
+When a session ends, every leg it knew is marked alive until Asterisk was last heard from
+(``CallSink.mark_alive``): an end missed in the gap is dated there, not when it is noticed.
+
+A leg that neither rings nor shows progress within ``setup_timeout`` of its channel's creation
+is given up (nothing answered the INVITE; Asterisk would wait out the whole Originate Timeout).
 
 Reports of one call are applied in order, calls in parallel (``_Lanes``): the AMI event loop
 never waits on the database for more than it takes to queue the work.
