@@ -12,7 +12,11 @@ before COMMIT; this process holds the N clients. Reported:
 - the replay rate: events/s one client receives when it resumes from an id far back
   (the log is prefilled with `--prefill` events first).
 
-    python -m bench.sse [--clients 1000] [--rate 100] [--duration 10] [--tenants 1]
+With `--dashboard`, the dashboard (/dashboard) is open in Debian's headless chromium for the
+first tenant throughout (its stream, its panels' polling, its feed), and the report says how
+many events it received and whether they were the tenant's log with no gap.
+
+    python -m bench.sse [--clients 1000] [--rate 100] [--duration 10] [--tenants 1] [--dashboard]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from bench.harness import Result, report
 from bench.services import bench_services, daemon_env, free_port, spawn, wait_http
 from gateway import db
+from gateway.core import scopes
 from gateway.tenants.service import create_key, create_tenant
 
 _T = re.compile(rb'"t":([0-9.]+)')
@@ -177,6 +182,70 @@ async def wait_sequenced(database_url: str, timeout: float = 120) -> int:
         await conn.close()
 
 
+# --- the dashboard, open in a real browser while the clients are served -----------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@dataclass
+class Dashboard:
+    playwright: object
+    browser: object
+    page: object
+
+    async def seen(self) -> list[int]:
+        return await self.page.evaluate("window.trunklineDashboard.seenIds")  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await self.browser.close()  # type: ignore[attr-defined]
+        await self.playwright.stop()  # type: ignore[attr-defined]
+
+
+async def open_dashboard(database_url: str, port: int) -> Dashboard:
+    if not os.access(CHROMIUM, os.X_OK):
+        raise SystemExit(f"--dashboard needs {CHROMIUM}: apt-get install -y chromium")
+    from playwright.async_api import async_playwright
+
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:  # a key with every panel's scope, for the first tenant
+        token = (await create_key(pool, "bench0", sorted(scopes.SCOPES))).token
+    finally:
+        await pool.close()
+    pw = await async_playwright().start()
+    browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+    await page.goto(f"http://127.0.0.1:{port}/dashboard")
+    await page.fill("#key", token)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#conn[data-state=live]", timeout=30_000)
+    return Dashboard(pw, browser, page)
+
+
+async def gapless(database_url: str, tenant_id: str, seen: list[int]) -> bool:
+    """The ids the page received are exactly the tenant's log between its first and last."""
+    if not seen:
+        return False
+    conn = await db.connect(database_url)
+    try:
+        log = await conn.fetch(
+            "SELECT seq FROM events WHERE tenant_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+            uuid.UUID(tenant_id),
+            seen[0],
+            seen[-1],
+        )
+    finally:
+        await conn.close()
+    return [r["seq"] for r in log] == seen
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -279,6 +348,9 @@ def main() -> None:
     parser.add_argument(
         "--flush-interval", type=float, default=None, help="events.sse_flush_interval (s)"
     )
+    parser.add_argument(
+        "--dashboard", action="store_true", help="keep /dashboard open in headless chromium"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(
@@ -299,10 +371,21 @@ def main() -> None:
             asyncio.run(wait_sequenced(services.database_url))
 
             async def run() -> list[Result]:
-                replay = await measure_replay(port, tokens[0], args.prefill)
-                live = await measure_live(
-                    args, port, api.pid, worker.pid, tokens, services.database_url, ids
-                )
+                dash = await open_dashboard(services.database_url, port) if args.dashboard else None
+                try:
+                    replay = await measure_replay(port, tokens[0], args.prefill)
+                    live = await measure_live(
+                        args, port, api.pid, worker.pid, tokens, services.database_url, ids
+                    )
+                    if dash is not None:
+                        seen = await dash.seen()
+                        live.extra["dashboard_events_seen"] = len(seen)
+                        live.extra["dashboard_gapless"] = await gapless(
+                            services.database_url, ids[0], seen
+                        )
+                finally:
+                    if dash is not None:
+                        await dash.close()
                 return [replay, live]
 
             replay, live = asyncio.run(run())
@@ -314,7 +397,8 @@ def main() -> None:
     expected = live.extra["expected_per_s"]
     report(
         f"SSE: {args.clients} clients, {args.rate:g} events/s, {args.tenants} tenant(s), "
-        f"{args.duration:g}s on {os.cpu_count()} cores",
+        f"{args.duration:g}s on {os.cpu_count()} cores"
+        + (", the dashboard open in chromium" if args.dashboard else ""),
         [replay, live],
         delivered_per_s=round(live.rate, 1),
         delivered_ratio=round(live.rate / expected, 3) if expected else None,
