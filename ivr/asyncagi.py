@@ -60,6 +60,7 @@ from ivr.runner import FlowRunner, Stepped
 log = get_logger(__name__)
 
 Route = Callable[[dict[str, str]], Awaitable[Any]]  # AGI env → the ivr_flows row, or None
+Claim = Callable[[str], Awaitable[bool]]  # Uniqueid → True for the one worker that runs it
 
 
 class AmiLike(Protocol):
@@ -97,6 +98,7 @@ class AsyncAgiTransport:
         route: Route,
         *,
         pool: PermitPool | None = None,
+        claim: Claim | None = None,
         cfg: AgiConfig | None = None,
         command_timeout: float = 10.0,
         overflow_sound: str = "all-circuits-busy-now",
@@ -105,6 +107,7 @@ class AsyncAgiTransport:
         self.runner = runner
         self.route = route
         self.pool = pool
+        self.claim = claim
         self.cfg = cfg or AgiConfig()
         self.command_timeout = command_timeout
         self.overflow_sound = overflow_sound
@@ -157,6 +160,9 @@ class AsyncAgiTransport:
     async def _run(self, call: _Call, env: dict[str, str]) -> None:
         admitted = False
         try:
+            # Every worker's AMI connection sees the AsyncAGIStart: one of them runs the call.
+            if self.claim is not None and not await self.claim(call.uniqueid):
+                return
             if self.pool is not None:
                 try:
                     await self.pool.try_acquire(call.uniqueid)

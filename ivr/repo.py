@@ -115,3 +115,29 @@ async def summary(db: Any, tenant_id: uuid.UUID, session_id: uuid.UUID) -> async
     return await db.fetchrow(
         "SELECT * FROM ivr_sessions WHERE tenant_id = $1 AND id = $2", tenant_id, session_id
     )
+
+
+async def bind_number(
+    db: Any, tenant_id: uuid.UUID, number: str, flow_name: str | None
+) -> asyncpg.Record | None:
+    """Set (or clear, with None) the flow of one of the tenant's DIDs; None if not theirs."""
+    return await db.fetchrow(
+        "UPDATE dids SET ivr_flow = $3 WHERE number = $2 AND tenant_id = $1"
+        " RETURNING number, ivr_flow",
+        tenant_id,
+        number,
+        flow_name,
+    )
+
+
+async def flow_for_number(db: Any, number: str) -> asyncpg.Record | None:
+    """The latest version of the flow bound to a DID (an inbound call's route), or None."""
+    return await db.fetchrow(
+        """
+        SELECT f.* FROM dids d
+          JOIN ivr_flows f ON f.tenant_id = d.tenant_id AND f.name = d.ivr_flow
+         WHERE d.number = $1
+         ORDER BY f.version DESC LIMIT 1
+        """,
+        number,
+    )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.core.errors import ValidationFailed
+from gateway.core.phone import normalize_e164
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.routing import RAW_BODY, RouteTable
 from gateway.ivr import service
 from gateway.ivr.schemas import (
+    DidIvr,
+    DidIvrIn,
     FlowCreated,
     FlowList,
     FlowOut,
@@ -102,4 +106,23 @@ async def get_session(request: web.Request) -> SessionOut:
         request.app[RUNNER],
         principal_of(request).tenant_id,
         service.parse_session_id(request.match_info["session_id"]),
+    )
+
+
+@routes.route(
+    "PUT",
+    "/v1/dids/{number}",
+    summary="Route inbound calls to one of your numbers into an IVR flow (null: none)",
+    scope="ivr:write",
+    body=DidIvrIn,
+    response=DidIvr,
+    errors=(404,),
+)
+async def bind_number(request: web.Request, body: DidIvrIn) -> DidIvr:
+    try:
+        number = normalize_e164(request.match_info["number"])
+    except ValueError as exc:  # PydanticCustomError is a ValueError
+        raise ValidationFailed(f"number: {exc}", code="invalid_phone_number") from None
+    return await service.bind_number(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, number, body
     )

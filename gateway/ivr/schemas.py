@@ -86,3 +86,17 @@ class SessionOut(BaseModel):
 
 class SimulateOut(SessionOut):
     inputs_left: int = Field(description="scripted inputs the flow never asked for")
+
+
+class DidIvrIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ivr_flow: str | None = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="the flow inbound calls to this number run (its latest version); null: none",
+    )
+
+
+class DidIvr(BaseModel):
+    number: str
+    ivr_flow: str | None

@@ -7,6 +7,7 @@ upload of a name is a new immutable version; a session keeps the version it star
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,8 @@ from gateway.core.errors import NotFound, ValidationFailed
 from gateway.core.ids import new_id
 from gateway.http import idempotency
 from gateway.ivr.schemas import (
+    DidIvr,
+    DidIvrIn,
     FlowCreated,
     FlowList,
     FlowOut,
@@ -31,6 +34,8 @@ from ivr.engine import Session
 from ivr.flow import Flow, check_graph
 from ivr.runner import FlowRunner
 from ivr.sandbox import simulate as run_simulation
+
+FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def validate_flow(flow: Flow) -> None:
@@ -87,6 +92,8 @@ async def list_flows(db: asyncpg.Pool, tenant_id: uuid.UUID) -> FlowList:
 async def flow_row(
     db: asyncpg.Pool, tenant_id: uuid.UUID, name: str, version: int | None
 ) -> asyncpg.Record:
+    if not FLOW_NAME.fullmatch(name):  # a name no upload can have (also: NUL, bad UTF-8)
+        raise NotFound(f"no IVR flow {name!r}", code="ivr_flow_not_found")
     if version is None:
         row = await repo.latest_flow(db, tenant_id, name)
     else:
@@ -167,3 +174,16 @@ async def get_session(
         recordings=row["recordings"],
         transcript=row["transcript"],
     )
+
+
+async def bind_number(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, number: str, body: DidIvrIn
+) -> DidIvr:
+    """Route inbound calls to one of your DIDs into a flow (by name: new versions apply to the
+    next call). The flow must exist; the DID must be yours (the operator provisions DIDs)."""
+    if body.ivr_flow is not None:
+        await flow_row(db, tenant_id, body.ivr_flow, None)
+    row = await repo.bind_number(db, tenant_id, number, body.ivr_flow)
+    if row is None:
+        raise NotFound(f"{number} is not one of your numbers", code="did_not_found")
+    return DidIvr(number=row["number"], ivr_flow=row["ivr_flow"])

@@ -1,25 +1,77 @@
-"""The process's IVR runner (one per app), opened after the guardrail chain it evaluates with."""
+"""The process's IVR runner (one per app), opened after the guardrail chain it evaluates with,
+and — in worker processes that track an Asterisk — the AsyncAGI transport on its AMI connection,
+routing each inbound call by the number called (`dids.ivr_flow`) and admitting it through the
+`ivr` pool."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
+from gateway.core.phone import normalize_e164
+from gateway.pipeline.calls import VOICE
 from gateway.pipeline.wiring import CHAIN
 from gateway.resources import RESOURCES
+from ivr import repo
+from ivr.asyncagi import AsyncAgiTransport
 from ivr.runner import FlowRunner
 from ivr.sessions import DEFAULT_TTL, SessionStore
 from ivr.webhook import WebhookCaller
+from sip.asterisk import AsteriskVoice
 
 RUNNER = web.AppKey("ivr_runner", FlowRunner)
+TRANSPORTS = web.AppKey("ivr_transports", list)
+CLAIM_TTL = 6 * 3600  # longer than any call
+
+
+def number_route(db: Any):  # type: ignore[no-untyped-def]
+    """AGI env → the flow of the DID called (agi_dnid as E.164), or None."""
+
+    async def route(env: dict[str, str]) -> Any:
+        try:
+            number = normalize_e164(env.get("agi_dnid", ""))
+        except ValueError:
+            return None
+        return await repo.flow_for_number(db, number)
+
+    return route
+
+
+def redis_claim(redis: aioredis.Redis):  # type: ignore[no-untyped-def]
+    async def claim(uniqueid: str) -> bool:
+        return bool(await redis.set(f"ivr:agi:{uniqueid}", b"1", nx=True, ex=CLAIM_TTL))
+
+    return claim
 
 
 async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
     res = app[RESOURCES]
     webhooks = WebhookCaller(allow_private=res.settings.webhooks.allow_private_targets)
-    app[RUNNER] = FlowRunner(res.db, SessionStore(res.redis, DEFAULT_TTL), app[CHAIN], webhooks)
+    runner = FlowRunner(res.db, SessionStore(res.redis, DEFAULT_TTL), app[CHAIN], webhooks)
+    app[RUNNER] = runner
+    transports: list[AsyncAgiTransport] = []
+    voice = app.get(VOICE)
+    if voice is not None:
+        pool = voice.pools.get("ivr") if "ivr" in voice.pools.names else None
+        for adapter in voice.registry.voice_providers():
+            # only where this process tracks the Asterisk (workers): an API process opens no AMI
+            if isinstance(adapter, AsteriskVoice) and adapter.name in voice.trackers:
+                transport = AsyncAgiTransport(
+                    adapter.client,
+                    runner,
+                    number_route(res.db),
+                    pool=pool,
+                    claim=redis_claim(res.redis),
+                )
+                transport.attach()
+                transports.append(transport)
+    app[TRANSPORTS] = transports
     try:
         yield
     finally:
+        for transport in transports:
+            await transport.close()
         await webhooks.aclose()

@@ -44,3 +44,7 @@ CREATE TABLE ivr_sessions (
     transcript   jsonb NOT NULL DEFAULT '[]'
 );
 CREATE INDEX ivr_sessions_tenant_started ON ivr_sessions (tenant_id, started_at DESC, id DESC);
+
+-- The flow an inbound call to a DID runs (PUT /v1/dids/{number} {"ivr_flow": name}): by name,
+-- so a new upload takes effect for the next call; a call keeps the version it started with.
+ALTER TABLE dids ADD COLUMN ivr_flow text;

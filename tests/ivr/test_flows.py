@@ -28,8 +28,9 @@ async def test_upload_versions_list_and_get(ivr):
     assert latest["version"] == 2 and latest["document"]["nodes"]["goodbye"]["say"] == "Bye now."
     old = await ivr.request("GET", "/v1/ivr/flows/main-menu?version=1", 200)
     assert old["document"]["nodes"]["goodbye"]["say"] == "Goodbye."
-    missing = await ivr.request("GET", "/v1/ivr/flows/nope", 404)
-    assert missing["code"] == "ivr_flow_not_found"
+    for name in ("nope", "%00", "j%F1%BA%B2%8B", "main-menu%0A"):  # never a 500
+        missing = await ivr.request("GET", f"/v1/ivr/flows/{name}", 404)
+        assert missing["code"] == "ivr_flow_not_found"
 
 
 async def test_versions_are_immutable_in_the_database(ivr, client):
