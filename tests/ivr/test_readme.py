@@ -64,3 +64,20 @@ async def test_ivr_section_answers_as_printed(ivr):
     listed = await ivr.request("GET", "/v1/ivr/flows", 200)
     assert listed["data"][0]["name"] == "main-menu"
     assert (await ivr.request("GET", "/v1/ivr/flows/main-menu?version=1", 200))["version"] == 1
+
+
+async def test_did_binding_answers_as_printed(ivr, client):
+    from gateway.resources import RESOURCES
+
+    sh = re.findall(r"```sh\n(.*?)```", section(), re.S)[1]
+    m = re.search(r"curl -X PUT localhost:8080(\S+) .*?-d '(\{.*?\})'\n# (\d{3}) (.*)", sh, re.S)
+    assert m, sh
+    (upload,) = posts(re.findall(r"```sh\n(.*?)```", section(), re.S)[0])[:1]
+    await ivr.request("POST", upload[0], 201, upload[1])
+    await client.app[RESOURCES].db.execute(
+        "INSERT INTO dids (number, tenant_id, provider, capabilities)"
+        " SELECT '+14155550100', tenant_id, 'asterisk:main', '{voice}' FROM ivr_flows LIMIT 1"
+    )
+    got = await ivr.request("PUT", m.group(1), int(m.group(3)), json.loads(m.group(2)))
+    assert got == json.loads(m.group(4))
+    assert "AGI(agi:async)" in section()
