@@ -10,9 +10,10 @@ from aiohttp import web
 
 from gateway.core.errors import NotFound, Unauthorized
 from gateway.dashboard import sessions
-from gateway.dashboard.schemas import Breaker, DashboardSession, TrunkPool, TrunkView
+from gateway.dashboard.schemas import Breaker, DashboardSession, Queue, TrunkPool, TrunkView
 from gateway.http.auth import SESSION_TOKEN, principal_of
 from gateway.http.routing import RouteTable, json_response
+from gateway.ops import overview
 from gateway.pipeline.calls import VOICE
 from gateway.pipeline.wiring import PROVIDERS
 from gateway.providers.health import ProviderHealth
@@ -142,8 +143,8 @@ async def end_session(request: web.Request) -> web.Response:
 
 @routes.get(
     "/v1/ops/trunk",
-    summary="Trunk-wide figures for operators: every pool's occupancy by all tenants, and "
-    "each provider's circuit breaker",
+    summary="Trunk-wide figures for operators: every pool's occupancy by all tenants, each "
+    "provider's circuit breaker, and the work queues' depth and dead letters",
     scope="ops:read",
     response=TrunkView,
 )
@@ -157,6 +158,7 @@ async def trunk_view(request: web.Request) -> TrunkView:
     )
     health = ProviderHealth(res.redis, res.db, res.settings.providers.breaker)
     snaps = await asyncio.gather(*(health.breaker(n).snapshot() for n in names))
+    queues = await overview.queues(res.db)
     return TrunkView(
         pools=[
             TrunkPool(
@@ -178,5 +180,16 @@ async def trunk_view(request: web.Request) -> TrunkView:
                 retry_after_s=s.retry_after_s,
             )
             for s in snaps
+        ],
+        queues=[
+            Queue(
+                queue=q.queue,
+                ready=q.ready,
+                due=q.due,
+                running=q.running,
+                dead=q.dead,
+                oldest_due_s=q.oldest_due_s,
+            )
+            for q in queues
         ],
     )

@@ -32,6 +32,18 @@ class Breaker(BaseModel):
     retry_after_s: float
 
 
+class Queue(BaseModel):
+    queue: str
+    ready: int = Field(
+        description="jobs waiting: due now or scheduled later (a backoff, a deferral)"
+    )
+    due: int = Field(description="ready and due now: what workers should be taking")
+    running: int
+    dead: int = Field(description="dead letters of every tenant")
+    oldest_due_s: float = Field(description="how long the oldest due job has waited")
+
+
 class TrunkView(BaseModel):
     pools: list[TrunkPool]
     breakers: list[Breaker]
+    queues: list[Queue] = Field(description="the durable work queues, every tenant's jobs")

@@ -97,6 +97,7 @@ async def test_the_dashboard_is_live_resumes_without_a_gap_and_refuses_strangers
         "[data-pool$='/api'] .in-use:text-is('1')", timeout=WAIT_MS
     )  # the held call's channel in the api pool's gauge
     await page.wait_for_selector("[data-provider=sandbox] .state-closed", timeout=WAIT_MS)
+    await page.wait_for_selector("#queues", timeout=WAIT_MS)  # ops:read: the work queues
     # A campaign's progress bar (a draft: nothing dialled yet).
     created = await client.post(
         "/v1/campaigns",
@@ -154,6 +155,9 @@ async def test_the_dashboard_is_live_resumes_without_a_gap_and_refuses_strangers
     await page.wait_for_selector("#detail-body h3:text-is('timeline')", timeout=WAIT_MS)
     await page.wait_for_selector("#detail-body td:text-is('message.accepted')", timeout=WAIT_MS)
 
+    # The counters catch up with the log, and include what was written while it was cut.
+    await page.wait_for_selector(f"#stats-as-of:text-is('{expected[-1]}')", timeout=WAIT_MS)
+    assert int(await page.text_content("#mix-messages")) >= 6 * 3  # accepted…delivered, x6
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert errors == []

@@ -127,6 +127,15 @@ async def test_trunk_wide_view_needs_ops_read_which_no_default_key_has(client, m
     assert {p["name"] for p in body["pools"]} >= {"api", "campaign", "ivr"}
     assert {b["provider"] for b in body["breakers"]} >= {"sandbox"}
     assert all(b["state"] == "closed" for b in body["breakers"])
+    assert isinstance(body["queues"], list)
+    sent = await client.post(
+        "/v1/messages",
+        json={"channel": "sms", "to": "+14155550106", "body": "x", "purpose": "transactional"},
+        headers=auth(ops),
+    )
+    assert sent.status == 202
+    body = await (await client.get("/v1/ops/trunk", headers=auth(ops))).json()
+    assert "dispatch" in {q["queue"] for q in body["queues"]}, body  # every tenant's jobs
 
 
 async def test_the_page_and_its_assets_are_served_from_the_package(client):

@@ -214,6 +214,7 @@ function onEvent(ev) {
     state.buckets.set(sec, b);
   }
   if (family === "campaign") refreshCampaigns().catch(() => {});
+  if (family === "ivr") ivrEvent(ev);
   if ((family === "message" || family === "call") && state.statsSoon === undefined) {
     // the counters move with the events: read them again shortly (at most twice a second)
     state.statsSoon = setTimeout(() => {
@@ -240,7 +241,12 @@ function refilter() {
   for (const tr of $("feed").tBodies[0].rows) tr.hidden = !matches(tr.dataset.type, pats);
 }
 
-const RESOURCE = { message: "/v1/messages/", call: "/v1/calls/", campaign: "/v1/campaigns/" };
+const RESOURCE = {
+  message: "/v1/messages/",
+  call: "/v1/calls/",
+  campaign: "/v1/campaigns/",
+  ivr: "/v1/ivr/sessions/",
+};
 
 function feedRow(ev) {
   if (state.paused) return;
@@ -367,6 +373,7 @@ async function refreshPools() {
 async function refreshOps() {
   if (!can("ops:read")) {
     $("breakers").replaceChildren(el("p", { class: "muted small" }, "provider breakers: needs the ops:read scope"));
+    $("queue-depth").replaceChildren(el("p", { class: "muted small" }, "queue depth: needs the ops:read scope"));
     return;
   }
   const resp = await api("/v1/ops/trunk");
@@ -374,6 +381,14 @@ async function refreshOps() {
   const t = await resp.json();
   $("pools").replaceChildren(...t.pools.map((p) => gauge(`${p.trunk}/${p.name}`, p.in_use, p.size, p.waiting)));
   $("pools-note").textContent = "trunk-wide: every tenant's calls (ops:read)";
+  const queues = el("table", { id: "queues" },
+    el("tr", {}, el("th", {}, "queue"), el("th", {}, "ready (due)"), el("th", {}, "running"), el("th", {}, "dead"), el("th", {}, "oldest due")));
+  for (const q of t.queues) {
+    queues.append(el("tr", { "data-queue": q.queue }, el("td", {}, q.queue), el("td", {}, `${q.ready} (${q.due})`),
+      el("td", {}, q.running), el("td", {}, q.dead), el("td", {}, `${q.oldest_due_s.toFixed(1)} s`)));
+  }
+  if (!t.queues.length) queues.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "no jobs in flight")));
+  $("queue-depth").replaceChildren(el("h3", {}, "work queues (trunk-wide)"), queues);
   $("breakers").replaceChildren(
     el("h3", {}, "circuit breakers"),
     ...t.breakers.map((b) =>
@@ -429,6 +444,24 @@ async function refreshCampaigns() {
       );
       return row;
     }),
+  );
+}
+
+// IVR sessions: there is no list of live sessions in the API, so this panel follows
+// ivr.started / ivr.ended on the stream (sessions that started since the page opened).
+const ivrLive = new Map();
+
+function ivrEvent(ev) {
+  if (ev.type === "ivr.started") ivrLive.set(ev.subject, ev);
+  else if (ev.type === "ivr.ended" || ev.type === "ivr.transfer") ivrLive.delete(ev.subject);
+  else return;
+  const box = $("ivr");
+  box.replaceChildren(
+    el("div", {}, "in a flow now ", el("b", { id: "ivr-live" }, ivrLive.size)),
+    ...[...ivrLive.values()].slice(-8).map((e) =>
+      el("div", { class: "small" },
+        el("a", { onclick: () => showTimeline(RESOURCE.ivr + encodeURIComponent(e.subject), `IVR session ${e.subject}`) }, e.subject),
+        ` ${e.data.from || ""} → ${e.data.to || ""}`)),
   );
 }
 
