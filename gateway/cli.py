@@ -223,6 +223,7 @@ def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Zero-setup: private PostgreSQL/Redis when no URL is given, a dev tenant and key, then serve."""
+    from gateway.core.scopes import SCOPES
     from gateway.tenants.service import authenticate_token, create_key, create_tenant
 
     data_dir = settings.dev.data_dir.resolve()
@@ -263,7 +264,9 @@ def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
                 kept = devstate.read_dev_key(data_dir)
                 if kept is not None and await authenticate_token(pool, kept) is not None:
                     return kept, False
-                issued = await create_key(pool, settings.dev.tenant, None, "dev")
+                # The dev box's one tenant is its operator too: ops:read for the dashboard's
+                # trunk-wide panels (keys made without --scopes do not get it).
+                issued = await create_key(pool, settings.dev.tenant, sorted(SCOPES), "dev")
                 devstate.write_dev_key(data_dir, issued.token)
                 return issued.token, True
 
@@ -277,6 +280,7 @@ def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {token}")
             print(f'  try: curl -H "Authorization: Bearer {token}" {base}/v1/whoami')
             print(f"       curl {base}/readyz      docs: {base}/docs")
+            print(f"       dashboard: {local}/dashboard (paste the key once)")
             print("       trunkline status    (the CLI finds this database and Redis by itself)")
             print(flush=True)
             await serve(settings, args.role, dev=True)
