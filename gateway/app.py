@@ -38,6 +38,7 @@ from gateway.messages.inbound import register_inbound_hook
 from gateway.messages.service import apply_report
 from gateway.ops.http import OPENAPI
 from gateway.ops.http import routes as ops_routes
+from gateway.ops.metrics import count_verdicts
 from gateway.pipeline.accept import DISPATCH_QUEUE, MessagePipeline
 from gateway.pipeline.calls import VOICE, VoiceRuntime, call_tasks
 from gateway.pipeline.dispatch import MessageDispatcher
@@ -195,6 +196,7 @@ def create_app(
         )
         await registry.start()
         chain = build_chain(res)
+        count_verdicts(chain, app[METRICS])  # trunkline_guardrail_verdicts_total
         app[PROVIDERS] = registry
         app[CHAIN] = chain
         pipeline = MessagePipeline(res.db, chain, registry, settings, metrics=app[METRICS])

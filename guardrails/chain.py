@@ -100,6 +100,9 @@ class GuardrailChain:
     checks: Sequence[Check] = field(default_factory=list)
     clock: Callable[[], datetime] = _utcnow
     policy: GuardrailPolicy | None = None  # what the checks were built from (GET /v1/limits)
+    # Told of every decision with its stage (the daemon counts verdicts by rule for /metrics);
+    # an observer must be quick and must not raise: it runs on the path of every action.
+    observers: list[Callable[[Decision, str], None]] = field(default_factory=list)
 
     async def evaluate(
         self,
@@ -134,24 +137,35 @@ class GuardrailChain:
                 if isinstance(verdict, _STOPS):
                     if isinstance(verdict, Deny):
                         await self._release(action, ctx)
-                    return Decision(
-                        verdict,
-                        check.name,
-                        _verdict_event(action, ctx, verdict, checked),
-                        at=ctx.now,
+                    return self._observed(
+                        Decision(
+                            verdict,
+                            check.name,
+                            _verdict_event(action, ctx, verdict, checked),
+                            at=ctx.now,
+                        ),
+                        stage,
                     )
                 inputs[check.name] = verdict.inputs
         except BaseException:
             await asyncio.shield(self._release(action, ctx))
             raise
         allow = Allow(inputs=inputs)
-        return Decision(
-            allow,
-            None,
-            _verdict_event(action, ctx, allow, checked),
-            cleared=_mint(action, stage),
-            at=ctx.now,
+        return self._observed(
+            Decision(
+                allow,
+                None,
+                _verdict_event(action, ctx, allow, checked),
+                cleared=_mint(action, stage),
+                at=ctx.now,
+            ),
+            stage,
         )
+
+    def _observed(self, decision: Decision, stage: str) -> Decision:
+        for observe in self.observers:
+            observe(decision, stage)
+        return decision
 
     async def _prepare(self, action: OutboundAction, ctx: CheckContext) -> None:
         # A check whose `start` sent its request already only collects the reply in `prepare`:

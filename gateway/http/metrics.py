@@ -87,6 +87,16 @@ class Gauge:
         return out
 
 
+def render_family(
+    name: str, help: str, kind: str, samples: dict[Labels, float] | list[tuple[Labels, float]]
+) -> list[str]:
+    """One metric family in the text format, for figures computed at scrape time."""
+    items = sorted(samples.items()) if isinstance(samples, dict) else samples
+    out = [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+    out += [f"{name}{_fmt_labels(k)} {v}" for k, v in items]
+    return out
+
+
 class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, Counter | Histogram | Gauge] = {}

@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.core.errors import Problem
 from gateway.http.middleware import METRICS
 from gateway.http.routing import RouteTable, json_response
+from gateway.ops import metrics as ops_metrics
 from gateway.ops.schemas import Health, Readiness
 from gateway.ops.service import readiness
 from gateway.resources import RESOURCES
@@ -43,7 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics", summary="Prometheus metrics", public=True, stream="text/plain")
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[METRICS].render()
+    text = request.app[METRICS].render() + await ops_metrics.collect(request.app)
     return web.Response(
         text=text,
         content_type="text/plain",
