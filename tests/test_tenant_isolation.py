@@ -20,6 +20,8 @@ BODIES: dict[tuple[str, str], dict] = {
     ("POST", "/v1/dnc"): {"number": "+12125550188", "source": "internal"},
     ("POST", "/v1/calls"): {"to": "+14155550100", "purpose": "transactional"},
     ("POST", "/v1/calls/{call_id}/bridge"): {"call_id": "00000000-0000-4000-8000-000000000000"},
+    ("POST", "/v1/campaigns"): {"name": "a-campaign"},
+    ("POST", "/v1/campaigns/{campaign_id}/prospects"): {"prospects": [{"number": "+14155550123"}]},
 }
 # Query parameters a route requires.
 QUERIES: dict[tuple[str, str], dict] = {
@@ -122,8 +124,29 @@ async def seed_calls(client, token_b: str, pg_pool) -> dict[str, str]:
     return {"call_id": (await resp.json())["id"], "call_marker": "b-secret-call"}
 
 
+async def seed_campaigns(client, token_b: str, pg_pool) -> dict[str, str]:
+    """A draft campaign of B's with one prospect: A can neither read it, list its prospects,
+    add to it nor start, pause, resume or cancel it."""
+    resp = await client.post(
+        "/v1/campaigns", json={"name": "b-secret-campaign"}, headers=auth(token_b)
+    )
+    assert resp.status == 201, await resp.text()
+    campaign_id = (await resp.json())["id"]
+    resp = await client.post(
+        f"/v1/campaigns/{campaign_id}/prospects",
+        json={"prospects": [{"number": "+14155550166", "variables": {"x": "b-secret-var"}}]},
+        headers=auth(token_b),
+    )
+    assert resp.status == 200, await resp.text()
+    return {
+        "campaign_id": campaign_id,
+        "campaign_marker": "b-secret-campaign",
+        "prospect_marker": "b-secret-var",
+    }
+
+
 # Each feature adds a seeder: (client, tenant-B token, pg_pool) -> {path parameter: B's id}.
-SEEDERS = [seed_messages, seed_webhooks, seed_dnc, seed_calls]
+SEEDERS = [seed_messages, seed_webhooks, seed_dnc, seed_calls, seed_campaigns]
 
 
 async def seed_tenant_b(client, token_b: str, pg_pool) -> dict[str, str]:
