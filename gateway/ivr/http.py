@@ -9,7 +9,7 @@ from gateway.core.phone import normalize_e164
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.routing import RAW_BODY, RouteTable
-from gateway.ivr import service
+from gateway.ivr import service, twilio
 from gateway.ivr.schemas import (
     DidIvr,
     DidIvrIn,
@@ -21,7 +21,9 @@ from gateway.ivr.schemas import (
     SimulateIn,
     SimulateOut,
 )
+from gateway.ivr.twilio import TwilioIvr
 from gateway.ivr.wiring import RUNNER
+from gateway.providers.twilio.http import _verified
 from gateway.resources import RESOURCES
 from ivr.flow import Flow
 
@@ -126,3 +128,51 @@ async def bind_number(request: web.Request, body: DidIvrIn) -> DidIvr:
     return await service.bind_number(
         request.app[RESOURCES].db, principal_of(request).tenant_id, number, body
     )
+
+
+def _twilio(request: web.Request) -> TwilioIvr:
+    res = request.app[RESOURCES]
+    return TwilioIvr(request.app[RUNNER], res.redis, res.settings.http.public_base_url or "")
+
+
+def _xml(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/xml")
+
+
+@routes.post(
+    twilio.INBOUND_PATH,
+    summary="Twilio inbound voice webhook (signed): starts the flow bound to the number called "
+    "and answers its first TwiML",
+    public=True,
+    stream="text/xml",
+    errors=(403,),
+)
+async def twilio_ivr_inbound(request: web.Request) -> web.Response:
+    form = await _verified(request)
+    return _xml(await _twilio(request).inbound({k: form[k] for k in form}))
+
+
+@routes.post(
+    twilio.STEP_PATH,
+    summary="Twilio <Gather>/<Record> action (signed): the caller's input, answered with the "
+    "next TwiML",
+    public=True,
+    stream="text/xml",
+    errors=(403,),
+)
+async def twilio_ivr_step(request: web.Request) -> web.Response:
+    form = await _verified(request)
+    return _xml(await _twilio(request).step(request.query, {k: form[k] for k in form}))
+
+
+@routes.post(
+    twilio.STATUS_PATH,
+    summary="Twilio call status callback for IVR calls (signed): a finished call ends its session",
+    public=True,
+    stream="text/xml",
+    errors=(403,),
+)
+async def twilio_ivr_status(request: web.Request) -> web.Response:
+    form = await _verified(request)
+    await _twilio(request).status({k: form[k] for k in form})
+    return _xml(twilio.EMPTY)
