@@ -196,7 +196,7 @@ class Dialer:
                 prospect_id=row["id"],
                 n=row["attempts"],
             )
-            await self._send(campaign, row)
+            await self._place_attempt(campaign, row)
             sent += 1
         return sent
 
@@ -247,12 +247,12 @@ class Dialer:
                 ),
             )
         for p in claimed:  # sent concurrently; the next step need not wait for them
-            task = asyncio.create_task(self._send(c, p), name=f"campaign-send:{p['id']}")
+            task = asyncio.create_task(self._place_attempt(c, p), name=f"campaign-send:{p['id']}")
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         return len(claimed)
 
-    async def _send(self, campaign: Any, prospect: Any) -> None:
+    async def _place_attempt(self, campaign: Any, prospect: Any) -> None:
         """One attempt as an ordinary call or message; never raises (an attempt that could
         not be sent stays `dialing` without its attempt row, and the orphan pass re-sends it
         under the same key)."""

@@ -161,12 +161,12 @@ async def test_a_claim_whose_process_died_is_sent_once_under_its_key(campaigns, 
     async def dies_after_claim(campaign, prospect) -> None:
         sent.append((campaign, prospect))  # committed claim; the process dies here
 
-    dialer._send, real_send = dies_after_claim, dialer._send  # type: ignore[method-assign]
+    dialer._place_attempt, real_place = dies_after_claim, dialer._place_attempt  # type: ignore[method-assign]
     try:
         await campaigns.act(c["id"], "start")
         await eventually(lambda: _claimed(sent, 2), timeout=10)
     finally:
-        dialer._send = real_send  # type: ignore[method-assign]
+        dialer._place_attempt = real_place  # type: ignore[method-assign]
     rows = await campaigns.db.fetch(
         "SELECT status, attempts FROM campaign_prospects WHERE campaign_id = $1::uuid", c["id"]
     )
@@ -175,8 +175,8 @@ async def test_a_claim_whose_process_died_is_sent_once_under_its_key(campaigns, 
 
     # (2) first prospect: sent twice by "two workers" → one call.
     campaign, first = sent[0]
-    await dialer._send(campaign, first)
-    await dialer._send(campaign, first)
+    await dialer._place_attempt(campaign, first)
+    await dialer._place_attempt(campaign, first)
     # (1) second prospect: an orphan once orphan_after has passed → re-sent once.
     dialer.orphan_after = 0.0
     assert await dialer.redial_orphans() == 1
