@@ -147,6 +147,13 @@ async def test_the_dashboard_is_live_resumes_without_a_gap_and_refuses_strangers
     assert seen == expected, (seen, expected)
     assert len(seen) == len(set(seen))
     assert await page.evaluate("window.trunklineDashboard.reconnects") >= 1
+    # ...and what was written while it was cut came by replay: the stream that delivered it
+    # was opened with a Last-Event-ID from before those events.
+    first_missed = await pg_pool.fetchval(
+        "SELECT min(seq) FROM events WHERE subject = ANY($1::text[])", [m["id"] for m in missed]
+    )
+    resumed = await page.evaluate("window.trunklineDashboard.resumedFrom")
+    assert resumed and resumed[-1] < first_missed, (resumed, first_missed)
     shown = int(await page.text_content("#last-id"))
     assert shown == expected[-1]
 

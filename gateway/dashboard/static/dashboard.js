@@ -15,6 +15,7 @@ const state = {
   lastId: null, // the id of the last frame received: the resume point
   seenIds: [], // every event id received, in order (the browser test compares it with the log)
   reconnects: 0,
+  resumedFrom: [], // the Last-Event-ID sent on each reconnect
   session: null,
   stream: null, // AbortController of the open stream
   retryMs: 1000,
@@ -139,7 +140,10 @@ async function connect() {
   const ctrl = new AbortController();
   state.stream = ctrl;
   const headers = { Accept: "text/event-stream" };
-  if (state.lastId !== null) headers["Last-Event-ID"] = String(state.lastId);
+  if (state.lastId !== null) {
+    headers["Last-Event-ID"] = String(state.lastId);
+    state.resumedFrom.push(state.lastId);
+  }
   setConn("wait", state.lastId === null ? "connecting" : "resuming");
   try {
     const resp = await fetch("/v1/events", { headers, credentials: "same-origin", signal: ctrl.signal, cache: "no-store" });
