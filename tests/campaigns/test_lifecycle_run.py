@@ -133,3 +133,33 @@ async def test_sms_campaign_renders_each_prospects_text(campaigns):
         n: f"Hi {f}, your renewal is due. Reply STOP to opt out." for n, f in people.items()
     }
     assert {(r["status"], r["outcome"]) for r in rows} == {("delivered", "delivered")}
+
+
+async def test_the_window_is_read_in_each_prospects_own_zone(campaigns, client):
+    """Window 09:00-14:00: at the pinned noon in Los Angeles (15:00 in New York) the 415
+    number is dialled and the 212 one waits; with the clock at 08:00 in Los Angeles (11:00 in
+    New York) it is the other way round."""
+    from datetime import timedelta
+
+    from gateway.pipeline.wiring import CHAIN
+    from tests.campaigns.conftest import NOON, PinnedClock
+
+    la, ny = "+14155552000", "+12125552000"  # both answer (sandbox list profile)
+    c = await campaigns.create(window={"days": "mon-fri", "start": "09:00", "end": "14:00"})
+    await campaigns.add(c["id"], [{"number": la}, {"number": ny}])
+    await campaigns.act(c["id"], "start")
+
+    async def statuses() -> dict[str, str]:
+        page = await campaigns.request("GET", f"/v1/campaigns/{c['id']}/prospects", 200)
+        return {p["number"]: p["status"] for p in page["data"]}
+
+    await eventually(lambda: _is(statuses, la, "done"), timeout=30)
+    await asyncio.sleep(1.0)  # several dialer steps: New York stays outside its window
+    assert (await statuses())[ny] == "pending"
+    client.app[CHAIN].clock = PinnedClock(NOON - timedelta(hours=4))
+    await campaigns.wait(c["id"], lambda x: x["status"] == "completed", timeout=30)
+    assert await statuses() == {la: "done", ny: "done"}
+
+
+async def _is(statuses, number: str, status: str) -> bool:
+    return (await statuses()).get(number) == status
