@@ -99,8 +99,8 @@ async def _events(app: web.Application) -> Lines:
         ),
         *render_family(
             "trunkline_event_fanout_lag_events",
-            "Events a subscriber has still to process: webhook fan-out, stats and this "
-            "process's SSE hub",
+            "Events a subscriber has still to process: the durable ones (webhook fan-out) "
+            "and this process's SSE hub",
             "gauge",
             lag,
         ),

@@ -56,7 +56,7 @@ class EventLog:
     head: int  # the last public seq
     unsequenced: int  # committed events not given a seq yet (the sequencer's backlog)
     pruned_through: int  # retention: resume points at or below this get `event: reset`
-    cursors: dict[str, int]  # durable subscribers (webhook fan-out, stats) and their seq
+    cursors: dict[str, int]  # durable subscribers (the webhook fan-out) and their seq
 
 
 async def event_log(db: asyncpg.Pool | asyncpg.Connection) -> EventLog:
