@@ -169,6 +169,14 @@ async def test_the_dashboard_is_live_resumes_without_a_gap_and_refuses_strangers
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert errors == []
 
+    # A session that ends (here: expired, by the database's clock) returns the page to the form.
+    await pg_pool.execute("UPDATE dashboard_sessions SET expires_at = now() - interval '1 s'")
+    await page.wait_for_selector("#login-error:has-text('session has ended')", timeout=WAIT_MS)
+    assert await page.is_hidden("#app")
+    await page.fill("#key", token)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#conn[data-state=live]", timeout=WAIT_MS)
+
     # Signing out leaves the key form and no data; the stream is refused again.
     await page.click("#signout")
     await page.wait_for_selector("#login-form", state="visible", timeout=WAIT_MS)
