@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const WINDOW = 60; // seconds on the chart
 const FEED_ROWS = 200;
 const RENEW_MS = 5 * 60 * 1000;
+const SEEN_MAX = 100000; // event ids kept for inspection (window.trunklineDashboard.seenIds)
 
 const state = {
   lastId: null, // the id of the last frame received: the resume point
@@ -197,12 +198,18 @@ function frame(block) {
     $("last-id").textContent = id;
   }
   if (!data.length) return;
-  const body = JSON.parse(data.join("\n"));
+  let body;
+  try {
+    body = JSON.parse(data.join("\n"));
+  } catch (e) {
+    return; // not an event this page understands: its id still counts as the resume point
+  }
   if (type === "reset") {
     feedRow({ id: state.lastId, type: "reset", subject: body.reason, trace_id: null, created_at: new Date().toISOString() });
     return;
   }
   state.seenIds.push(body.id);
+  if (state.seenIds.length > SEEN_MAX) state.seenIds.splice(0, SEEN_MAX / 2); // bounded memory
   onEvent(body);
 }
 
