@@ -135,8 +135,48 @@ async def settle_outcomes(db: asyncpg.Pool, batch: int, refused_retry: float) ->
             rows = await conn.fetch(sql, final, batch)
             if rows:
                 await _apply(conn, rows, refused_retry)
+                await _progress(conn, {r["campaign_id"] for r in rows})
         total += len(rows)
     return total
+
+
+# At most one campaign.progress a second per campaign, whichever worker settles: the row's
+# updated_at (the campaign's last change) is the throttle, moved under the row's lock.
+_PROGRESS = """
+WITH due AS (
+    UPDATE campaigns SET updated_at = now()
+     WHERE id = ANY($1::uuid[]) AND updated_at < now() - interval '1 second'
+    RETURNING id, tenant_id, name, status
+)
+SELECT d.id, d.tenant_id, d.name, d.status,
+       (SELECT json_object_agg(s.status, s.n) FROM (
+            SELECT status, count(*) AS n FROM campaign_prospects
+             WHERE campaign_id = d.id GROUP BY status) s) AS counts
+  FROM due d
+"""
+
+
+async def _progress(conn: asyncpg.Connection, campaign_ids: set[uuid.UUID]) -> None:
+    """`campaign.progress` with the prospects by status, for SSE and webhook subscribers."""
+    rows = await conn.fetch(_PROGRESS, sorted(campaign_ids))
+    await emit(
+        conn,
+        *(
+            NewEvent(
+                r["tenant_id"],
+                "campaign.progress",
+                str(r["id"]),
+                None,
+                {
+                    "campaign_id": str(r["id"]),
+                    "name": r["name"],
+                    "status": r["status"],
+                    "prospects": r["counts"] or {},
+                },
+            )
+            for r in rows
+        ),
+    )
 
 
 async def _apply(

@@ -4,6 +4,7 @@ the policy's times, no attempt dialled twice; pause / resume / cancel; DNC at di
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from datetime import timedelta
@@ -142,6 +143,16 @@ async def test_list_campaign_runs_to_the_end(campaigns, client, n):
     for first, second in retried:
         assert second["created_at"] - first["ended_at"] >= timedelta(seconds=RETRY)
     assert 0 < sampler.max_live <= 30 and sampler.max_held <= 32
+    # campaign.progress: at most one a second, with the prospects by status.
+    progress = await campaigns.db.fetch(
+        "SELECT created_at, data FROM events WHERE subject = $1 AND type = 'campaign.progress' "
+        "ORDER BY created_at",
+        c["id"],
+    )
+    assert len(progress) >= 2
+    gaps = [b["created_at"] - a["created_at"] for a, b in itertools.pairwise(progress)]
+    assert min(gaps) >= timedelta(seconds=1)
+    assert sum(progress[-1]["data"]["prospects"].values()) == n
 
 
 async def test_a_claim_whose_process_died_is_sent_once_under_its_key(campaigns, client):
