@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from ivr.engine import (
     Hangup,
     Input,
     Record,
+    Resume,
     Transfer,
     TransferVerdict,
     Webhook,
@@ -60,7 +62,6 @@ from ivr.runner import FlowRunner, Stepped
 log = get_logger(__name__)
 
 Route = Callable[[dict[str, str]], Awaitable[Any]]  # AGI env → the ivr_flows row, or None
-Claim = Callable[[str], Awaitable[bool]]  # Uniqueid → True for the one worker that runs it
 
 
 class AmiLike(Protocol):
@@ -74,7 +75,27 @@ class AmiLike(Protocol):
 class PermitPool(Protocol):
     async def try_acquire(self, holder: str) -> Any: ...
 
+    async def renew(self, holder: str) -> Any: ...
+
     async def release(self, holder: str) -> bool: ...
+
+
+class CallLease(Protocol):
+    """Which worker runs a call (ivr/leases.py): every worker's AMI connection sees every
+    AsyncAGIStart; the one holding the lease drives the call and renews the lease, and when it
+    dies the lease lapses and another worker takes the call over from its session."""
+
+    seconds: float
+
+    async def claim(self, uniqueid: str) -> bool: ...
+
+    async def renew(self, uniqueid: str) -> bool: ...
+
+    async def release(self, uniqueid: str) -> None: ...
+
+    async def remember(self, uniqueid: str, session_id: str) -> None: ...
+
+    async def session_of(self, uniqueid: str) -> str | None: ...
 
 
 class ChannelGone(Exception):
@@ -88,6 +109,7 @@ class _Call:
     results: dict[str, asyncio.Future[AgiResult]] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    admitted: bool = False  # holds an ivr pool permit (renewed with the lease)
 
 
 class AsyncAgiTransport:
@@ -98,7 +120,7 @@ class AsyncAgiTransport:
         route: Route,
         *,
         pool: PermitPool | None = None,
-        claim: Claim | None = None,
+        lease: CallLease | None = None,
         cfg: AgiConfig | None = None,
         command_timeout: float = 10.0,
         overflow_sound: str = "all-circuits-busy-now",
@@ -107,12 +129,17 @@ class AsyncAgiTransport:
         self.runner = runner
         self.route = route
         self.pool = pool
-        self.claim = claim
+        self.lease = lease
         self.cfg = cfg or AgiConfig()
         self.command_timeout = command_timeout
         self.overflow_sound = overflow_sound
-        self.calls: dict[str, _Call] = {}
+        self.calls: dict[str, _Call] = {}  # the calls this worker drives, by channel
+        self.seen: dict[str, tuple[str, dict[str, str]]] = {}  # every AGI channel: (uid, env)
         self.overflows = 0
+        self.takeovers = 0
+        self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._maintainer: asyncio.Task[None] | None = None
+        self._dead = False  # tests: a process killed with -9 runs no cleanup
         self._ids = itertools.count(1)
         self._prefix = f"ivr-{uuid.uuid4().hex[:8]}"
         self._unregister: list[Callable[[], None]] = []
@@ -123,10 +150,15 @@ class AsyncAgiTransport:
             self.ami.on_event("AsyncAGIExec", self._on_exec),
             self.ami.on_event("AsyncAGIEnd", self._on_end),
         ]
+        if self.lease is not None or self.pool is not None:
+            self._maintainer = asyncio.ensure_future(self._maintain())
 
     async def close(self, timeout: float = 5.0) -> None:
         for unregister in self._unregister:
             unregister()
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            await asyncio.gather(self._maintainer, return_exceptions=True)
         tasks = [c.task for c in self.calls.values() if c.task is not None]
         for task in tasks:
             task.cancel()
@@ -139,6 +171,7 @@ class AsyncAgiTransport:
         env = parse_env(str(event.get("Env", "")))
         channel = str(event.get("Channel") or env.get("agi_channel", ""))
         call = _Call(channel, str(event.get("Uniqueid") or env.get("agi_uniqueid", "")))
+        self.seen[channel] = (call.uniqueid, env)
         self.calls[channel] = call
         call.task = asyncio.ensure_future(self._run(call, env))
 
@@ -151,22 +184,59 @@ class AsyncAgiTransport:
             future.set_result(parse_result(str(event.get("Result", ""))))
 
     def _on_end(self, event: Any) -> None:
-        call = self.calls.get(str(event.get("Channel", "")))
+        channel = str(event.get("Channel", ""))
+        self.seen.pop(channel, None)
+        call = self.calls.get(channel)
         if call is not None:
             call.ended.set()
 
+    # --- leases: renew ours, take over the calls of a worker that died ----------------------
+
+    async def _maintain(self) -> None:
+        interval = self.lease.seconds / 3 if self.lease is not None else 5.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._maintain_once()
+            except Exception:
+                log.exception("ivr.lease_maintenance_failed")
+
+    async def _maintain_once(self) -> None:
+        for call in list(self.calls.values()):
+            if self.lease is not None and not await self.lease.renew(call.uniqueid):
+                continue  # being started (not claimed yet), or lost: its task notices
+            if call.admitted and self.pool is not None:
+                with contextlib.suppress(Exception):
+                    await self.pool.renew(call.uniqueid)
+        if self.lease is None:
+            return
+        for channel, (uniqueid, env) in list(self.seen.items()):
+            if channel in self.calls or not await self.lease.claim(uniqueid):
+                continue
+            self.takeovers += 1
+            log.warning("ivr.call_taken_over", channel=channel, worker=self.worker)
+            call = _Call(channel, uniqueid)
+            self.calls[channel] = call
+            call.task = asyncio.ensure_future(self._run(call, env, takeover=True))
+
     # --- one call ----------------------------------------------------------------------------
 
-    async def _run(self, call: _Call, env: dict[str, str]) -> None:
-        admitted = False
+    async def _run(self, call: _Call, env: dict[str, str], *, takeover: bool = False) -> None:
+        owned = takeover
         try:
             # Every worker's AMI connection sees the AsyncAGIStart: one of them runs the call.
-            if self.claim is not None and not await self.claim(call.uniqueid):
+            if not takeover and self.lease is not None:
+                if not await self.lease.claim(call.uniqueid):
+                    self.calls.pop(call.channel, None)
+                    return
+                owned = True
+            if takeover:
+                await self._resume(call)
                 return
             if self.pool is not None:
                 try:
                     await self.pool.try_acquire(call.uniqueid)
-                    admitted = True
+                    call.admitted = True
                 except Exception as exc:  # PoolExhausted (or Redis down): no IVR for this call
                     await self._overflow(call, env, exc)
                     return
@@ -181,18 +251,54 @@ class AsyncAgiTransport:
                 called=env.get("agi_dnid") or None,
                 transport="asterisk",
             )
+            if self.lease is not None:
+                await self.lease.remember(call.uniqueid, stepped.session.id)
             await self._drive(call, stepped)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("ivr.asyncagi_call_failed", channel=call.channel)
         finally:
-            self.calls.pop(call.channel, None)
-            for future in call.results.values():
-                future.cancel()
-            if admitted and self.pool is not None:
+            if not self._dead:
+                self.calls.pop(call.channel, None)
+                for future in call.results.values():
+                    future.cancel()
+                if call.admitted and self.pool is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.pool.release(call.uniqueid))
+                if owned and self.lease is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.lease.release(call.uniqueid))
+
+    async def _resume(self, call: _Call) -> None:
+        """Carry on a call whose worker died: its session, from the node it waits at."""
+        session_id = await self.lease.session_of(call.uniqueid) if self.lease else None
+        session = await self.runner.store.load(session_id) if session_id else None
+        if session is None or session.ended is not None:
+            await self._send_quietly(call, "HANGUP")  # nothing to carry on (or already over)
+            return
+        if self.pool is not None:  # the permit is the call's, whoever runs it: keep it alive
+            try:
+                await self.pool.renew(call.uniqueid)
+                call.admitted = True
+            except Exception:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.pool.release(call.uniqueid))
+                    await self.pool.try_acquire(call.uniqueid)
+                    call.admitted = True
+        stepped = await self.runner.feed(session, Resume(self.worker))
+        await self._drive(call, stepped)
+
+    async def abandon(self) -> None:
+        """Tests: die as `kill -9` would — stop everything, release nothing."""
+        self._dead = True
+        for unregister in self._unregister:
+            unregister()
+        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        if self._maintainer is not None:
+            tasks.append(self._maintainer)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _drive(self, call: _Call, stepped: Stepped) -> None:
         while stepped.session.ended is None:

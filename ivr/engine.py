@@ -145,7 +145,24 @@ class CallerHangup:
     reason: str = "caller_hangup"
 
 
-Input = CallStarted | Digits | NoInput | Recorded | WebhookAnswer | TransferVerdict | CallerHangup
+@dataclass(frozen=True)
+class Resume:
+    """Another worker took the call over: the node that waits asks again (its command was
+    lost with the worker that sent it). Counts no miss."""
+
+    by: str = ""
+
+
+Input = (
+    CallStarted
+    | Digits
+    | NoInput
+    | Recorded
+    | WebhookAnswer
+    | TransferVerdict
+    | CallerHangup
+    | Resume
+)
 
 
 @dataclass(frozen=True)
@@ -280,6 +297,14 @@ def step(
             _enter(run, flow.start)
         else:
             run.note(ignored="CallStarted", node=run.node)
+    elif isinstance(event, Resume):
+        if session.node is None:
+            _enter(run, flow.start)
+        elif run.waiting is not None:
+            run.note(resumed=event.by, node=run.node)
+            _enter(run, run.node)
+        else:
+            run.note(ignored="Resume", node=run.node)
     else:
         _answer(run, event)
     return run.commands, run.session(), run.notes

@@ -166,6 +166,9 @@ class FlowRunner:
         for note in notes:
             if "ignored" in note:
                 continue
+            if "resumed" in note:  # another worker carries the call on
+                add("ivr.resumed", note)
+                continue
             if "end" in note:
                 add(
                     "ivr.ended", {"reason": note["end"], "node": note.get("node"), "steps": s.steps}

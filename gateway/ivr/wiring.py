@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.core.phone import normalize_e164
@@ -17,6 +16,7 @@ from gateway.pipeline.wiring import CHAIN
 from gateway.resources import RESOURCES
 from ivr import repo
 from ivr.asyncagi import AsyncAgiTransport
+from ivr.leases import RedisCallLease
 from ivr.runner import FlowRunner
 from ivr.sessions import DEFAULT_TTL, SessionStore
 from ivr.webhook import WebhookCaller
@@ -24,7 +24,6 @@ from sip.asterisk import AsteriskVoice
 
 RUNNER = web.AppKey("ivr_runner", FlowRunner)
 TRANSPORTS = web.AppKey("ivr_transports", list)
-CLAIM_TTL = 6 * 3600  # longer than any call
 
 
 def number_route(db: Any):  # type: ignore[no-untyped-def]
@@ -38,13 +37,6 @@ def number_route(db: Any):  # type: ignore[no-untyped-def]
         return await repo.flow_for_number(db, number)
 
     return route
-
-
-def redis_claim(redis: aioredis.Redis):  # type: ignore[no-untyped-def]
-    async def claim(uniqueid: str) -> bool:
-        return bool(await redis.set(f"ivr:agi:{uniqueid}", b"1", nx=True, ex=CLAIM_TTL))
-
-    return claim
 
 
 async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -64,7 +56,7 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                     runner,
                     number_route(res.db),
                     pool=pool,
-                    claim=redis_claim(res.redis),
+                    lease=RedisCallLease(res.redis),
                 )
                 transport.attach()
                 transports.append(transport)

@@ -13,6 +13,7 @@ caller hangs up during the GET DATA (HangupRequest, ``200 result=-1``, AsyncAGIE
 05b). ``HANGUP`` from the client ends the call as in 05g. STREAM FILE of a sound in
 ``missing_sounds`` answers ``200 result=-1 endpos=0`` (05e). RECORD FILE is not captured: it
 answers in STREAM FILE's shape (``200 result=0 endpos=<samples>``) from the next script entry.
+A channel's commands run one at a time, in the order queued (``Added AGI command to queue``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class AgiCall:
     keys: list[str | asyncio.Event]
     commands: list[str] = field(default_factory=list)  # every Command received, in order
     in_agi: bool = True
+    queue: asyncio.Lock = field(default_factory=asyncio.Lock)  # one command at a time
 
 
 def agi_event(name: str, ch: sc.Channel, *fields: tuple[str, str]) -> Headers:
@@ -122,6 +124,12 @@ class AsyncAgiSim:
         self.ami._spawn(self._exec(call, command, action.get("CommandID") or ""))
 
     async def _exec(self, call: AgiCall, command: str, command_id: str) -> None:
+        """Asterisk runs a channel's queued AGI commands one after the other."""
+        async with call.queue:
+            if call.in_agi:
+                await self._exec_one(call, command, command_id)
+
+    async def _exec_one(self, call: AgiCall, command: str, command_id: str) -> None:
         ch = call.channel
         ours = str(random.randint(10**8, 2**31 - 1))
         self.ami._emit([agi_event("AGIExecStart", ch, ("CommandId", ours), ("Command", command))])

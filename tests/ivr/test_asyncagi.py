@@ -154,3 +154,79 @@ async def test_a_transfer_to_a_dnc_number_takes_the_fallback_on_asterisk_too(ast
     ]
     assert "guardrail.deny" in kinds and "ivr.transfer" in kinds
     await eventually(lambda: _no_holders(pool), timeout=5)
+
+
+async def test_a_worker_killed_mid_call_is_replaced_by_another_from_the_same_node(
+    ivr, client, redis_client
+):
+    """kill -9 of the worker driving a call: its lease lapses, another worker (its own AMI
+    connection) takes the call over and carries the session on from the node it waits at."""
+    from ivr.leases import RedisCallLease
+
+    await ivr.upload(PHONE)
+    db = client.app[RESOURCES].db
+    tenant_id = uuid.UUID(str(await db.fetchval("SELECT tenant_id FROM ivr_flows LIMIT 1")))
+
+    async def route(env: dict[str, str]):
+        return await flow_row(db, tenant_id, "phone", None)
+
+    async with AMISimServer() as ami:
+        agi = AsyncAgiSim(ami)
+        pools = TrunkPools(
+            redis_client,
+            TrunkPoolsConfig(trunk="ivrkill", pools={"ivr": PoolConfig(1, lease=2.0)}),
+        )
+        workers = []
+        for _ in range(2):
+            ami_client = AMIClient("127.0.0.1", ami.port, "gateway", "secret", action_timeout=2.0)
+            await ami_client.start()
+            transport = AsyncAgiTransport(
+                ami_client,
+                client.app[RUNNER],
+                route,
+                pool=pools.get("ivr"),
+                lease=RedisCallLease(redis_client, seconds=0.6),
+                command_timeout=3.0,
+            )
+            workers.append((ami_client, transport))
+        (ami_a, a), (ami_b, b) = workers
+        a.attach()  # only A is up when the call arrives: A runs it
+        hold = asyncio.Event()
+        call = agi.inbound_call("7001", "15550001111", keys=[hold, "", "1"])
+        await eventually(lambda: _has_command(call, "GET DATA"), timeout=5)
+        b.attach()
+        b.seen.update(a.seen)  # B's connection saw the AsyncAGIStart too (it was up)
+        try:
+            await a.abandon()  # kill -9: no lease, permit or session is given back
+            await ami_a.close()
+            await eventually(lambda: _async(b.takeovers == 1), timeout=5)
+            # B asks again; Asterisk runs it after A's GET DATA, which ends unheard
+            await eventually(lambda: _async(len(call.commands) >= 4), timeout=5)
+            hold.set()
+            row = await summary(db)
+            assert row["end_reason"] == "hangup"
+            assert entered(row["transcript"]) == ["greet", "menu", "menu", "thanks"]
+            assert any("resumed" in e for e in row["transcript"])
+            assert call.commands[2:] == [
+                "GET DATA silence/1 5000 1",  # A's, lost with A
+                'EXEC Festival "Press 1 for billing."',  # B's re-prompt
+                "GET DATA silence/1 5000 1",
+                'EXEC Festival "Billing it is."',
+                "HANGUP",
+            ]
+            kinds = [
+                r["type"]
+                for r in await db.fetch(
+                    "SELECT type FROM events WHERE subject = $1 ORDER BY id", str(row["id"])
+                )
+            ]
+            assert kinds.count("ivr.resumed") == 1 and kinds[-1] == "ivr.ended"
+            await eventually(lambda: _no_holders(pools.get("ivr")), timeout=5)
+        finally:
+            await b.close()
+            await ami_b.close()
+            await pools.aclose()
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -19,6 +19,7 @@ from ivr.engine import (
     Play,
     Record,
     Recorded,
+    Resume,
     Say,
     Session,
     Transfer,
@@ -303,3 +304,13 @@ def test_an_input_the_node_does_not_wait_for_is_ignored_and_the_step_is_determin
     assert notes[0]["ignored"] == "WebhookAnswer"
     assert step(f, s, Digits("2"), WED_NOON) == step(f, s, Digits("2"), WED_NOON)
     assert Session.from_json(s.to_json()) == s
+
+
+def test_resume_asks_the_waiting_node_again_without_counting_a_miss():
+    f = flow(main_menu())
+    _, s = run(f, [Digits("9")])  # one miss so far
+    commands, after, notes = step(f, s, Resume("w2"), WED_NOON)
+    assert [type(c) for c in commands] == [Gather] and after.retries == {"menu": 1}
+    assert notes[0] == {"resumed": "w2", "node": "menu"} and after.waiting == "gather"
+    commands, after, _ = step(f, after, Digits("2"), WED_NOON)
+    assert after.ended == "agent"
