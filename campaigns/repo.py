@@ -56,21 +56,22 @@ async def list_campaigns(
     *,
     limit: int,
     status: str | None,
-    before: uuid.UUID | None,
+    after: tuple[datetime | None, uuid.UUID | None],
 ) -> list[asyncpg.Record]:
+    """Newest first on (created_at, id), after the key `after` of the previous page's last."""
     return await conn.fetch(
         f"""
         SELECT {_CAMPAIGN_COLUMNS} FROM campaigns c
          WHERE c.tenant_id = $1 AND ($2::text IS NULL OR c.status = $2)
-           AND ($3::uuid IS NULL OR (c.created_at, c.id) < (
-                SELECT created_at, id FROM campaigns WHERE id = $3 AND tenant_id = $1))
+           AND ($3::timestamptz IS NULL OR (c.created_at, c.id) < ($3, $5::uuid))
          ORDER BY c.created_at DESC, c.id DESC
          LIMIT $4
         """,
         tenant_id,
         status,
-        before,
+        after[0],
         limit,
+        after[1],
     )
 
 

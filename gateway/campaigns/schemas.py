@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from campaigns.model import parse_days, parse_duration
 from gateway.calls.schemas import OnAnswer
 from gateway.core.phone import E164
+from gateway.http.pagination import ListQuery, Page
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -180,18 +181,12 @@ class Campaign(BaseModel):
     ended_at: datetime | None
 
 
-class CampaignList(BaseModel):
-    data: list[Campaign]
-    has_more: bool
+class CampaignList(Page[Campaign]):
+    pass
 
 
-class CampaignQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    limit: int = Field(default=50, ge=1, le=500)
+class CampaignQuery(ListQuery):
     status: Literal["draft", "running", "paused", "completed", "canceled"] | None = None
-    before: uuid.UUID | None = Field(
-        default=None, description="the last campaign id of the previous page (newest first)"
-    )
 
 
 class ProspectIn(BaseModel):
@@ -235,15 +230,10 @@ class Prospect(BaseModel):
     updated_at: datetime
 
 
-class ProspectList(BaseModel):
-    data: list[Prospect]
-    has_more: bool
+class ProspectList(Page[Prospect]):
+    pass
 
 
-class ProspectQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    limit: int = Field(default=100, ge=1, le=1000)
+class ProspectQuery(ListQuery):
+    limit: int = Field(default=100, ge=1, le=1000, description="rows per page")
     status: str | None = Field(default=None, max_length=32)
-    after: int | None = Field(
-        default=None, ge=0, description="the last prospect id of the previous page (import order)"
-    )

@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,7 @@ from gateway.dnc.importer import Progress
 from gateway.dnc.importer import _chunks as read_chunks
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
+from gateway.http.pagination import decode_cursor, page_of
 
 # Lifecycle moves: action → (allowed from, to, event).
 MOVES: dict[str, tuple[frozenset[str], str, str]] = {
@@ -163,13 +165,12 @@ async def get(db: asyncpg.Pool, tenant_id: uuid.UUID, campaign_id: uuid.UUID) ->
 
 
 async def list_campaigns(db: asyncpg.Pool, tenant_id: uuid.UUID, q: CampaignQuery) -> CampaignList:
-    rows = await repo.list_campaigns(
-        db, tenant_id, limit=q.limit + 1, status=q.status, before=q.before
-    )
-    page = rows[: q.limit]
+    after = decode_cursor("campaigns", q.cursor, (datetime, uuid.UUID))
+    rows = await repo.list_campaigns(db, tenant_id, limit=q.limit + 1, status=q.status, after=after)
+    page, cursor = page_of("campaigns", rows, q.limit, lambda r: (r["created_at"], r["id"]))
     counts = await repo.counts(db, [r["id"] for r in page])
     return CampaignList(
-        data=[campaign_from_row(r, counts[r["id"]]) for r in page], has_more=len(rows) > q.limit
+        data=[campaign_from_row(r, counts[r["id"]]) for r in page], next_cursor=cursor
     )
 
 
@@ -271,12 +272,13 @@ async def prospects(
 ) -> ProspectList:
     if await repo.get_campaign(db, tenant_id, campaign_id) is None:
         raise NotFound("no such campaign", code="campaign_not_found")
+    resource = f"prospects:{campaign_id}"  # a cursor of one campaign is no cursor of another
+    (after,) = decode_cursor(resource, q.cursor, (int,))
     rows = await repo.list_prospects(
-        db, campaign_id, limit=q.limit + 1, status=q.status, after=q.after
+        db, campaign_id, limit=q.limit + 1, status=q.status, after=after
     )
-    return ProspectList(
-        data=[Prospect(**dict(r)) for r in rows[: q.limit]], has_more=len(rows) > q.limit
-    )
+    page, cursor = page_of(resource, rows, q.limit, lambda r: (r["id"],))
+    return ProspectList(data=[Prospect(**dict(r)) for r in page], next_cursor=cursor)
 
 
 class ImportFailed(Exception):

@@ -40,9 +40,11 @@ async def test_create_get_list_and_validation(campaigns, make_key, client):
 
     second = await campaigns.create(name="second")
     page = await campaigns.request("GET", "/v1/campaigns?limit=1", 200)
-    assert [x["id"] for x in page["data"]] == [second["id"]] and page["has_more"] is True
-    page = await campaigns.request("GET", f"/v1/campaigns?limit=1&before={second['id']}", 200)
-    assert [x["id"] for x in page["data"]] == [c["id"]] and page["has_more"] is False
+    assert [x["id"] for x in page["data"]] == [second["id"]] and page["next_cursor"]
+    page = await campaigns.request(
+        "GET", f"/v1/campaigns?limit=1&cursor={page['next_cursor']}", 200
+    )
+    assert [x["id"] for x in page["data"]] == [c["id"]] and page["next_cursor"] is None
 
     # Another tenant sees none of it.
     other = await make_key("globex")

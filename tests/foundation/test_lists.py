@@ -124,6 +124,24 @@ async def add_endpoints(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[
     return {r[0] for r in rows}
 
 
+async def add_campaigns(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[str]:
+    from gateway.campaigns.schemas import CampaignIn
+
+    body = CampaignIn.model_validate({"name": "c", "channel": "voice", "purpose": "marketing"})
+    config = body.model_dump(mode="json", exclude={"name", "channel", "purpose"})
+    rows = await db.fetch(
+        """
+        INSERT INTO campaigns (id, tenant_id, name, channel, purpose, config)
+        SELECT gen_random_uuid(), $1, 'c' || n, 'voice', 'marketing', $3
+        FROM unnest($2::int[]) n RETURNING id::text
+        """,
+        tenant,
+        _ids(count),
+        config,
+    )
+    return {r[0] for r in rows}
+
+
 @dataclass(frozen=True)
 class Listing:
     path: str
@@ -139,6 +157,7 @@ LISTINGS = [
     Listing("/v1/keys", "key_id", add_keys),
     Listing("/v1/dead-letters", "id", add_dead_letters),
     Listing("/v1/webhook-endpoints", "id", add_endpoints),
+    Listing("/v1/campaigns", "id", add_campaigns),
 ]
 
 
@@ -334,6 +353,8 @@ async def test_openapi_documents_lists_creates_and_415(client):
         assert {"status", "to", "created_after", "created_before"} <= names
     for path in ("/v1/templates", "/v1/dnc", "/v1/webhook-endpoints", "/v1/campaigns"):
         assert "201" in doc["paths"][path]["post"]["responses"], path
+    prospects = doc["paths"]["/v1/campaigns/{campaign_id}/prospects"]["get"]
+    assert {"limit", "cursor", "status"} <= {p["name"] for p in prospects["parameters"]}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             if "requestBody" in op:
