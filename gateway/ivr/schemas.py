@@ -51,7 +51,12 @@ class FlowQuery(BaseModel):
 class SimulateIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    flow: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    flow: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="the flow to run; without it, the flow bound to `to` (an inbound call to "
+        "your DID, routed as a real one is)",
+    )
     version: int | None = Field(default=None, ge=1, description="default: the latest")
     from_: E164 = Field(alias="from", description="the caller")
     to: E164 | None = Field(default=None, description="the number called (a DID)")

@@ -112,7 +112,16 @@ async def get_flow(
 
 
 async def simulate(runner: FlowRunner, tenant_id: uuid.UUID, body: SimulateIn) -> SimulateOut:
-    row = await flow_row(runner.db, tenant_id, body.flow, body.version)
+    if body.flow is not None:
+        row = await flow_row(runner.db, tenant_id, body.flow, body.version)
+    elif body.to is None:
+        raise ValidationFailed("give flow, or to (a number of yours bound to a flow)")
+    else:  # an inbound call to one of your DIDs, routed as Asterisk and Twilio calls are
+        row = await repo.flow_for_number(runner.db, body.to)
+        if row is None or row["tenant_id"] != tenant_id:
+            raise NotFound(
+                f"{body.to} is not a number of yours bound to a flow", code="did_not_found"
+            )
     session, left = await run_simulation(
         runner, row, caller=body.from_, called=body.to, inputs=body.inputs
     )

@@ -77,6 +77,9 @@ async def test_a_call_runs_the_flow_over_asyncagi_and_gives_its_permit_back(aste
     agi, _, pool, db = asterisk
     call = agi.inbound_call("7001", "15550001111", keys=["12"])  # 05g: the caller keys 1 2 #
     row = await summary(db)
+    await eventually(
+        lambda: _has_command(call, "HANGUP"), timeout=5
+    )  # sent after the summary commits
     assert row["end_reason"] == "hangup" and row["transport"] == "asterisk"
     assert row["caller"] == "+15550001111" and row["called"] == "7001"
     assert entered(row["transcript"]) == ["greet", "menu", "thanks"]
@@ -143,6 +146,9 @@ async def test_a_transfer_to_a_dnc_number_takes_the_fallback_on_asterisk_too(ast
     )
     call = agi.inbound_call("7001", "15550001111", keys=["1"])
     row = await summary(db)
+    await eventually(
+        lambda: _has_command(call, "HANGUP"), timeout=5
+    )  # sent after the summary commits
     assert entered(row["transcript"]) == ["greet", "menu", "thanks", "bye"]
     assert not any(c.startswith("EXEC Dial") for c in call.commands)  # never dialled
     assert call.commands[-2:] == ['EXEC Festival "Goodbye."', "HANGUP"]
@@ -204,6 +210,9 @@ async def test_a_worker_killed_mid_call_is_replaced_by_another_from_the_same_nod
             await eventually(lambda: _async(len(call.commands) >= 4), timeout=5)
             hold.set()
             row = await summary(db)
+            await eventually(
+                lambda: _has_command(call, "HANGUP"), timeout=5
+            )  # sent after the summary commits
             assert row["end_reason"] == "hangup"
             assert entered(row["transcript"]) == ["greet", "menu", "menu", "thanks"]
             assert any("resumed" in e for e in row["transcript"])
