@@ -20,6 +20,7 @@ from gateway.core.errors import Problem
 from gateway.devservices import DevServiceError, PrivatePostgres, PrivateRedis
 from gateway.http.server import AppRunner
 from gateway.logs import configure_logging, get_logger
+from gateway.ops import reach
 from gateway.settings import ConfigError, Settings, _mask_password, load_settings
 
 log = get_logger("trunkline")
@@ -60,7 +61,7 @@ async def serve(
 
 
 async def _with_pool(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    pool = await opscli.open_pool(settings)  # an unreachable server: an error naming the fix
+    pool = await reach.open_pool(settings)  # an unreachable server: an error naming the fix
     try:
         return await work(pool)
     finally:
@@ -73,13 +74,13 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    url = opscli.database_url(settings)
+    url = reach.database_url(settings)
     try:
         applied = asyncio.run(db.migrate(url))
     except OSError as exc:
-        raise opscli.Unreachable(
+        raise reach.Unreachable(
             f"cannot reach PostgreSQL at {_mask_password(url)} ({exc}): "
-            + opscli._fix(settings, "database", "TRUNKLINE_DATABASE__URL")
+            + reach.fix(settings, "database", "TRUNKLINE_DATABASE__URL")
         ) from None
     if applied:
         for m in applied:
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(settings.log.level, settings.log.format)
     if args.command != "dev":  # `dev` starts its own servers; every other command may use them
-        opscli.use_dev_services(settings)
+        reach.use_dev_services(settings)
     try:
         return args.func(args, settings)
     except ConfigError as exc:
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     except Problem as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return EXIT_RUNTIME
-    except opscli.Unreachable as exc:
+    except reach.Unreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except (DevServiceError, db.MigrationError, OSError) as exc:
