@@ -270,7 +270,14 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
             for code in sorted(codes):
                 op["responses"][str(code)] = {"description": "error", "content": problem}
             if not ep.public:
-                op["security"] = [{"bearer": []}]
+                # OpenAPI 3.1 lets a non-OAuth scheme list the roles it needs: the API key scope
+                op["security"] = [{"bearer": [ep.scope] if ep.scope else []}]
+                op["x-required-scope"] = ep.scope
+                op["description"] = (
+                    f"Requires an API key with the `{ep.scope}` scope."
+                    if ep.scope
+                    else "Requires an API key (any scope)."
+                )
             paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",

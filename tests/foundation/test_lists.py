@@ -359,3 +359,18 @@ async def test_openapi_documents_lists_creates_and_415(client):
         for method, op in ops.items():
             if "requestBody" in op:
                 assert "415" in op["responses"], (method, path)
+
+
+async def test_openapi_names_the_scope_of_each_operation(client):
+    from gateway.app import ROUTE_TABLES
+
+    doc = await (await client.get("/openapi.json")).json()
+    for table in ROUTE_TABLES:
+        for ep in table.endpoints:
+            op = doc["paths"][ep.path][ep.method.lower()]
+            if ep.public:
+                assert "security" not in op, ep.path
+                continue
+            assert op["x-required-scope"] == ep.scope, ep.path
+            assert op["security"] == [{"bearer": [ep.scope] if ep.scope else []}], ep.path
+    assert doc["paths"]["/v1/keys"]["get"]["x-required-scope"] == "keys:read"
