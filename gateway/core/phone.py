@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import phonenumbers
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 DEFAULT_REGION = "US"
@@ -29,4 +29,21 @@ def normalize_e164(raw: str, region: str = DEFAULT_REGION) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-E164 = Annotated[str, AfterValidator(normalize_e164)]
+# What the schema promises a client: the shapes normalize_e164 takes (E.164, or a national
+# number written with spaces, dots, dashes, brackets or letters, optionally `whatsapp:`), so a
+# schema-driven client knows a number is checked; the answer always carries the E.164 form.
+PHONE_PATTERN = r"^(whatsapp:)?\+?[0-9A-Za-z ().\-]{6,40}$"
+E164 = Annotated[
+    str,
+    AfterValidator(normalize_e164),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": PHONE_PATTERN,
+            "maxLength": 49,
+            "description": "a phone number: E.164 (+14155550100) or national (US default); "
+            "stored and answered in E.164",
+            "examples": ["+14155550100"],
+        }
+    ),
+]

@@ -18,7 +18,10 @@ from typing import Any
 # The columns every reader selects (tenant_id is for routing, not part of the public JSON).
 COLUMNS = "seq, tenant_id, type, subject, trace_id, data, created_at"
 
-_PATTERN = re.compile(r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$")
+ONE_TYPE = r"(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)"
+_PATTERN = re.compile(f"^{ONE_TYPE}$")
+# The grammar of a `types` list as the OpenAPI document states it: patterns, comma-separated.
+TYPES_PATTERN = rf"^\s*{ONE_TYPE}?\s*(,\s*{ONE_TYPE}?\s*)*$"
 
 
 def public_event(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from gateway.events.model import TypeFilter
+from gateway.events.model import TYPES_PATTERN, TypeFilter
 
 MAX_ID = 2**63 - 1  # event ids are PostgreSQL bigints
 _TYPES_DOC = (
@@ -29,7 +29,12 @@ class EventStreamQuery(BaseModel):
         description="resume after this event id (the `Last-Event-ID` header wins when both are sent); "
         "0 = from the oldest retained event; omitted = live events from now on",
     )
-    types: str | None = Field(default=None, max_length=1000, description=_TYPES_DOC)
+    types: str | None = Field(
+        default=None,
+        max_length=1000,
+        description=_TYPES_DOC,
+        json_schema_extra={"pattern": TYPES_PATTERN},
+    )
 
     _types = field_validator("types")(_check_types)
 
@@ -44,7 +49,12 @@ class EventPageQuery(BaseModel):
         description="return events after this id (the previous page's `last_event_id`); omitted = from the oldest retained",
     )
     limit: int = Field(default=100, ge=1, le=1000)
-    types: str | None = Field(default=None, max_length=1000, description=_TYPES_DOC)
+    types: str | None = Field(
+        default=None,
+        max_length=1000,
+        description=_TYPES_DOC,
+        json_schema_extra={"pattern": TYPES_PATTERN},
+    )
 
     _types = field_validator("types")(_check_types)
 

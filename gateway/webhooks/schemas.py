@@ -6,18 +6,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from gateway.events.model import validate_patterns
+from gateway.events.model import ONE_TYPE, validate_patterns
 from gateway.http.pagination import ListQuery, Page
 
 
 class EndpointIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    url: str = Field(min_length=8, max_length=2048, description="http(s) URL that receives POSTs")
+    url: str = Field(
+        min_length=8,
+        max_length=2048,
+        description="http(s) URL that receives POSTs (a public address)",
+        json_schema_extra={"format": "uri", "pattern": "^https?://"},
+    )
     event_types: list[str] = Field(
         default_factory=lambda: ["*"],
         max_length=50,
         description="event types or prefixes to deliver, e.g. ['message.*', 'call.completed']",
+        json_schema_extra={"items": {"type": "string", "pattern": f"^{ONE_TYPE}$"}},
     )
     description: str = Field(default="", max_length=500)
 

@@ -374,3 +374,21 @@ async def test_openapi_names_the_scope_of_each_operation(client):
             assert op["x-required-scope"] == ep.scope, ep.path
             assert op["security"] == [{"bearer": [ep.scope] if ep.scope else []}], ep.path
     assert doc["paths"]["/v1/keys"]["get"]["x-required-scope"] == "keys:read"
+
+
+async def test_openapi_states_the_real_constraints(client):
+    """A schema-driven client learns what the server checks: phone numbers, URLs, event types."""
+    import re
+
+    doc = await (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    to = schemas["SendMessage"]["properties"]["to"]
+    assert to["pattern"] and re.match(to["pattern"], "+14155550100")
+    assert not re.match(to["pattern"], "call me maybe, tomorrow at noon please!")
+    url = schemas["EndpointIn"]["properties"]["url"]
+    assert url["format"] == "uri" and url["pattern"] == "^https?://"
+    types = next(p for p in doc["paths"]["/v1/events"]["get"]["parameters"] if p["name"] == "types")
+    pattern = types["schema"]["pattern"]
+    assert re.match(pattern, "message.*,call.completed") and not re.match(pattern, "Message")
+    item = schemas["EndpointIn"]["properties"]["event_types"]["items"]["pattern"]
+    assert re.match(item, "call.*") and not re.match(item, "call.* ,x")
