@@ -103,6 +103,7 @@ async def gather_status(settings: Settings, pool: asyncpg.Pool) -> dict[str, Any
     finally:
         await redis.aclose()
     out["daemon"], metrics = await _daemon(settings)
+    out["sse_clients"] = metrics.get("trunkline_sse_clients")
     out["asterisk"] = [
         {
             "asterisk": lead.asterisk,
@@ -156,6 +157,8 @@ def print_status(s: dict[str, Any], out: TextIO) -> None:
         w(f"asterisk    {a['asterisk']}: {conn} here, tracker leader {a['leader'] or 'none'}\n")
     if not s["asterisk"]:
         w("asterisk    none configured\n")
+    if s["sse_clients"] is not None:
+        w(f"streams     {float(s['sse_clients']):.0f} SSE clients on the local daemon\n")
     log = s["event_log"]
     w(f"event log   head {log['head']}, {log['unsequenced']} waiting for a seq")
     w(f", pruned through {log['pruned_through']}")

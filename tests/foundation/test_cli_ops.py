@@ -73,6 +73,7 @@ async def test_status_shows_readiness_pools_queues_dead_letters_breakers_and_the
     assert re.search(r"dead\s+0\n", out), out
     assert "breakers    sandbox closed" in out
     assert re.search(r"event log\s+head \d+", out)
+    assert "streams     0 SSE clients on the local daemon" in out
     # work queued for later, a dead letter and an open breaker show at once
     await pg_pool.execute(
         "INSERT INTO jobs (queue, payload, max_attempts, run_at) "
