@@ -39,6 +39,11 @@ from ivr.engine import (
 )
 
 _RESULT = re.compile(r"^(\d{3})(?: result=(\S*))?(?: \(([^)]*)\))?(.*)$")
+# What may reach a dial string (as sip/asterisk.py): no '&' (a second channel), ',' (options),
+# '/' or spaces in the user or host.
+_SIP_URI = re.compile(
+    r"^sips?:(?:(?P<user>[A-Za-z0-9_.!~*'()%+=$\-]+)@)?(?P<host>[A-Za-z0-9.\-]+)(?::\d+)?(?:[;?].*)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class AgiConfig:
     tts_app: str = "Festival"  # the dialplan application that speaks text (a TTS module)
     silence: str = "silence/1"  # the sound GET DATA plays when the prompt was spoken before it
     recordings_dir: str = "trunkline-ivr"  # RECORD FILE's path, under Asterisk's sounds
+    # The Asterisk's own dial strings ([asterisk.*] dial, endpoint, agent_dial)
+    number_dial: str = "PJSIP/{number}@{endpoint}"
+    endpoint: str = "carrier"
+    agent_dial: str = "PJSIP/{user}@{host}"
 
 
 def render(cmd: Command, cfg: AgiConfig, *, session_id: str, n: int = 0) -> list[str]:
@@ -109,10 +118,16 @@ def render(cmd: Command, cfg: AgiConfig, *, session_id: str, n: int = 0) -> list
     if isinstance(cmd, Hangup):
         return ["HANGUP"]
     if isinstance(cmd, Transfer):
-        return [f"EXEC Dial {quote(f'PJSIP/{cmd.to}@carrier,{cmd.timeout}')}"]
-    if isinstance(cmd, Bridge):
-        target = cmd.target.get("uri", "")
-        return [f"EXEC Dial {quote(f'PJSIP/{target}')}"] if target else []
+        channel = cfg.number_dial.format(
+            number=cmd.to, digits=cmd.to.lstrip("+"), endpoint=cfg.endpoint
+        )
+        return [f"EXEC Dial {quote(f'{channel},{cmd.timeout}')}"]
+    if isinstance(cmd, Bridge) and cmd.kind == "sip":
+        m = _SIP_URI.match(str(cmd.target.get("uri", "")))
+        if m is None:
+            return []
+        channel = cfg.agent_dial.format(user=m["user"] or "", host=m["host"], uri=m.group(0))
+        return [f"EXEC Dial {quote(channel)}"]
     return []
 
 

@@ -62,6 +62,9 @@ from ivr.runner import FlowRunner, Stepped
 log = get_logger(__name__)
 
 Route = Callable[[dict[str, str]], Awaitable[Any]]  # AGI env → the ivr_flows row, or None
+# (session, agent spec) → the SIP URI of a new agent session for this call (agent nodes)
+AgentConnector = Callable[[Any, dict[str, Any]], Awaitable[str]]
+BRIDGE_TIMEOUT = 4 * 3600.0  # a Dial to an agent lasts as long as the conversation
 
 
 class AmiLike(Protocol):
@@ -121,6 +124,7 @@ class AsyncAgiTransport:
         *,
         pool: PermitPool | None = None,
         lease: CallLease | None = None,
+        agents: AgentConnector | None = None,
         cfg: AgiConfig | None = None,
         command_timeout: float = 10.0,
         overflow_sound: str = "all-circuits-busy-now",
@@ -130,6 +134,7 @@ class AsyncAgiTransport:
         self.route = route
         self.pool = pool
         self.lease = lease
+        self.agents = agents
         self.cfg = cfg or AgiConfig()
         self.command_timeout = command_timeout
         self.overflow_sound = overflow_sound
@@ -324,9 +329,12 @@ class AsyncAgiTransport:
             if isinstance(cmd, Transfer):
                 answer = await self._transfer(call, session, cmd, extra)
                 continue
+            if isinstance(cmd, Bridge) and cmd.kind == "agent":
+                cmd = await self._agent(session, cmd)
             lines = render(cmd, self.cfg, session_id=session.id, n=n)
-            if isinstance(cmd, Bridge) and not lines:
-                lines = ["HANGUP"]  # an AI agent is not reachable from Asterisk in this build
+            if isinstance(cmd, Bridge):
+                # the caller talks to the agent (or SIP target) until one side hangs up
+                lines = [*lines, "HANGUP"]
             for line in lines:
                 result = await self._command(call, line, _timeout_for(cmd, self.command_timeout))
                 if line.startswith("GET DATA") and isinstance(cmd, Gather):
@@ -340,6 +348,17 @@ class AsyncAgiTransport:
         if answer is None:
             raise ChannelGone(call.channel)
         return answer
+
+    async def _agent(self, session: Any, cmd: Bridge) -> Bridge:
+        """A new agent session for this caller, bridged by its SIP URI (none: hang up)."""
+        if self.agents is None:
+            return Bridge("sip", {})
+        try:
+            uri = await self.agents(session, cmd.target)
+        except Exception:
+            log.exception("ivr.agent_session_failed", session_id=session.id)
+            return Bridge("sip", {})
+        return Bridge("sip", {"uri": uri})
 
     async def _transfer(
         self, call: _Call, session: Any, cmd: Transfer, extra: list[NewEvent]
@@ -421,6 +440,8 @@ class AsyncAgiTransport:
 def _timeout_for(cmd: Command, base: float) -> float:
     """How long one AGI command may take before the call is given up: its own time plus a
     margin (a GET DATA waits up to its timeout per digit)."""
+    if isinstance(cmd, Bridge):
+        return BRIDGE_TIMEOUT
     if isinstance(cmd, Gather):
         return base + cmd.timeout * ((cmd.digits or 32) + 1)
     if isinstance(cmd, Record):

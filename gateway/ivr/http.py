@@ -22,7 +22,7 @@ from gateway.ivr.schemas import (
     SimulateOut,
 )
 from gateway.ivr.twilio import TwilioIvr
-from gateway.ivr.wiring import RUNNER
+from gateway.ivr.wiring import AGENTS, RUNNER
 from gateway.providers.twilio.http import _verified
 from gateway.resources import RESOURCES
 from ivr.flow import Flow
@@ -132,7 +132,12 @@ async def bind_number(request: web.Request, body: DidIvrIn) -> DidIvr:
 
 def _twilio(request: web.Request) -> TwilioIvr:
     res = request.app[RESOURCES]
-    return TwilioIvr(request.app[RUNNER], res.redis, res.settings.http.public_base_url or "")
+    return TwilioIvr(
+        request.app[RUNNER],
+        res.redis,
+        res.settings.http.public_base_url or "",
+        request.app[AGENTS],  # type: ignore[arg-type]
+    )
 
 
 def _xml(text: str) -> web.Response:

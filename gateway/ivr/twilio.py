@@ -20,7 +20,9 @@ import redis.asyncio as aioredis
 
 from gateway.core.phone import normalize_e164
 from ivr import repo
+from ivr.asyncagi import AgentConnector
 from ivr.engine import (
+    Bridge,
     CallerHangup,
     Command,
     Digits,
@@ -53,10 +55,17 @@ def _doc_key(session_id: str, step: int) -> str:
 
 
 class TwilioIvr:
-    def __init__(self, runner: FlowRunner, redis: aioredis.Redis, public_base_url: str) -> None:
+    def __init__(
+        self,
+        runner: FlowRunner,
+        redis: aioredis.Redis,
+        public_base_url: str,
+        agents: AgentConnector | None = None,
+    ) -> None:
         self.runner = runner
         self.redis = redis
         self.base = public_base_url.rstrip("/")
+        self.agents = agents
 
     async def inbound(self, form: Mapping[str, str]) -> str:
         call_sid = form.get("CallSid", "")
@@ -108,6 +117,17 @@ class TwilioIvr:
             return await self._answer_of(session_id, step)
         return await self._document(stepped, answering=step)
 
+    async def _agent(self, session: object, cmd: Command) -> Command:
+        """An agent node: a new agent session, dialled by its SIP URI (none: hang up)."""
+        if not isinstance(cmd, Bridge) or cmd.kind != "agent":
+            return cmd
+        if self.agents is None:
+            return Bridge("agent", {})
+        try:
+            return Bridge("sip", {"uri": await self.agents(session, cmd.target)})
+        except Exception:
+            return Bridge("agent", {})
+
     async def _answer_of(self, session_id: str, step: int, wait: float = 5.0) -> str:
         """The document another request is writing for this step (bounded wait)."""
         deadline = asyncio.get_running_loop().time() + wait
@@ -147,6 +167,7 @@ class TwilioIvr:
                 commands.append(transfer)  # only a cleared transfer becomes a <Dial>
             stepped = await self.runner.feed(session, verdict, extra=(decision_event,))
         session = stepped.session
+        commands = [await self._agent(session, c) for c in commands]
         query = urlencode({"session": session.id, "step": session.steps})
         doc = render(commands, f"{self.base}{STEP_PATH}?{query}")
         # kept for the request it answers (0: the first), so that a retry gets it again

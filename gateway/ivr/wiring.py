@@ -12,10 +12,12 @@ from aiohttp import web
 
 from gateway.core.phone import normalize_e164
 from gateway.pipeline.calls import VOICE
-from gateway.pipeline.wiring import CHAIN
+from gateway.pipeline.wiring import CHAIN, PROVIDERS
+from gateway.providers.registry import ProviderRegistry
 from gateway.resources import RESOURCES
 from ivr import repo
-from ivr.asyncagi import AsyncAgiTransport
+from ivr.agi import AgiConfig
+from ivr.asyncagi import AgentConnector, AsyncAgiTransport
 from ivr.leases import RedisCallLease
 from ivr.runner import FlowRunner
 from ivr.sessions import DEFAULT_TTL, SessionStore
@@ -24,6 +26,24 @@ from sip.asterisk import AsteriskVoice
 
 RUNNER = web.AppKey("ivr_runner", FlowRunner)
 TRANSPORTS = web.AppKey("ivr_transports", list)
+AGENTS = web.AppKey("ivr_agents", object)
+
+
+def agent_connector(registry: ProviderRegistry, default_provider: str) -> AgentConnector:
+    """An agent node's session, as `on_answer.agent` of calls makes one: the node's provider
+    (or agents.provider), keyed by session and node so a retry cannot start two."""
+
+    async def connect(session: Any, spec: dict[str, Any]) -> str:
+        provider = registry.agent(spec.get("provider") or default_provider)
+        agent = await provider.create_session(
+            {k: v for k, v in spec.items() if k != "provider"},
+            call_id=session.id,
+            trace_id=session.trace_id,
+            idempotency_key=f"ivr:{session.id}:{session.node}",
+        )
+        return agent.sip_uri
+
+    return connect
 
 
 def number_route(db: Any):  # type: ignore[no-untyped-def]
@@ -44,6 +64,8 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
     webhooks = WebhookCaller(allow_private=res.settings.webhooks.allow_private_targets)
     runner = FlowRunner(res.db, SessionStore(res.redis, DEFAULT_TTL), app[CHAIN], webhooks)
     app[RUNNER] = runner
+    agents = agent_connector(app[PROVIDERS], res.settings.agents.provider)
+    app[AGENTS] = agents
     transports: list[AsyncAgiTransport] = []
     voice = app.get(VOICE)
     if voice is not None:
@@ -57,6 +79,12 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                     number_route(res.db),
                     pool=pool,
                     lease=RedisCallLease(res.redis),
+                    agents=agents,
+                    cfg=AgiConfig(
+                        number_dial=adapter.config.dial,
+                        endpoint=adapter.config.endpoint,
+                        agent_dial=adapter.config.agent_dial,
+                    ),
                 )
                 transport.attach()
                 transports.append(transport)

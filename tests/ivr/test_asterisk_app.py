@@ -63,7 +63,9 @@ async def test_an_inbound_call_to_a_bound_did_runs_its_flow(ivr, client, ami):
     call = agi.inbound_call("14155550100", "15550001111", keys=["1"])
 
     async def ended():
-        return await db.fetchrow("SELECT * FROM ivr_sessions WHERE transport = 'asterisk'")
+        return await db.fetchrow(
+            "SELECT * FROM ivr_sessions WHERE transport = 'asterisk' ORDER BY ended_at LIMIT 1"
+        )
 
     row = await eventually(ended, timeout=10)
     assert row["transport"] == "asterisk" and row["called"] == "14155550100"
@@ -73,6 +75,26 @@ async def test_an_inbound_call_to_a_bound_did_runs_its_flow(ivr, client, ami):
         return call.commands[-1:] == ["HANGUP"]
 
     await eventually(hung_up_by_flow, timeout=5)
+
+    # an agent node: a new agent session, dialled by its SIP URI, then the call is over
+    agent_flow = PHONE | {
+        "nodes": PHONE["nodes"]
+        | {
+            "menu": PHONE["nodes"]["menu"] | {"on": {"1": "thanks", "2": "bot"}},
+            "bot": {"agent": {"system_prompt": "You help Acme customers."}},
+        }
+    }
+    await ivr.upload(agent_flow)
+    bot_call = agi.inbound_call("14155550100", "15550001111", keys=["2"])
+
+    async def bridged() -> bool:
+        return bot_call.commands[-1:] == ["HANGUP"]
+
+    await eventually(bridged, timeout=5)
+    dial = bot_call.commands[-2]
+    assert dial.startswith('EXEC Dial "PJSIP/agent-') and dial.endswith('@agents.sandbox.invalid"')
+    reasons = await db.fetch("SELECT end_reason FROM ivr_sessions WHERE transport = 'asterisk'")
+    assert sorted(r["end_reason"] for r in reasons) == ["agent", "hangup"]
 
     # a number bound to no flow is hung up at once
     other = agi.inbound_call("14155550199", "15550001111", keys=["1"])

@@ -23,11 +23,12 @@ FLOW = {
         "greet": {"say": "Thanks for calling.", "voice": "alice", "next": "menu"},
         "menu": {
             "gather": {"say": "Press 1 or 3.", "digits": 1, "timeout": 4, "retries": 0},
-            "on": {"1": "dnc", "3": "ok"},
+            "on": {"1": "dnc", "2": "bot", "3": "ok"},
             "no_input": "bye",
         },
         "dnc": {"transfer": {"to": "+12125550143"}},
         "ok": {"transfer": {"to": "+12125550199"}},
+        "bot": {"agent": {"system_prompt": "You help callers."}},
         "bye": {"say": "Goodbye & thanks.", "then": "hangup"},
     },
 }
@@ -134,6 +135,11 @@ async def test_a_cleared_transfer_dials_and_silence_takes_no_input(client, bound
     ((tag, text, attrs),) = verbs(doc)
     assert (tag, text) == ("Dial", "+12125550199")
     assert attrs == {"timeout": "30", "callerId": "+14155550100"}
+
+    _, doc = await post(client, "/webhooks/twilio/ivr", call("CA6"))  # an agent node
+    _, doc = await post(client, action_of(doc), call("CA6") | {"Digits": "2"})
+    ((tag, text, _),) = verbs(doc)
+    assert tag == "Dial" and text.startswith("sip:agent-") and "@agents.sandbox.invalid" in text
 
     _, doc = await post(client, "/webhooks/twilio/ivr", call("CA3"))
     _, doc = await post(client, action_of(doc), call("CA3"))  # the <Redirect>: no Digits
