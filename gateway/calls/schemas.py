@@ -54,7 +54,13 @@ class OnAnswer(BaseModel):
 
 
 class PlaceCall(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [{"to": "+14155550100", "pool": "api", "purpose": "transactional"}]
+        },
+    )
 
     to: E164
     from_: E164 | None = Field(

@@ -15,7 +15,20 @@ from gateway.messages.states import Status
 
 
 class SendMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "sms",
+                    "to": "+14155550100",
+                    "body": "Your code is 1234",
+                    "purpose": "transactional",
+                }
+            ]
+        },
+    )
 
     channel: Literal["sms", "whatsapp"] = "sms"
     to: E164

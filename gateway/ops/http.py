@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from importlib import resources as pkg_resources
-
 from aiohttp import web
 
 from gateway.core.errors import Problem
+from gateway.http import docs as api_docs
 from gateway.http.middleware import METRICS
 from gateway.http.routing import RouteTable, json_response
 from gateway.ops import metrics as ops_metrics
@@ -14,6 +13,7 @@ from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="operations")
 OPENAPI = web.AppKey("openapi", dict)
+_DOCS: dict[int, tuple[dict, str]] = {}  # the rendered /docs page of each app's document
 
 
 @routes.get("/healthz", summary="The process is alive", public=True, response=Health)
@@ -62,5 +62,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 @routes.get("/docs", summary="API documentation page", public=True, stream="text/html")
 async def docs(request: web.Request) -> web.Response:
-    page = pkg_resources.files("gateway.http").joinpath("docs.html").read_text()
-    return web.Response(text=page, content_type="text/html")
+    doc = request.app[OPENAPI]
+    page = _DOCS.get(id(doc))
+    if page is None or page[0] is not doc:
+        page = _DOCS[id(doc)] = (doc, api_docs.render(doc))  # once per app: the doc is fixed
+    return web.Response(text=page[1], content_type="text/html")
