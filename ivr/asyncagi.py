@@ -113,6 +113,8 @@ class _Call:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     admitted: bool = False  # holds an ivr pool permit (renewed with the lease)
+    owned: bool = False  # this worker holds the call's lease
+    lost: bool = False  # the lease went to another worker: stop, give nothing back
 
 
 class AsyncAgiTransport:
@@ -209,7 +211,11 @@ class AsyncAgiTransport:
     async def _maintain_once(self) -> None:
         for call in list(self.calls.values()):
             if self.lease is not None and not await self.lease.renew(call.uniqueid):
-                continue  # being started (not claimed yet), or lost: its task notices
+                if call.owned and call.task is not None:  # another worker runs it now
+                    log.warning("ivr.call_lease_lost", channel=call.channel)
+                    call.lost = True
+                    call.task.cancel()
+                continue
             if call.admitted and self.pool is not None:
                 with contextlib.suppress(Exception):
                     await self.pool.renew(call.uniqueid)
@@ -220,21 +226,20 @@ class AsyncAgiTransport:
                 continue
             self.takeovers += 1
             log.warning("ivr.call_taken_over", channel=channel, worker=self.worker)
-            call = _Call(channel, uniqueid)
+            call = _Call(channel, uniqueid, owned=True)
             self.calls[channel] = call
             call.task = asyncio.ensure_future(self._run(call, env, takeover=True))
 
     # --- one call ----------------------------------------------------------------------------
 
     async def _run(self, call: _Call, env: dict[str, str], *, takeover: bool = False) -> None:
-        owned = takeover
         try:
             # Every worker's AMI connection sees the AsyncAGIStart: one of them runs the call.
             if not takeover and self.lease is not None:
                 if not await self.lease.claim(call.uniqueid):
                     self.calls.pop(call.channel, None)
                     return
-                owned = True
+                call.owned = True
             if takeover:
                 await self._resume(call)
                 return
@@ -265,13 +270,17 @@ class AsyncAgiTransport:
             log.exception("ivr.asyncagi_call_failed", channel=call.channel)
         finally:
             if not self._dead:
-                self.calls.pop(call.channel, None)
+                if self.calls.get(call.channel) is call:
+                    self.calls.pop(call.channel, None)
                 for future in call.results.values():
                     future.cancel()
+            if not self._dead and not call.lost:
+                if call.owned:
+                    self.seen.pop(call.channel, None)  # over (or nothing to carry on): done
                 if call.admitted and self.pool is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.pool.release(call.uniqueid))
-                if owned and self.lease is not None:
+                if call.owned and self.lease is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.lease.release(call.uniqueid))
 
