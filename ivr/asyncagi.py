@@ -57,6 +57,7 @@ from ivr.engine import (
     TransferVerdict,
     Webhook,
 )
+from ivr.flow import bridge_allowed
 from ivr.runner import FlowRunner, Stepped
 
 log = get_logger(__name__)
@@ -127,6 +128,7 @@ class AsyncAgiTransport:
         pool: PermitPool | None = None,
         lease: CallLease | None = None,
         agents: AgentConnector | None = None,
+        bridge_hosts: tuple[str, ...] = (),
         cfg: AgiConfig | None = None,
         command_timeout: float = 10.0,
         overflow_sound: str = "all-circuits-busy-now",
@@ -137,6 +139,7 @@ class AsyncAgiTransport:
         self.pool = pool
         self.lease = lease
         self.agents = agents
+        self.bridge_hosts = bridge_hosts
         self.cfg = cfg or AgiConfig()
         self.command_timeout = command_timeout
         self.overflow_sound = overflow_sound
@@ -340,6 +343,13 @@ class AsyncAgiTransport:
                 continue
             if isinstance(cmd, Bridge) and cmd.kind == "agent":
                 cmd = await self._agent(session, cmd)
+            elif isinstance(cmd, Bridge) and not bridge_allowed(
+                str(cmd.target.get("uri", "")), self.bridge_hosts
+            ):
+                # a bridge passes no guardrail: only ever to agents.bridge_hosts (checked at
+                # upload too; this holds when the setting changed since)
+                log.warning("ivr.bridge_refused", uri=cmd.target.get("uri"))
+                cmd = Bridge("sip", {})
             lines = render(cmd, self.cfg, session_id=session.id, n=n)
             if isinstance(cmd, Bridge):
                 # the caller talks to the agent (or SIP target) until one side hangs up

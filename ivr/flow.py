@@ -16,6 +16,7 @@ the caller ever being asked anything). Each problem has a stable code and names 
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from datetime import time as dtime
@@ -477,3 +478,26 @@ def _loop_without_input(flow: Flow) -> list[str]:
                 path.append(target)
                 stack.append((target, [t for t in _targets(flow, target) if t in quiet]))
     return []
+
+
+# --- bridges: a bridge dials past the guardrail chain, so only to agent hosts ---------------
+
+_SIP_HOST = re.compile(r"^sips?:(?:[^@]+@)?(?P<host>[A-Za-z0-9.\-]+)(?::\d+)?(?:[;?].*)?$")
+
+
+def sip_host(uri: str) -> str | None:
+    m = _SIP_HOST.match(uri)
+    return m["host"].lower() if m else None
+
+
+def bridge_allowed(uri: str, hosts: list[str] | tuple[str, ...]) -> bool:
+    """A `bridge_to` target may only be an agent host (`agents.bridge_hosts`, fnmatch), as for
+    `on_answer.bridge_to` of calls: a bridge is not an outbound action and passes no guardrail,
+    so it must never reach the PSTN trunk."""
+    host = sip_host(uri)
+    return host is not None and any(fnmatch.fnmatchcase(host, p) for p in hosts)
+
+
+def bridges(flow: Flow) -> list[tuple[str, str]]:
+    """(node, SIP URI) of every bridge_to node."""
+    return [(n, node.bridge_to) for n, node in flow.nodes.items() if isinstance(node, BridgeNode)]

@@ -46,10 +46,12 @@ async def create_flow(request: web.Request, body: Flow) -> web.Response:
     if key is not None:
         key = idempotency.validate_key(key)
         digest = idempotency.request_hash("POST", "/v1/ivr/flows", request[RAW_BODY])
+    res = request.app[RESOURCES]
     status, out = await service.create_flow(
-        request.app[RESOURCES].db,
+        res.db,
         principal_of(request).tenant_id,
         body,
+        bridge_hosts=res.settings.agents.bridge_hosts,
         idempotency_key=key,
         digest=digest,
     )
@@ -137,6 +139,7 @@ def _twilio(request: web.Request) -> TwilioIvr:
         res.redis,
         res.settings.http.public_base_url or "",
         request.app[AGENTS],  # type: ignore[arg-type]
+        tuple(res.settings.agents.bridge_hosts),
     )
 
 

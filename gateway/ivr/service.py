@@ -31,15 +31,16 @@ from gateway.ivr.schemas import (
 from gateway.webhooks.signing import new_secret
 from ivr import repo
 from ivr.engine import Session
-from ivr.flow import Flow, check_graph
+from ivr.flow import Flow, bridge_allowed, bridges, check_graph
 from ivr.runner import FlowRunner
 from ivr.sandbox import simulate as run_simulation
 
 FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-def validate_flow(flow: Flow) -> None:
-    """The graph checks; the first problem is the 422, all of them are in `errors`."""
+def validate_flow(flow: Flow, bridge_hosts: list[str]) -> None:
+    """The graph checks; the first problem is the 422, all of them are in `errors`. Then the
+    bridges: a bridge_to may only reach an agent host (`agents.bridge_hosts`)."""
     problems = check_graph(flow)
     if problems:
         first = problems[0]
@@ -49,6 +50,14 @@ def validate_flow(flow: Flow) -> None:
             node=first.node,
             errors=[{"code": p.code, "node": p.node, "message": p.detail} for p in problems],
         )
+    for node, uri in bridges(flow):
+        if not bridge_allowed(uri, bridge_hosts):
+            raise ValidationFailed(
+                f"node {node!r}: bridge_to may only reach {', '.join(bridge_hosts) or 'no host'}"
+                " (agents.bridge_hosts)",
+                code="bridge_target_not_allowed",
+                node=node,
+            )
 
 
 async def create_flow(
@@ -56,10 +65,11 @@ async def create_flow(
     tenant_id: uuid.UUID,
     flow: Flow,
     *,
+    bridge_hosts: list[str],
     idempotency_key: str | None = None,
     digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
-    validate_flow(flow)
+    validate_flow(flow, bridge_hosts)
     document = flow.model_dump(mode="json", by_alias=True, exclude_none=True)
     if idempotency_key is not None:
         replay = await idempotency.lookup(db, tenant_id, idempotency_key, digest)

@@ -32,6 +32,7 @@ from ivr.engine import (
     Transfer,
     Webhook,
 )
+from ivr.flow import bridge_allowed
 from ivr.runner import FlowRunner, Stepped
 from ivr.sessions import SessionConflict
 from ivr.twiml import render
@@ -61,11 +62,13 @@ class TwilioIvr:
         redis: aioredis.Redis,
         public_base_url: str,
         agents: AgentConnector | None = None,
+        bridge_hosts: tuple[str, ...] = (),
     ) -> None:
         self.runner = runner
         self.redis = redis
         self.base = public_base_url.rstrip("/")
         self.agents = agents
+        self.bridge_hosts = bridge_hosts
 
     async def inbound(self, form: Mapping[str, str]) -> str:
         call_sid = form.get("CallSid", "")
@@ -118,9 +121,13 @@ class TwilioIvr:
         return await self._document(stepped, answering=step)
 
     async def _agent(self, session: object, cmd: Command) -> Command:
-        """An agent node: a new agent session, dialled by its SIP URI (none: hang up)."""
-        if not isinstance(cmd, Bridge) or cmd.kind != "agent":
+        """An agent node: a new agent session, dialled by its SIP URI (none: hang up). A
+        bridge_to only to agents.bridge_hosts (a bridge passes no guardrail)."""
+        if not isinstance(cmd, Bridge):
             return cmd
+        if cmd.kind == "sip":
+            uri = str(cmd.target.get("uri", ""))
+            return cmd if bridge_allowed(uri, self.bridge_hosts) else Bridge("agent", {})
         if self.agents is None:
             return Bridge("agent", {})
         try:

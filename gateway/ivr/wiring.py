@@ -80,6 +80,7 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                     pool=pool,
                     lease=RedisCallLease(res.redis),
                     agents=agents,
+                    bridge_hosts=tuple(res.settings.agents.bridge_hosts),
                     cfg=AgiConfig(
                         number_dial=adapter.config.dial,
                         endpoint=adapter.config.endpoint,

@@ -239,3 +239,15 @@ async def test_a_worker_killed_mid_call_is_replaced_by_another_from_the_same_nod
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_bridge_outside_the_bridge_hosts_is_never_dialled(asterisk, ivr):
+    """Allowed at upload (agents.bridge_hosts), refused by a transport whose hosts changed."""
+    agi, _, pool, _ = asterisk
+    await ivr.upload(
+        PHONE | {"nodes": PHONE["nodes"] | {"thanks": {"bridge_to": "sip:agent@ultravox"}}}
+    )
+    call = agi.inbound_call("7001", "15550001111", keys=["1"])
+    await eventually(lambda: _has_command(call, "HANGUP"), timeout=5)
+    assert not any(c.startswith("EXEC Dial") for c in call.commands)
+    await eventually(lambda: _no_holders(pool), timeout=5)

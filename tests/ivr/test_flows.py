@@ -129,6 +129,13 @@ BAD = {
         "nodes.greet",
         "without an offset",
     ),
+    # a bridge passes no guardrail: only to agents.bridge_hosts, never the trunk
+    "bridge to the trunk": (
+        lambda f: f["nodes"].update({"agent": {"bridge_to": "sip:+12125550143@carrier"}}),
+        "bridge_target_not_allowed",
+        "agent",
+        "agents.bridge_hosts",
+    ),
     "bad field in a node": (
         lambda f: f["nodes"]["menu"]["gather"].update({"timeout": 0}),
         "validation_error",

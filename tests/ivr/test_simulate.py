@@ -193,7 +193,9 @@ async def test_every_node_type_through_simulate(ivr):
         }
     )
     assert (await ivr.simulate("bot", []))["end_reason"] == "agent"
-    await ivr.upload({"name": "sip", "start": "b", "nodes": {"b": {"bridge_to": "sip:a@b.c"}}})
+    await ivr.upload(
+        {"name": "sip", "start": "b", "nodes": {"b": {"bridge_to": "sip:agent@ultravox"}}}
+    )
     assert (await ivr.simulate("sip", []))["end_reason"] == "bridged"
     await ivr.upload({"name": "bye", "start": "h", "nodes": {"h": {"hangup": True}}})
     assert (await ivr.simulate("bye", ["1"]))["inputs_left"] == 1
