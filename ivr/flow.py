@@ -501,3 +501,12 @@ def bridge_allowed(uri: str, hosts: list[str] | tuple[str, ...]) -> bool:
 def bridges(flow: Flow) -> list[tuple[str, str]]:
     """(node, SIP URI) of every bridge_to node."""
     return [(n, node.bridge_to) for n, node in flow.nodes.items() if isinstance(node, BridgeNode)]
+
+
+def transfer_callers(flow: Flow) -> list[tuple[str, str]]:
+    """(node, number) of every transfer that names its own caller id (`from`)."""
+    return [
+        (n, node.transfer.from_)
+        for n, node in flow.nodes.items()
+        if isinstance(node, TransferNode) and node.transfer.from_ is not None
+    ]

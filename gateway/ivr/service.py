@@ -31,7 +31,7 @@ from gateway.ivr.schemas import (
 from gateway.webhooks.signing import new_secret
 from ivr import repo
 from ivr.engine import Session
-from ivr.flow import Flow, bridge_allowed, bridges, check_graph
+from ivr.flow import Flow, bridge_allowed, bridges, check_graph, transfer_callers
 from ivr.runner import FlowRunner
 from ivr.sandbox import simulate as run_simulation
 
@@ -60,6 +60,28 @@ def validate_flow(flow: Flow, bridge_hosts: list[str]) -> None:
             )
 
 
+async def _own_callers(db: asyncpg.Pool, tenant_id: uuid.UUID, flow: Flow) -> None:
+    """A transfer's `from` is a caller id: only one of your own numbers (no spoofing)."""
+    named = transfer_callers(flow)
+    if not named:
+        return
+    ours = {
+        r["number"]
+        for r in await db.fetch(
+            "SELECT number FROM dids WHERE tenant_id = $1 AND number = ANY($2::text[])",
+            tenant_id,
+            [number for _, number in named],
+        )
+    }
+    for node, number in named:
+        if number not in ours:
+            raise ValidationFailed(
+                f"node {node!r}: transfer from {number} is not one of your numbers",
+                code="transfer_from_not_yours",
+                node=node,
+            )
+
+
 async def create_flow(
     db: asyncpg.Pool,
     tenant_id: uuid.UUID,
@@ -70,6 +92,7 @@ async def create_flow(
     digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
     validate_flow(flow, bridge_hosts)
+    await _own_callers(db, tenant_id, flow)
     document = flow.model_dump(mode="json", by_alias=True, exclude_none=True)
     if idempotency_key is not None:
         replay = await idempotency.lookup(db, tenant_id, idempotency_key, digest)

@@ -136,6 +136,15 @@ BAD = {
         "agent",
         "agents.bridge_hosts",
     ),
+    # a caller id must be the tenant's own number
+    "transfer from a number not yours": (
+        lambda f: f["nodes"].update(
+            {"agent": {"transfer": {"to": "+12125550143", "from": "+12125550100"}}}
+        ),
+        "transfer_from_not_yours",
+        "agent",
+        "not one of your numbers",
+    ),
     "bad field in a node": (
         lambda f: f["nodes"]["menu"]["gather"].update({"timeout": 0}),
         "validation_error",
