@@ -510,3 +510,10 @@ def transfer_callers(flow: Flow) -> list[tuple[str, str]]:
         for n, node in flow.nodes.items()
         if isinstance(node, TransferNode) and node.transfer.from_ is not None
     ]
+
+
+def webhook_urls(flow: Flow) -> list[tuple[str, str]]:
+    """(node, URL) of every webhook node."""
+    return [
+        (n, node.webhook.url) for n, node in flow.nodes.items() if isinstance(node, WebhookNode)
+    ]

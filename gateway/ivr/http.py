@@ -52,6 +52,7 @@ async def create_flow(request: web.Request, body: Flow) -> web.Response:
         principal_of(request).tenant_id,
         body,
         bridge_hosts=res.settings.agents.bridge_hosts,
+        allow_private=res.settings.webhooks.allow_private_targets,
         idempotency_key=key,
         digest=digest,
     )

@@ -28,10 +28,18 @@ from gateway.ivr.schemas import (
     SimulateIn,
     SimulateOut,
 )
+from gateway.webhooks import ssrf
 from gateway.webhooks.signing import new_secret
 from ivr import repo
 from ivr.engine import Session
-from ivr.flow import Flow, bridge_allowed, bridges, check_graph, transfer_callers
+from ivr.flow import (
+    Flow,
+    bridge_allowed,
+    bridges,
+    check_graph,
+    transfer_callers,
+    webhook_urls,
+)
 from ivr.runner import FlowRunner
 from ivr.sandbox import simulate as run_simulation
 
@@ -88,11 +96,19 @@ async def create_flow(
     flow: Flow,
     *,
     bridge_hosts: list[str],
+    allow_private: bool = False,
     idempotency_key: str | None = None,
     digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
     validate_flow(flow, bridge_hosts)
     await _own_callers(db, tenant_id, flow)
+    for node, url in webhook_urls(flow):  # checked again on every request (the resolver)
+        try:
+            await ssrf.check_url(url, allow_private=allow_private)
+        except ssrf.TargetRefused as exc:
+            raise ValidationFailed(
+                f"node {node!r}: webhook url refused: {exc}", code="webhook_url_refused", node=node
+            ) from None
     document = flow.model_dump(mode="json", by_alias=True, exclude_none=True)
     if idempotency_key is not None:
         replay = await idempotency.lookup(db, tenant_id, idempotency_key, digest)
