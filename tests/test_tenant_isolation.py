@@ -22,6 +22,13 @@ BODIES: dict[tuple[str, str], dict] = {
     ("POST", "/v1/calls/{call_id}/bridge"): {"call_id": "00000000-0000-4000-8000-000000000000"},
     ("POST", "/v1/campaigns"): {"name": "a-campaign"},
     ("POST", "/v1/campaigns/{campaign_id}/prospects"): {"prospects": [{"number": "+14155550123"}]},
+    ("POST", "/v1/ivr/flows"): {
+        "name": "a-flow",
+        "start": "hi",
+        "nodes": {"hi": {"say": "Hello."}},
+    },
+    ("POST", "/v1/ivr/simulate"): {"flow": "b-secret-flow", "from": "+14155550123"},
+    ("PUT", "/v1/dids/{number}"): {"ivr_flow": "b-secret-flow"},
 }
 # Query parameters a route requires.
 QUERIES: dict[tuple[str, str], dict] = {
@@ -145,8 +152,27 @@ async def seed_campaigns(client, token_b: str, pg_pool) -> dict[str, str]:
     }
 
 
+async def seed_ivr(client, token_b: str, pg_pool) -> dict[str, str]:
+    """An IVR flow of B's and a session of it: A can read neither, nor run B's flow, nor bind
+    a number to it."""
+    flow = {"name": "b-secret-flow", "start": "hi", "nodes": {"hi": {"say": "b-secret-say"}}}
+    resp = await client.post("/v1/ivr/flows", json=flow, headers=auth(token_b))
+    assert resp.status == 201, await resp.text()
+    resp = await client.post(
+        "/v1/ivr/simulate",
+        json={"flow": "b-secret-flow", "from": "+14155550123"},
+        headers=auth(token_b),
+    )
+    assert resp.status == 200, await resp.text()
+    return {
+        "name": "b-secret-flow",
+        "session_id": (await resp.json())["id"],
+        "ivr_say_marker": "b-secret-say",
+    }
+
+
 # Each feature adds a seeder: (client, tenant-B token, pg_pool) -> {path parameter: B's id}.
-SEEDERS = [seed_messages, seed_webhooks, seed_dnc, seed_calls, seed_campaigns]
+SEEDERS = [seed_messages, seed_webhooks, seed_dnc, seed_calls, seed_campaigns, seed_ivr]
 
 
 async def seed_tenant_b(client, token_b: str, pg_pool) -> dict[str, str]:

@@ -141,15 +141,16 @@ async def list_flows(db: asyncpg.Pool, tenant_id: uuid.UUID) -> FlowList:
 async def flow_row(
     db: asyncpg.Pool, tenant_id: uuid.UUID, name: str, version: int | None
 ) -> asyncpg.Record:
+    # (the detail does not echo the name: a 404 says nothing of what exists)
     if not FLOW_NAME.fullmatch(name):  # a name no upload can have (also: NUL, bad UTF-8)
-        raise NotFound(f"no IVR flow {name!r}", code="ivr_flow_not_found")
+        raise NotFound("no such IVR flow", code="ivr_flow_not_found")
     if version is None:
         row = await repo.latest_flow(db, tenant_id, name)
     else:
         row = await repo.flow_version(db, tenant_id, name, version)
     if row is None:
-        which = name if version is None else f"{name} version {version}"
-        raise NotFound(f"no IVR flow {which}", code="ivr_flow_not_found")
+        which = "no such IVR flow" if version is None else "no such IVR flow version"
+        raise NotFound(which, code="ivr_flow_not_found")
     return row
 
 
@@ -168,9 +169,7 @@ async def simulate(runner: FlowRunner, tenant_id: uuid.UUID, body: SimulateIn) -
     else:  # an inbound call to one of your DIDs, routed as Asterisk and Twilio calls are
         row = await repo.flow_for_number(runner.db, body.to)
         if row is None or row["tenant_id"] != tenant_id:
-            raise NotFound(
-                f"{body.to} is not a number of yours bound to a flow", code="did_not_found"
-            )
+            raise NotFound("not a number of yours bound to a flow", code="did_not_found")
     session, left = await run_simulation(
         runner, row, caller=body.from_, called=body.to, inputs=body.inputs
     )
@@ -243,5 +242,5 @@ async def bind_number(
         await flow_row(db, tenant_id, body.ivr_flow, None)
     row = await repo.bind_number(db, tenant_id, number, body.ivr_flow)
     if row is None:
-        raise NotFound(f"{number} is not one of your numbers", code="did_not_found")
+        raise NotFound("not one of your numbers", code="did_not_found")
     return DidIvr(number=row["number"], ivr_flow=row["ivr_flow"])
