@@ -68,17 +68,20 @@ async def flow_by_id(db: Any, flow_id: uuid.UUID) -> asyncpg.Record | None:
     return await db.fetchrow("SELECT * FROM ivr_flows WHERE id = $1", flow_id)
 
 
-async def list_flows(db: Any, tenant_id: uuid.UUID) -> list[asyncpg.Record]:
-    """Each name's latest version, by name."""
+async def list_flows(
+    db: Any, tenant_id: uuid.UUID, *, limit: int, after: str | None
+) -> list[asyncpg.Record]:
+    """One page of names (their key), each at its latest version, `limit` rows plus one."""
     return await db.fetch(
         """
-        SELECT DISTINCT ON (name) id, name, version, created_at,
-               (SELECT count(*) FROM ivr_flows v
-                 WHERE v.tenant_id = f.tenant_id AND v.name = f.name) AS versions
-          FROM ivr_flows f WHERE tenant_id = $1
+        SELECT DISTINCT ON (name) id, name, version, created_at, version AS versions
+          FROM ivr_flows WHERE tenant_id = $1 AND ($3::text IS NULL OR name > $3)
          ORDER BY name, version DESC
+         LIMIT $2
         """,
         tenant_id,
+        limit + 1,
+        after,
     )
 
 

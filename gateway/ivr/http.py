@@ -8,6 +8,7 @@ from gateway.core.errors import ValidationFailed
 from gateway.core.phone import normalize_e164
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
+from gateway.http.pagination import ListQuery
 from gateway.http.routing import RAW_BODY, RouteTable
 from gateway.ivr import service, twilio
 from gateway.ivr.schemas import (
@@ -61,12 +62,15 @@ async def create_flow(request: web.Request, body: Flow) -> web.Response:
 
 @routes.get(
     "/v1/ivr/flows",
-    summary="Your flows: each name's latest version",
+    summary="Your flows by name, each at its latest version (cursor pagination)",
     scope="ivr:read",
+    query=ListQuery,
     response=FlowList,
 )
-async def list_flows(request: web.Request) -> FlowList:
-    return await service.list_flows(request.app[RESOURCES].db, principal_of(request).tenant_id)
+async def list_flows(request: web.Request, query: ListQuery) -> FlowList:
+    return await service.list_flows(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, query
+    )
 
 
 @routes.get(

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.core.phone import E164
+from gateway.http.pagination import Page
 
 
 class FlowCreated(BaseModel):
@@ -25,12 +26,12 @@ class FlowSummary(BaseModel):
     id: uuid.UUID
     name: str
     version: int = Field(description="the latest version")
-    versions: int
+    versions: int = Field(description="versions uploaded (1 … version, all kept)")
     created_at: datetime
 
 
-class FlowList(BaseModel):
-    data: list[FlowSummary]
+class FlowList(Page[FlowSummary]):
+    pass
 
 
 class FlowOut(BaseModel):

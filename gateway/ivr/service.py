@@ -17,6 +17,7 @@ import asyncpg
 from gateway.core.errors import NotFound, ValidationFailed
 from gateway.core.ids import new_id
 from gateway.http import idempotency
+from gateway.http.pagination import ListQuery, decode_cursor, page_of
 from gateway.ivr.schemas import (
     DidIvr,
     DidIvrIn,
@@ -133,9 +134,11 @@ async def create_flow(
     return 201, body
 
 
-async def list_flows(db: asyncpg.Pool, tenant_id: uuid.UUID) -> FlowList:
-    rows = await repo.list_flows(db, tenant_id)
-    return FlowList(data=[FlowSummary(**dict(r)) for r in rows])
+async def list_flows(db: asyncpg.Pool, tenant_id: uuid.UUID, query: ListQuery) -> FlowList:
+    (after,) = decode_cursor("ivr_flows", query.cursor, (str,))
+    rows = await repo.list_flows(db, tenant_id, limit=query.limit, after=after)
+    page, cursor = page_of("ivr_flows", rows, query.limit, lambda r: (r["name"],))
+    return FlowList(data=[FlowSummary(**dict(r)) for r in page], next_cursor=cursor)
 
 
 async def flow_row(

@@ -25,6 +25,13 @@ async def test_upload_versions_list_and_get(ivr, client):
     assert [(f["name"], f["version"], f["versions"]) for f in listed["data"]] == [
         ("main-menu", 2, 2)
     ]
+    assert listed["next_cursor"] is None
+    for name in ("b-flow", "a-flow"):
+        await ivr.upload(main_menu(name=name))
+    page = await ivr.request("GET", "/v1/ivr/flows?limit=2", 200)
+    assert [f["name"] for f in page["data"]] == ["a-flow", "b-flow"] and page["next_cursor"]
+    rest = await ivr.request("GET", f"/v1/ivr/flows?limit=2&cursor={page['next_cursor']}", 200)
+    assert [f["name"] for f in rest["data"]] == ["main-menu"] and rest["next_cursor"] is None
     latest = await ivr.request("GET", "/v1/ivr/flows/main-menu", 200)
     assert latest["version"] == 2 and latest["document"]["nodes"]["goodbye"]["say"] == "Bye now."
     old = await ivr.request("GET", "/v1/ivr/flows/main-menu?version=1", 200)
