@@ -478,6 +478,34 @@ class AgentsSettings(_Section):
     ultravox: UltravoxSettings = UltravoxSettings()
 
 
+class DidHealthSettings(_Section):
+    """DID health (campaigns/didhealth.py): a DID whose answer rate falls too low is rested."""
+
+    window: float = Field(
+        default=86400.0, gt=0, description="seconds of did_health_events the rates are read over"
+    )
+    min_calls: int = Field(
+        default=20, ge=1, description="calls in the window before a DID can be rested"
+    )
+    min_answer_rate: float = Field(
+        default=0.15, ge=0, le=1, description="a DID answered below this share is rested"
+    )
+    cool_off: float = Field(
+        default=14400.0, gt=0, description="seconds a rested DID is not chosen"
+    )
+
+
+class CampaignsSettings(_Section):
+    interval: float = Field(default=0.5, gt=0, description="seconds between dialer steps at most")
+    orphan_after: float = Field(
+        default=20.0,
+        ge=0,
+        description="seconds a claimed prospect may go without its call before another worker "
+        "sends it (under the same key: it cannot dial twice)",
+    )
+    did_health: DidHealthSettings = DidHealthSettings()
+
+
 class DevSettings(_Section):
     data_dir: Path = Path(".trunkline")
     tenant: str = "dev"
@@ -509,6 +537,7 @@ class Settings(BaseSettings):
     pools: PoolsSettings = PoolsSettings()
     calls: CallsSettings = CallsSettings()
     agents: AgentsSettings = AgentsSettings()
+    campaigns: CampaignsSettings = CampaignsSettings()
     dev: DevSettings = DevSettings()
 
     @classmethod

@@ -25,6 +25,8 @@ def campaign_tasks(app: web.Application) -> dict[str, TaskFactory]:
         calls=app[VOICE].pipeline,
         messages=app[PIPELINE],
         clock=lambda: app[CHAIN].clock(),
+        interval=res.settings.campaigns.interval,
+        orphan_after=res.settings.campaigns.orphan_after,
     )
     app[DIALER] = dialer
     return {"campaign-dialer": dialer.run}

@@ -23,7 +23,7 @@ from gateway.providers.sandbox.voice import (
 from tests.helpers import eventually
 
 NPAS = ["212", "312", "415", "617", "713", "305", "206", "303", "404", "503"]
-RETRY = 1.0  # seconds: retry.busy / no_answer / machine .after
+RETRY = 0.3  # seconds: retry.busy / no_answer / machine .after
 
 
 def list_numbers(n: int) -> list[str]:
@@ -80,7 +80,7 @@ class Sampler:
             self.max_live = max(self.max_live, live)
             self.max_held = max(self.max_held, held)
             self.samples += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)
 
 
 async def attempts_of(db, campaign_id: str) -> list:
