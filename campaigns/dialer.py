@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from campaigns import outcomes, repo
+from campaigns import didhealth, outcomes, repo
+from campaigns.callerid import CallerIds
 from campaigns.model import CampaignConfig
 from campaigns.outcomes import prospect_event
 from gateway import db as dbmod
@@ -48,6 +49,7 @@ from gateway.events.wake import Wakeup
 from gateway.logs import get_logger
 from gateway.messages.schemas import SendMessage
 from gateway.messages.templates import render
+from gateway.providers.contracts import ReputationProvider
 from gateway.tenants.service import Principal
 
 log = get_logger(__name__)
@@ -65,11 +67,12 @@ UPDATE campaign_prospects p
          LIMIT $2
          FOR UPDATE SKIP LOCKED) s
  WHERE p.id = s.id
-RETURNING p.id, p.number, p.variables, p.attempts
+RETURNING p.id, p.number, p.variables, p.attempts, p.state
 """
 
 _ORPHANS = """
-SELECT p.id, p.number, p.variables, p.attempts, p.campaign_id, c.status AS campaign_status
+SELECT p.id, p.number, p.variables, p.attempts, p.state, p.campaign_id,
+       c.status AS campaign_status
   FROM campaign_prospects p JOIN campaigns c ON c.id = p.campaign_id
  WHERE p.status = 'dialing' AND p.claimed_at < now() - make_interval(secs => $1)
    AND NOT EXISTS (SELECT 1 FROM campaign_attempts a
@@ -125,7 +128,13 @@ class Dialer:
     refused_retry: float = 600.0
     batch: int = 500
     max_claim: int = 200
+    caller_ids: CallerIds | None = None  # local presence (campaigns/callerid.py)
+    health: didhealth.HealthPolicy | None = None  # DID rests and restores, when set
+    health_every: float = 5.0
+    lookup: ReputationProvider | None = None  # DID reputation (flagged: rested)
+    lookup_max_age: float = 86400.0
     _orphans_at: float = field(default=0.0, init=False)
+    _health_at: float = field(default=0.0, init=False)
     # Attempts being sent (accept in flight): owned here, awaited or cancelled on the way out.
     _sending: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -162,6 +171,9 @@ class Dialer:
         if time.monotonic() - self._orphans_at >= self.orphan_every:
             self._orphans_at = time.monotonic()
             moved += await self.redial_orphans()
+        if self.health is not None and time.monotonic() - self._health_at >= self.health_every:
+            self._health_at = time.monotonic()
+            await self.review_dids()
         for campaign in await repo.running_campaigns(self.db):
             moved += await self.dial_campaign(campaign["id"])
         return moved
@@ -173,6 +185,20 @@ class Dialer:
 
     async def complete_finished(self) -> None:
         await outcomes.complete_finished(self.db)
+
+    async def review_dids(self, at: datetime | None = None) -> tuple[list[str], list[str]]:
+        """Rest DIDs answered too seldom, restore rested ones (campaigns/didhealth.py); a
+        change is seen by local presence at once in this worker, within its ttl in others."""
+        if self.lookup is not None:
+            await didhealth.refresh_reputation(
+                self.db, self.lookup, max_age=self.lookup_max_age, at=at
+            )
+        rested, restored = await didhealth.review(
+            self.db, self.health or didhealth.HealthPolicy(), at=at
+        )
+        if (rested or restored) and self.caller_ids is not None:
+            self.caller_ids.forget()
+        return rested, restored
 
     # --- 2. orphans --------------------------------------------------------------------
 
@@ -286,10 +312,20 @@ class Dialer:
     ) -> None:
         if self.calls is None:
             raise RuntimeError("no call pipeline in this process")
+        caller_id = cfg.caller_id
+        if cfg.local_presence and self.caller_ids is not None:
+            caller_id, _why = await self.caller_ids.choose(
+                campaign["id"],
+                campaign["tenant_id"],
+                cfg.caller_id,
+                prospect["number"],
+                prospect["state"],
+                prospect["id"],
+            )
         req = PlaceCall.model_validate(
             {
                 "to": prospect["number"],
-                "from": cfg.caller_id,
+                "from": caller_id,
                 "pool": POOL,
                 "on_answer": cfg.on_answer,
                 "amd": cfg.amd,

@@ -77,6 +77,7 @@ class CampaignConfig:
     on_machine: str  # hangup | retry
     on_answer: dict[str, Any] | None
     caller_id: str | None
+    local_presence: bool
     body: str | None
     template: str | None
 
@@ -107,6 +108,7 @@ class CampaignConfig:
             on_machine=config.get("on_machine", "hangup"),
             on_answer=config.get("on_answer"),
             caller_id=(config.get("caller_id") or {}).get("fallback"),
+            local_presence=bool((config.get("caller_id") or {}).get("local_presence")),
             body=config.get("body"),
             template=config.get("template"),
         )

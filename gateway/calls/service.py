@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from campaigns import didhealth
 from gateway import queue
 from gateway.calls import repo
 from gateway.calls.schemas import (
@@ -338,6 +339,7 @@ class CallService:
     ) -> None:
         await repo.close_attempt(conn, call["id"], n, "originated", only_open=True)
         await repo.record_voice_usage(conn, call["id"])
+        await didhealth.record(conn, call["id"])  # its DID's health, with the end (0019)
         await emit(conn, event(call, "permit_released", {"pool": call["pool"]}))
         call_id, pool = call["id"], call["pool"]
         after.append(lambda: self.release_permit(call_id, pool))

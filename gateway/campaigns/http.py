@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.campaigns import service
+from gateway.campaigns import dids, service
 from gateway.campaigns.schemas import (
     Campaign,
     CampaignIn,
@@ -140,4 +140,22 @@ async def list_prospects(request: web.Request, query: ProspectQuery) -> Prospect
         principal_of(request).tenant_id,
         service.parse_id(request.match_info["campaign_id"]),
         query,
+    )
+
+
+@routes.get(
+    "/v1/dids",
+    summary="Your numbers with their health: calls, answer and short-call rates over the "
+    "window, and whether each is resting (not chosen by local presence)",
+    scope="campaigns:read",
+    query=dids.DidQuery,
+    response=dids.DidList,
+)
+async def list_dids(request: web.Request, query: dids.DidQuery) -> dids.DidList:
+    res = request.app[RESOURCES]
+    return await dids.list_dids(
+        res.db,
+        principal_of(request).tenant_id,
+        query,
+        res.settings.campaigns.did_health.window,
     )

@@ -22,9 +22,14 @@ class CallerId(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     local_presence: bool = Field(
-        default=False, description="pick a DID near the prospect (not available yet: refused)"
+        default=False,
+        description="pick one of your voice DIDs near each prospect: same area code, else "
+        "same state, else same time zone, else the fallback; resting DIDs are not chosen",
     )
-    fallback: E164 | None = Field(default=None, description="the caller id every dial uses")
+    fallback: E164 | None = Field(
+        default=None,
+        description="the caller id when no DID is near (every dial without local presence)",
+    )
 
 
 class Say(BaseModel):

@@ -88,7 +88,6 @@ def _refuse_unsupported(body: CampaignIn) -> None:
     """What this build does not do yet is refused, never silently ignored (issue 11)."""
     unsupported = {
         "pacing.mode predictive": body.pacing.mode == "predictive",
-        "caller_id.local_presence": body.caller_id.local_presence,
         "on_machine voicemail_drop": body.on_machine == "voicemail_drop",
     }
     named = [name for name, used in unsupported.items() if used]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from campaigns.callerid import CallerIds
 from campaigns.dialer import Dialer
+from campaigns.didhealth import HealthPolicy
 from gateway.pipeline.calls import VOICE
 from gateway.pipeline.wiring import CHAIN, PIPELINE
+from gateway.providers.sandbox.lookup import SandboxLookup
 from gateway.resources import RESOURCES
 from gateway.supervisor import TaskFactory
+from guardrails.rules import Rules, load_rules
 
 DIALER = web.AppKey("campaign_dialer", Dialer)
 
@@ -19,6 +23,7 @@ def campaign_tasks(app: web.Application) -> dict[str, TaskFactory]:
     The window is read on the guardrail chain's clock (looked up at each use, so a clock a
     test injects into the chain governs both)."""
     res = app[RESOURCES]
+    health = res.settings.campaigns.did_health
     dialer = Dialer(
         db=res.db,
         database_url=res.settings.database_url(),
@@ -27,6 +32,16 @@ def campaign_tasks(app: web.Application) -> dict[str, TaskFactory]:
         clock=lambda: app[CHAIN].clock(),
         interval=res.settings.campaigns.interval,
         orphan_after=res.settings.campaigns.orphan_after,
+        caller_ids=CallerIds(res.db, rules=lambda: _rules(app)),
+        health=HealthPolicy.from_settings(health),
+        lookup=SandboxLookup() if health.lookup == "sandbox" else None,
+        lookup_max_age=health.lookup_max_age,
     )
     app[DIALER] = dialer
     return {"campaign-dialer": dialer.run}
+
+
+def _rules(app: web.Application) -> Rules:
+    """The calling-hours rules the chain was built from (area codes → states and zones)."""
+    policy = app[CHAIN].policy
+    return policy.rules if policy is not None else load_rules()

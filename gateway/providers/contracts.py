@@ -236,3 +236,33 @@ class VoiceProvider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional lifecycle hook
         """Close what start() opened and cancel owned tasks."""
+
+
+# --- reputation (DID health) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reputation:
+    """What a reputation provider says of one of our numbers. A lookup reaches no one (it
+    calls and texts nobody), so it takes no ClearedAction."""
+
+    number: str
+    provider: str
+    flags: tuple[str, ...] = ()  # e.g. spam_likely, scam_likely; () = clean
+    score: float | None = None  # 0 clean … 1 certainly flagged, when the provider scores
+    line_type: str | None = None  # mobile, landline, voip, toll_free …
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class ReputationProvider(ABC):
+    """`lookup` of one number. Providers rate-limit lookups without saying how much: callers
+    look each DID up at most once per `reputation_max_age` and treat a TransientProviderError
+    as "not known yet", never as clean."""
+
+    name: str
+
+    @abstractmethod
+    async def lookup(self, number: str) -> Reputation: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional lifecycle hook
+        """Close what the adapter opened."""
