@@ -21,6 +21,7 @@ from gateway.logs import get_logger
 from gateway.outage import OutageMonitor, quiet_library_outage_logs
 from gateway.redis import create_redis
 from gateway.settings import Settings
+from gateway.tenants.keycache import KeyCache
 
 log = get_logger(__name__)
 
@@ -31,6 +32,8 @@ class Resources:
     db: asyncpg.Pool
     redis: aioredis.Redis
     outages: OutageMonitor = field(default_factory=OutageMonitor)
+    # The API keys this process authenticated (no round trip for a known key; keycache.py)
+    keys: KeyCache | None = None
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -52,9 +55,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     redis = create_redis(settings.redis_url(), max_connections=settings.redis.max_connections)
     outages = OutageMonitor({"database": lambda: pool.fetchval("SELECT 1"), "redis": redis.ping})
     quiet_library_outage_logs()
+    keys = KeyCache(url)
+    await keys.start()
     try:
-        yield Resources(settings=settings, db=pool, redis=redis, outages=outages)
+        yield Resources(settings=settings, db=pool, redis=redis, outages=outages, keys=keys)
     finally:
+        await keys.close()
         await outages.aclose()
         await redis.aclose()
         await pool.close()

@@ -27,7 +27,8 @@ _COOKIE_METHODS = frozenset({"GET", "HEAD"})
 async def authenticate(request: web.Request, scope: str | None) -> Principal:
     header = request.headers.get("Authorization", "")
     cookie = request.cookies.get(sessions.COOKIE)
-    db = request.app[RESOURCES].db
+    res = request.app[RESOURCES]
+    db = res.db
     if not header and cookie:
         if request.method not in _COOKIE_METHODS:
             raise Unauthorized(
@@ -43,7 +44,7 @@ async def authenticate(request: web.Request, scope: str | None) -> Principal:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized()
-        found = await authenticate_token(db, token.strip())
+        found = await authenticate_token(db, token.strip(), res.keys)
         if found is None:
             raise Unauthorized()
         principal = found

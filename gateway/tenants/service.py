@@ -18,7 +18,8 @@ import asyncpg
 from gateway.core import scopes as scopes_mod
 from gateway.core.errors import Conflict, NotFound
 from gateway.core.ids import new_id
-from gateway.tenants import repo
+from gateway.tenants import keycache, repo
+from gateway.tenants.keycache import KeyCache
 
 KEY_PREFIX = "tk_"
 _KEY_ID_LEN = 16
@@ -102,17 +103,33 @@ async def revoke_key(db: asyncpg.Pool | asyncpg.Connection, key_id: str) -> None
         key_id = parsed[0] if parsed else key_id
     if await repo.revoke_key(db, key_id) is None:
         raise NotFound(f"no API key with id {key_id!r}", code="key_not_found")
+    keycache.forget_here(key_id)  # other processes: the trigger's NOTIFY
 
 
-async def authenticate_token(db: asyncpg.Pool | asyncpg.Connection, token: str) -> Principal | None:
-    """The principal for a bearer token, or None; never says which part was wrong."""
+async def authenticate_token(
+    db: asyncpg.Pool | asyncpg.Connection, token: str, cache: KeyCache | None = None
+) -> Principal | None:
+    """The principal for a bearer token, or None; never says which part was wrong.
+
+    With `cache`, a key this process has seen live costs no round trip (see keycache.py);
+    the secret is checked on every request either way."""
     parsed = parse_token(token)
     if parsed is None:
         return None
     key_id, secret = parsed
+    if cache is not None:
+        entry = cache.get(key_id)
+        if entry is not None:
+            if hmac.compare_digest(_hash(secret), entry.secret_hash):
+                return entry.principal
+            return None
+        generation = cache.generation
     row = await repo.key_for_auth(db, key_id)
     expected = row["secret_hash"] if row is not None else _DUMMY_HASH
     ok = hmac.compare_digest(_hash(secret), expected)
     if row is None or not ok or row["revoked_at"] is not None:
         return None
-    return Principal(row["tenant_id"], row["tenant_name"], row["key_id"], tuple(row["scopes"]))
+    principal = Principal(row["tenant_id"], row["tenant_name"], row["key_id"], tuple(row["scopes"]))
+    if cache is not None:
+        cache.put(key_id, row["secret_hash"], principal, generation)
+    return principal
