@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from campaigns import didhealth, outcomes, repo
+from campaigns import didhealth, outcomes, pacing, repo
 from campaigns.callerid import CallerIds
 from campaigns.model import CampaignConfig
 from campaigns.outcomes import prospect_event
@@ -251,6 +251,11 @@ class Dialer:
             elapsed = 1.0 if c["pace_at"] is None else (c["now"] - c["pace_at"]).total_seconds()
             tokens = min(max(1.0, cfg.cps), c["pace_tokens"] + max(0.0, elapsed) * cfg.cps)
             k = min(cfg.max_concurrent - dialing, int(tokens), self.max_claim)
+            if k > 0 and c["config"]["pacing"].get("mode") == "predictive":
+                room, _ratio = await pacing.predictive_room(
+                    conn, campaign_id, c["config"]["pacing"]
+                )
+                k = min(k, room)
             if k > 0:
                 claimed = await conn.fetch(_CLAIM, campaign_id, k, cfg.window, self.clock())
                 tokens -= len(claimed)

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from campaigns import pacing
 from campaigns.model import CampaignConfig
 from gateway.events.outbox import NewEvent, emit
 
@@ -113,6 +114,10 @@ def settle(row: Any, cfg: CampaignConfig, refused_retry: float) -> Settled:
         "busy": "busy",
         "no_answer": "no_answer",
     }.get(end, "failed")
+    if outcome == "answered" and code == "abandoned":
+        # Answered by a person, no agent within 2 s: the abandon message was played. Never
+        # re-dialled as if unanswered (16 CFR 310.4(b)(4)).
+        return Settled("answered", "abandoned", "abandoned", None)
     if outcome in ("answered", "failed"):
         return Settled(outcome, "done", outcome if end != "canceled" else "failed:canceled", None)
     delay = cfg.retry.delay_for(outcome)
@@ -146,9 +151,9 @@ _PROGRESS = """
 WITH due AS (
     UPDATE campaigns SET updated_at = now()
      WHERE id = ANY($1::uuid[]) AND updated_at < now() - interval '1 second'
-    RETURNING id, tenant_id, name, status
+    RETURNING id, tenant_id, name, status, config
 )
-SELECT d.id, d.tenant_id, d.name, d.status,
+SELECT d.id, d.tenant_id, d.name, d.status, d.config,
        (SELECT json_object_agg(s.status, s.n) FROM (
             SELECT status, count(*) AS n FROM campaign_prospects
              WHERE campaign_id = d.id GROUP BY status) s) AS counts
@@ -159,24 +164,28 @@ SELECT d.id, d.tenant_id, d.name, d.status,
 async def _progress(conn: asyncpg.Connection, campaign_ids: set[uuid.UUID]) -> None:
     """`campaign.progress` with the prospects by status, for SSE and webhook subscribers."""
     rows = await conn.fetch(_PROGRESS, sorted(campaign_ids))
-    await emit(
-        conn,
-        *(
-            NewEvent(
-                r["tenant_id"],
-                "campaign.progress",
-                str(r["id"]),
-                None,
-                {
-                    "campaign_id": str(r["id"]),
-                    "name": r["name"],
-                    "status": r["status"],
-                    "prospects": r["counts"] or {},
-                },
+    events = []
+    for r in rows:
+        data: dict[str, Any] = {
+            "campaign_id": str(r["id"]),
+            "name": r["name"],
+            "status": r["status"],
+            "prospects": r["counts"] or {},
+        }
+        if r["config"]["pacing"].get("mode") == "predictive":
+            s = await pacing.stats(conn, r["id"])
+            data["dial_ratio"] = pacing.dial_ratio(
+                s,
+                float(r["config"]["pacing"].get("max_abandon_rate", 0.03)),
+                float(r["config"]["pacing"].get("max_ratio", 3.0)),
             )
-            for r in rows
-        ),
-    )
+            data["abandon_rate_30d"] = s.abandon_rate
+            data["answered_30d"] = s.answered_30d
+            data["abandoned_30d"] = s.abandoned_30d
+        else:
+            data["dial_ratio"] = 1.0
+        events.append(NewEvent(r["tenant_id"], "campaign.progress", str(r["id"]), None, data))
+    await emit(conn, *events)
 
 
 async def _apply(

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from campaigns import pacing
+
 Conn = asyncpg.Connection | asyncpg.Pool
 
 _CAMPAIGN_COLUMNS = (
@@ -187,6 +189,8 @@ async def rates(conn: Conn, campaign_id: uuid.UUID) -> dict[str, Any]:
         SELECT count(*) FILTER (WHERE outcome IN ('answered', 'busy', 'no_answer', 'machine',
                                                   'failed', 'delivered')) AS dials,
                count(*) FILTER (WHERE outcome = 'answered') AS answered,
+               count(*) FILTER (WHERE outcome = 'answered' AND detail = 'abandoned')
+                   AS abandoned,
                count(*) FILTER (WHERE outcome = 'machine') AS machine,
                count(*) FILTER (WHERE outcome = 'busy') AS busy,
                count(*) FILTER (WHERE outcome = 'no_answer') AS no_answer,
@@ -201,11 +205,26 @@ async def rates(conn: Conn, campaign_id: uuid.UUID) -> dict[str, Any]:
     )
     dials = row["dials"]
     per_s = row["last_minute"] / 60.0
+    config = await conn.fetchval("SELECT config FROM campaigns WHERE id = $1", campaign_id)
+    s = await pacing.stats(conn, campaign_id)
+    answered = row["answered"]
     return {
         "dials": dials,
         "outcomes": {k: row[k] for k in ("answered", "machine", "busy", "no_answer", "failed")},
         "answer_rate": round(row["answered"] / dials, 4) if dials else None,
         "machine_rate": round(row["machine"] / dials, 4) if dials else None,
+        # abandoned ÷ answered by a person (16 CFR 310.4(b)(4)): the campaign's, and over the
+        # rolling 30 days the cap is read on
+        "abandoned": row["abandoned"],
+        "abandon_rate": round(row["abandoned"] / answered, 4) if answered else None,
+        "abandon_rate_30d": None if s.abandon_rate is None else round(s.abandon_rate, 4),
+        "dial_ratio": pacing.dial_ratio(
+            s,
+            float(config["pacing"].get("max_abandon_rate", 0.03)),
+            float(config["pacing"].get("max_ratio", 3.0)),
+        )
+        if config["pacing"].get("mode") == "predictive"
+        else 1.0,
         "dials_per_s": round(per_s, 3),
         "eta_seconds": round(row["open"] / per_s) if per_s and row["open"] else None,
     }

@@ -93,6 +93,12 @@ class SandboxSettings(_Section):
     receipt_delay: float = Field(
         default=0.05, ge=0, description="seconds between simulated receipts"
     )
+    agent_connect_delay: float = Field(
+        default=0.0, ge=0, description="seconds a slow sandbox agent leg takes to answer"
+    )
+    agent_slow_every: int = Field(
+        default=0, ge=0, description="every Nth sandbox agent leg is slow (0: none)"
+    )
 
 
 class TwilioSettings(_Section):
@@ -508,6 +514,14 @@ class CampaignsSettings(_Section):
         ge=0,
         description="seconds a claimed prospect may go without its call before another worker "
         "sends it (under the same key: it cannot dial twice)",
+    )
+    abandon_after: float = Field(
+        default=1.5,
+        gt=0,
+        le=2.0,
+        description="seconds after a person answers a campaign call that is not connected to "
+        "its target by then: the abandon message is played (within the 2 s of 16 CFR "
+        "310.4(b)(4)) and the call hung up",
     )
     did_health: DidHealthSettings = DidHealthSettings()
 

@@ -422,6 +422,14 @@ class CallService:
             return
         if call["on_answer"] and not call["agent"]:
             await self._control(conn, call, "connect")
+            if (call["metadata"] or {}).get("campaign_id"):
+                # A person answered a campaign call: connected to its target within 2 s, or
+                # abandoned (16 CFR 310.4(b)(4); gateway/pipeline/calls/control.py).
+                due = await conn.fetchval(
+                    "SELECT now() + make_interval(secs => $1)",
+                    self.settings.campaigns.abandon_after,
+                )
+                await self._control(conn, call, "abandon_check", run_at=due)
 
     async def _amd(
         self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport

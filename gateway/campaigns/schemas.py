@@ -44,7 +44,22 @@ class Pacing(BaseModel):
     max_concurrent: int = Field(default=10, ge=1, le=1000, description="live dials at most")
     cps: float = Field(default=1.0, gt=0, le=100, description="new dials per second at most")
     max_abandon_rate: float = Field(
-        default=0.03, ge=0, le=0.03, description="16 CFR 310.4(b)(4): never above 3 %"
+        default=0.03,
+        ge=0,
+        le=0.03,
+        description="16 CFR 310.4(b)(4): abandoned ÷ answered by a person over a rolling 30 "
+        "days, never above 3 %; the predictive pacer lowers its dial ratio (down to 1:1) "
+        "before the rate would cross it",
+    )
+    max_agent_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="predictive: the agents (AI agent sessions) calls are connected to; "
+        "default max_concurrent",
+    )
+    max_ratio: float = Field(
+        default=3.0, ge=1, le=5, description="predictive: dials per free agent at most"
     )
 
 
@@ -156,6 +171,14 @@ class CampaignIn(BaseModel):
             raise ValueError("body and template are for sms campaigns")
         if self.on_machine == "retry" and self.retry.machine is None:
             raise ValueError("on_machine retry needs retry.machine.after")
+        if self.pacing.mode == "predictive":
+            if self.abandon_message is None:
+                raise ValueError(
+                    "a predictive campaign needs an abandon_message (16 CFR 310.4(b)(4)): it "
+                    "is played within 2 s to an answered call no agent takes"
+                )
+            if self.on_answer is None:
+                raise ValueError("a predictive campaign needs on_answer: whom calls connect to")
         return self
 
 

@@ -87,7 +87,6 @@ def campaign_from_row(row: Any, counts: dict[str, int]) -> Campaign:
 def _refuse_unsupported(body: CampaignIn) -> None:
     """What this build does not do yet is refused, never silently ignored (issue 11)."""
     unsupported = {
-        "pacing.mode predictive": body.pacing.mode == "predictive",
         "on_machine voicemail_drop": body.on_machine == "voicemail_drop",
     }
     named = [name for name, used in unsupported.items() if used]

@@ -215,6 +215,11 @@ class VoiceProvider(ABC):
     async def bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
         return await self._bridge(call, target)
 
+    async def say(self, call: CallRef, text: str) -> None:
+        """Speak `text` to the called party (the campaign abandon message), then the caller
+        hangs up. A provider that cannot play on a live call raises say_unsupported."""
+        raise PermanentProviderError(f"{self.name} cannot play on a call", code="say_unsupported")
+
     async def fetch_status(self, call: CallRef) -> CallReport | None:
         """The call's status as the provider knows it now, as a report on `call.attempt_key`;
         None when it cannot say. Raises `ProviderError` when asking failed."""

@@ -202,6 +202,54 @@ class CallController:
             await emit(conn, *events)
         return agent
 
+    async def _op_abandon_check(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        """A campaign call a person answered `campaigns.abandon_after` ago: connected to its
+        target (bridged) it is not abandoned; else it is — the campaign's abandon message is
+        played (16 CFR 310.4(b)(4): within 2 s of the answer) and the call hung up. The call
+        ends with error_code 'abandoned' (its prospect: `abandoned`, campaigns/outcomes.py)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            fresh = await repo.get_call(conn, call["id"], lock=True)
+            if (
+                fresh is None
+                or fresh["status"] != "answered"
+                or fresh["bridged_at"] is not None
+                or fresh["hangup_requested_at"] is not None
+            ):
+                return
+            campaign_id = (fresh["metadata"] or {}).get("campaign_id")
+            config = await conn.fetchval(
+                "SELECT config FROM campaigns WHERE id = $1::uuid AND tenant_id = $2",
+                campaign_id,
+                fresh["tenant_id"],
+            )
+            if config is None:
+                return
+            message = (config.get("abandon_message") or {}).get("say")
+            detail = "answered by a person, not connected to its target within 2 s"
+            await repo.update_call(conn, call["id"], error_code="abandoned", error_detail=detail)
+            await emit(conn, event(fresh, "abandoned", {"campaign_id": campaign_id}))
+        played, why = False, "no abandon_message"
+        if message:
+            try:
+                await self._voice(fresh).say(call_ref(fresh), message)
+                played, why = True, None
+            except ProviderError as exc:  # cannot play (say_unsupported) or the call is gone
+                why = exc.code or str(exc)
+        async with self.db.acquire() as conn, conn.transaction():
+            fresh = await repo.get_call(conn, call["id"], lock=True)
+            if fresh is None:
+                return
+            after_ms = await conn.fetchval(
+                "SELECT round(extract(epoch FROM now() - $1::timestamptz) * 1000)::int",
+                fresh["answered_at"],
+            )
+            data = {"played": played, "after_answer_ms": after_ms, "say": message}
+            if why is not None:
+                data["not_played"] = why
+            await emit(conn, event(fresh, "abandon_message", data))
+            if fresh["status"] not in FINAL:
+                await self.service._request_hangup(conn, fresh, reason="abandoned")
+
     async def _op_bridge_legs(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         """The agent leg answered: join it with the call."""
         agent = call["agent"] or {}

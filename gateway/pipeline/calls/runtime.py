@@ -95,6 +95,8 @@ class VoiceRuntime:
                     step_delay=providers.sandbox.receipt_delay,
                     call_duration=settings.calls.sandbox_call_duration,
                     ring_for=settings.calls.sandbox_ring_seconds,
+                    agent_connect_delay=providers.sandbox.agent_connect_delay,
+                    agent_slow_every=providers.sandbox.agent_slow_every,
                 )
             )
         if providers.twilio.enabled and not settings.http.public_base_url:

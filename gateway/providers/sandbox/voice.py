@@ -96,7 +96,11 @@ class SandboxVoice(VoiceProvider):
         step_delay: float = 0.05,
         call_duration: float = 1.0,
         ring_for: float = 0.2,
+        agent_connect_delay: float = 0.0,
+        agent_slow_every: int = 0,
     ) -> None:
+        self.agent_connect_delay = agent_connect_delay
+        self.agent_slow_every = agent_slow_every
         self.name = name
         self.redis = redis
         self.sink = sink
@@ -313,9 +317,14 @@ class SandboxVoice(VoiceProvider):
             await self.redis.set(self._key("agent", key), target.leg_key, ex=_TTL)
             leg = CallRef(self.name, key, target.leg_key, None, "agent")
 
+            slow = False
+            if self.agent_slow_every:
+                n = await self.redis.incr(self._key("agent_legs"))
+                slow = n % self.agent_slow_every == 0
+
             async def agent_answers() -> None:
                 await self._report(key, target.leg_key, leg="agent", status="dialing")
-                await asyncio.sleep(self.step_delay)
+                await asyncio.sleep(self.step_delay + (self.agent_connect_delay if slow else 0))
                 await self._report(key, target.leg_key, leg="agent", status="answered")
 
             self._spawn(target.leg_key, agent_answers())
@@ -334,6 +343,18 @@ class SandboxVoice(VoiceProvider):
             bridge_id=bridge_id,
         )
         return BridgeResult(joined=True)
+
+    async def say(self, call: CallRef, text: str) -> None:
+        """Recorded as played (tests read it back with `said`)."""
+        await self.redis.rpush(self._key("said", call.attempt_key), f"{time.time()}|{text}")
+        await self.redis.expire(self._key("said", call.attempt_key), _TTL)
+
+    async def said(self, attempt_key: str) -> list[tuple[float, str]]:
+        out = []
+        for item in await self.redis.lrange(self._key("said", attempt_key), 0, -1):
+            at, _, text = item.decode().partition("|")
+            out.append((float(at), text))
+        return out
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

@@ -1,0 +1,117 @@
+"""Predictive pacing and the abandonment rate (16 CFR 310.4(b)(4)).
+
+A call answered by a person and not connected to its `on_answer` target within 2 s of the
+answer is *abandoned* (gateway/pipeline/calls/control.py `_op_abandon_check` plays the
+campaign's `abandon_message` and hangs up; the prospect ends `abandoned`, never re-dialled).
+The rate is abandoned ÷ answered by a person, per campaign over a rolling 30 days: SQL over
+`campaign_attempts` (outcome 'answered', detail 'abandoned'), on the database's clock.
+
+The dial ratio (dials per free agent) is a pure function of what the database says now — no
+pacer state to lose when a worker dies (DESIGN principle 3). Like VICIdial's adaptive modes it
+starts from the live answer rate (1 / answer rate, at most `max_ratio`) and gives it up as the
+abandonment rate nears the cap: the rate is projected as if the next answer were abandoned
+too, (abandoned + 1) ÷ (answered + 1); at or under half the cap the full ratio is used, at the
+cap 1:1 (progressive), linearly in between. So a new campaign starts at 1:1 and earns its
+ratio with answers; an abandon lowers it at once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+# Attempts the live answer rate is read over (the most recent ones of the campaign).
+LIVE_WINDOW = 200
+# Dials before the answer rate is trusted; until then 1:1.
+MIN_DIALS = 20
+
+STATS_SQL = """
+SELECT
+    (SELECT count(*) FROM (SELECT outcome FROM campaign_attempts
+                            WHERE campaign_id = $1 AND outcome IS NOT NULL
+                              AND outcome NOT IN ('refused', 'suppressed', 'canceled')
+                            ORDER BY ended_at DESC LIMIT $2) r) AS recent_dials,
+    (SELECT count(*) FILTER (WHERE outcome = 'answered')
+       FROM (SELECT outcome FROM campaign_attempts
+              WHERE campaign_id = $1 AND outcome IS NOT NULL
+                AND outcome NOT IN ('refused', 'suppressed', 'canceled')
+              ORDER BY ended_at DESC LIMIT $2) r) AS recent_answered,
+    count(*) FILTER (WHERE a.outcome = 'answered') AS answered_30d,
+    count(*) FILTER (WHERE a.outcome = 'answered' AND a.detail = 'abandoned') AS abandoned_30d
+  FROM campaign_attempts a
+ WHERE a.campaign_id = $1 AND a.ended_at > now() - interval '30 days'
+"""
+
+LIVE_SQL = """
+SELECT count(*) FILTER (WHERE c.status = 'answered') AS talking,
+       count(*) FILTER (WHERE c.status IS NULL OR c.status NOT IN ('answered')) AS ringing
+  FROM campaign_prospects p
+  LEFT JOIN campaign_attempts a ON a.prospect_id = p.id AND a.n = p.attempts
+  LEFT JOIN calls c ON c.id = a.call_id
+ WHERE p.campaign_id = $1 AND p.status = 'dialing'
+"""
+
+
+@dataclass(frozen=True)
+class Stats:
+    recent_dials: int
+    recent_answered: int
+    answered_30d: int
+    abandoned_30d: int
+
+    @property
+    def answer_rate(self) -> float | None:
+        return self.recent_answered / self.recent_dials if self.recent_dials else None
+
+    @property
+    def abandon_rate(self) -> float | None:
+        return self.abandoned_30d / self.answered_30d if self.answered_30d else None
+
+
+def dial_ratio(stats: Stats, max_abandon_rate: float, max_ratio: float) -> float:
+    """Dials per free agent (≥ 1): see the module doc."""
+    if stats.recent_dials < MIN_DIALS or not stats.recent_answered or max_abandon_rate <= 0:
+        return 1.0
+    base = min(max_ratio, 1.0 / (stats.recent_answered / stats.recent_dials))
+    projected = (stats.abandoned_30d + 1) / (stats.answered_30d + 1)
+    half = max_abandon_rate / 2
+    headroom = min(1.0, max(0.0, (max_abandon_rate - projected) / half))
+    return round(1.0 + (base - 1.0) * headroom, 3)
+
+
+async def stats(conn: asyncpg.Connection | asyncpg.Pool, campaign_id: uuid.UUID) -> Stats:
+    row = await conn.fetchrow(STATS_SQL, campaign_id, LIVE_WINDOW)
+    return Stats(
+        row["recent_dials"], row["recent_answered"], row["answered_30d"], row["abandoned_30d"]
+    )
+
+
+async def predictive_room(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, pacing: dict[str, Any]
+) -> tuple[int, float]:
+    """(dials to place now, the ratio): free agents × ratio, less the dials still ringing."""
+    s = await stats(conn, campaign_id)
+    ratio = dial_ratio(
+        s, float(pacing.get("max_abandon_rate", 0.03)), float(pacing.get("max_ratio", 3.0))
+    )
+    live = await conn.fetchrow(LIVE_SQL, campaign_id)
+    agents = int(pacing.get("max_agent_sessions") or pacing["max_concurrent"])
+    free = max(0, agents - live["talking"])
+    return max(0, math.floor(free * ratio) - live["ringing"]), ratio
+
+
+async def ratio_of(
+    conn: asyncpg.Connection | asyncpg.Pool, campaign_id: uuid.UUID, pacing: dict[str, Any]
+) -> float:
+    """The current dial ratio (1.0 for a progressive campaign), for GET and campaign.progress."""
+    if pacing.get("mode") != "predictive":
+        return 1.0
+    return dial_ratio(
+        await stats(conn, campaign_id),
+        float(pacing.get("max_abandon_rate", 0.03)),
+        float(pacing.get("max_ratio", 3.0)),
+    )

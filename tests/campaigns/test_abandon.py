@@ -1,0 +1,78 @@
+"""Abandonment (16 CFR 310.4(b)(4)) under predictive pacing: every 70th agent leg connects
+after 3 s, so its call — answered by a person — is not connected within 2 s: the abandon
+message is played in time, the prospect ends `abandoned` (not re-dialled), the rolling rate
+stays within the cap and the pacer's dial ratio goes down after an abandon (campaign.progress)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sip import calls as sip_calls
+from tests.campaigns.test_dialer import list_numbers
+
+MESSAGE = "This is Acme Insurance, 1-800-555-0100. To opt out, press 9."
+
+
+@pytest.fixture
+def overrides():
+    return {
+        "providers": {"sandbox": {"agent_connect_delay": 3.0, "agent_slow_every": 70}},
+        "calls": {"sandbox_call_duration": 2.2},
+    }
+
+
+async def test_abandoned_calls_get_the_message_and_the_ratio_goes_down(campaigns, client):
+    from gateway.pipeline.calls import VOICE
+
+    numbers = list_numbers(150)
+    c = await campaigns.create(
+        name="predictive",
+        on_answer={"agent": {"system_prompt": "You renew policies."}},
+        abandon_message={"say": MESSAGE},
+        pacing={
+            "mode": "predictive",
+            "max_concurrent": 40,
+            "max_agent_sessions": 25,
+            "cps": 100,
+            "max_abandon_rate": 0.03,
+        },
+        retry={"max_attempts": 1},
+    )
+    await campaigns.add(c["id"], [{"number": x} for x in numbers])
+    await campaigns.act(c["id"], "start")
+    final = await campaigns.wait(c["id"], lambda x: x["status"] == "completed", timeout=90)
+
+    abandoned = await campaigns.db.fetch(
+        """
+        SELECT c.id, c.error_code, c.answered_at, c.bridged_at, c.to_number, p.status,
+               p.attempts, e.data
+          FROM calls c JOIN campaign_prospects p ON p.number = c.to_number
+          JOIN events e ON e.subject = c.id::text AND e.type = 'call.abandon_message'
+        """
+    )
+    assert abandoned, "no call was abandoned"
+    voice = client.app[VOICE].registry.voice("sandbox")
+    for a in abandoned:
+        assert a["error_code"] == "abandoned" and a["status"] == "abandoned"
+        assert a["attempts"] == 1  # never re-dialled as if unanswered
+        assert a["data"]["played"] and a["data"]["say"] == MESSAGE
+        assert a["data"]["after_answer_ms"] <= 2000, a["data"]
+        said = await voice.said(sip_calls.attempt_key(a["id"], 1))
+        assert [text for _, text in said] == [MESSAGE]
+        assert said[0][0] - a["answered_at"].timestamp() <= 2.0
+    stats = final["stats"]
+    assert final["prospects"].get("abandoned") == len(abandoned)
+    assert stats["abandoned"] == len(abandoned)
+    assert stats["abandon_rate_30d"] <= 0.03
+    # The ratio rose above 1:1 with answers and came down when calls were abandoned.
+    progress = await campaigns.db.fetch(
+        "SELECT data FROM events WHERE subject = $1 AND type = 'campaign.progress' ORDER BY id",
+        c["id"],
+    )
+    ratios = [p["data"]["dial_ratio"] for p in progress]
+    peak = ratios.index(max(ratios))
+    assert max(ratios) > 1.0, ratios
+    assert min(ratios[peak:]) < max(ratios), ratios
+    assert all((p["data"]["abandon_rate_30d"] or 0) <= 0.03 for p in progress), [
+        p["data"] for p in progress
+    ]
