@@ -64,3 +64,31 @@ async def test_campaigns_section_answers_as_printed(campaigns, tmp_path):
         )
         calls = await campaigns.db.fetch("SELECT to_number, status, error_code FROM calls")
         raise AssertionError(([dict(r) for r in rows], [dict(c) for c in calls])) from None
+
+
+async def test_predictive_and_dids_block_answers_as_printed(campaigns):
+    text = section()
+    sh = re.findall(r"```sh\n(.*?)```", text, re.S)[1]
+    (predictive, refused) = bodies(sh)
+    made = await campaigns.request("POST", predictive[0], predictive[2], predictive[1])
+    assert made["status"] == "draft" and made["config"]["pacing"]["mode"] == "predictive"
+    bad = await campaigns.request("POST", refused[0], refused[2], refused[1])
+    assert f'"code": "{bad["code"]}"' in refused[3]
+    got = await campaigns.get(made["id"])
+    assert got["stats"]["dial_ratio"] == 1.0 and got["stats"]["abandon_rate_30d"] is None
+
+    tenant_id = await campaigns.db.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
+    await campaigns.db.execute(
+        "INSERT INTO dids (number, tenant_id, provider, capabilities) "
+        "VALUES ('+14155550100', $1, 'sandbox', '{voice}')",
+        tenant_id,
+    )
+    dids = await campaigns.request("GET", "/v1/dids", 200)
+    printed = sh[sh.index("# 200 {") :]
+    (did,) = dids["data"]
+    flat = did | did["health"]
+    pairs = re.findall(r'"(\w+)": (null|[\d.]+|"[^"]*"|\[[^\]]*\])', printed)
+    assert pairs
+    for key, value in pairs:
+        assert flat[key] == json.loads(value), key
+    assert dids["next_cursor"] is None
