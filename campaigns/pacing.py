@@ -30,18 +30,15 @@ LIVE_WINDOW = 200
 MIN_DIALS = 20
 
 STATS_SQL = """
-SELECT
-    (SELECT count(*) FROM (SELECT outcome FROM campaign_attempts
-                            WHERE campaign_id = $1 AND outcome IS NOT NULL
-                              AND outcome NOT IN ('refused', 'suppressed', 'canceled')
-                            ORDER BY ended_at DESC LIMIT $2) r) AS recent_dials,
-    (SELECT count(*) FILTER (WHERE outcome = 'answered')
-       FROM (SELECT outcome FROM campaign_attempts
-              WHERE campaign_id = $1 AND outcome IS NOT NULL
-                AND outcome NOT IN ('refused', 'suppressed', 'canceled')
-              ORDER BY ended_at DESC LIMIT $2) r) AS recent_answered,
-    count(*) FILTER (WHERE a.outcome = 'answered') AS answered_30d,
-    count(*) FILTER (WHERE a.outcome = 'answered' AND a.detail = 'abandoned') AS abandoned_30d
+WITH recent AS MATERIALIZED (
+    SELECT outcome FROM campaign_attempts
+     WHERE campaign_id = $1 AND outcome IS NOT NULL
+       AND outcome NOT IN ('refused', 'suppressed', 'canceled')
+     ORDER BY ended_at DESC LIMIT $2)
+SELECT (SELECT count(*) FROM recent) AS recent_dials,
+       (SELECT count(*) FROM recent WHERE outcome = 'answered') AS recent_answered,
+       count(*) FILTER (WHERE a.outcome = 'answered') AS answered_30d,
+       count(*) FILTER (WHERE a.outcome = 'answered' AND a.detail = 'abandoned') AS abandoned_30d
   FROM campaign_attempts a
  WHERE a.campaign_id = $1 AND a.ended_at > now() - interval '30 days'
 """

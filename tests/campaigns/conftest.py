@@ -112,7 +112,7 @@ class Campaigns:
             campaign = await self.get(campaign_id)
             if done(campaign):
                 return campaign
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.25)
         stuck = await self.db.fetch(
             """
             SELECT p.id, p.number, p.status, p.attempts, p.claimed_at, a.n, c.status AS call,
