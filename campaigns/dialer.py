@@ -334,7 +334,10 @@ class Dialer:
                 "pool": POOL,
                 "on_answer": cfg.on_answer,
                 "amd": cfg.amd,
-                "on_machine": "hangup" if cfg.amd else "continue",
+                # voicemail_drop: the machine's call goes on, to the message (calls/service.py)
+                "on_machine": "hangup"
+                if cfg.amd and cfg.on_machine != "voicemail_drop"
+                else "continue",
                 "ring_timeout": cfg.ring_timeout,
                 "max_duration": cfg.max_duration,
                 "purpose": cfg.purpose,

@@ -114,6 +114,8 @@ def settle(row: Any, cfg: CampaignConfig, refused_retry: float) -> Settled:
         "busy": "busy",
         "no_answer": "no_answer",
     }.get(end, "failed")
+    if outcome == "machine" and code == "voicemail_dropped":
+        return Settled("machine", "done", "voicemail_dropped", None)
     if outcome == "answered" and code == "abandoned":
         # Answered by a person, no agent within 2 s: the abandon message was played. Never
         # re-dialled as if unanswered (16 CFR 310.4(b)(4)).

@@ -420,6 +420,12 @@ class CallService:
                 )
             await self._request_hangup(conn, call, reason="answering_machine")
             return
+        campaign = (call["metadata"] or {}).get("campaign_id")
+        if call["amd"] and call["amd_result"] == "machine" and campaign:
+            # A campaign with on_machine voicemail_drop (it dials them with "continue"): the
+            # message is left after the greeting, never the agent (control.py).
+            await self._control(conn, call, "voicemail_drop")
+            return
         if call["on_answer"] and not call["agent"]:
             await self._control(conn, call, "connect")
             if (call["metadata"] or {}).get("campaign_id"):

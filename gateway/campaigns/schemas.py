@@ -171,6 +171,8 @@ class CampaignIn(BaseModel):
             raise ValueError("body and template are for sms campaigns")
         if self.on_machine == "retry" and self.retry.machine is None:
             raise ValueError("on_machine retry needs retry.machine.after")
+        if self.on_machine == "voicemail_drop" and (not self.amd or self.voicemail is None):
+            raise ValueError("on_machine voicemail_drop needs amd true and voicemail.say")
         if self.pacing.mode == "predictive":
             if self.abandon_message is None:
                 raise ValueError(
@@ -200,8 +202,10 @@ class Campaign(BaseModel):
     stats: dict[str, Any] | None = Field(
         default=None,
         description="GET of one campaign: dials (attempts that reached a number), outcomes, "
-        "answer_rate and machine_rate over dials, dials_per_s over the last minute and the ETA "
-        "of the prospects still open at that rate",
+        "answer_rate and machine_rate over dials, abandoned and abandon_rate (abandoned ÷ "
+        "answered by a person; abandon_rate_30d over the rolling 30 days, 16 CFR "
+        "310.4(b)(4)), dial_ratio (predictive pacing; 1.0 otherwise), dials_per_s over the "
+        "last minute and the ETA of the prospects still open at that rate",
     )
     created_at: datetime
     updated_at: datetime

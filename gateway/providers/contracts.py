@@ -215,9 +215,11 @@ class VoiceProvider(ABC):
     async def bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
         return await self._bridge(call, target)
 
-    async def say(self, call: CallRef, text: str) -> None:
-        """Speak `text` to the called party (the campaign abandon message), then the caller
-        hangs up. A provider that cannot play on a live call raises say_unsupported."""
+    async def say_then_hangup(self, call: CallRef, text: str) -> None:
+        """Speak `text` to the called party, then end the call (a campaign's abandon message or
+        voicemail drop): the provider hangs up when the message is over, so the caller must
+        not hang up meanwhile. A provider that cannot play on a live call raises
+        say_unsupported (the caller then hangs up itself)."""
         raise PermanentProviderError(f"{self.name} cannot play on a call", code="say_unsupported")
 
     async def fetch_status(self, call: CallRef) -> CallReport | None:

@@ -76,3 +76,36 @@ async def test_abandoned_calls_get_the_message_and_the_ratio_goes_down(campaigns
     assert all((p["data"]["abandon_rate_30d"] or 0) <= 0.03 for p in progress), [
         p["data"] for p in progress
     ]
+
+
+async def test_voicemail_drop_leaves_the_message_after_the_greeting(campaigns, client):
+    from gateway.pipeline.calls import VOICE
+
+    numbers = list_numbers(400)
+    machine = next(x for x in numbers if 80 <= int(x[-2:]) <= 91)
+    person = next(x for x in numbers if int(x[-2:]) <= 54)
+    c = await campaigns.create(
+        amd=True,
+        on_machine="voicemail_drop",
+        voicemail={"say": "Hi {{first_name}}, this is Acme about your renewal."},
+        retry={"machine": {"after": "1s"}, "max_attempts": 2},
+    )
+    await campaigns.add(
+        c["id"],
+        [{"number": machine, "variables": {"first_name": "Ana"}}, {"number": person}],
+    )
+    await campaigns.act(c["id"], "start")
+    await campaigns.wait(c["id"], lambda x: x["status"] == "completed", timeout=30)
+    page = await campaigns.request("GET", f"/v1/campaigns/{c['id']}/prospects", 200)
+    got = {p["number"]: (p["status"], p["reason"], p["attempts"]) for p in page["data"]}
+    assert got == {machine: ("done", "voicemail_dropped", 1), person: ("done", "answered", 1)}
+    call = await campaigns.db.fetchrow("SELECT * FROM calls WHERE to_number = $1", machine)
+    assert call["error_code"] == "voicemail_dropped" and call["agent"] is None
+    voice = client.app[VOICE].registry.voice("sandbox")
+    said = await voice.said(sip_calls.attempt_key(call["id"], 1))
+    assert [text for _, text in said] == ["Hi Ana, this is Acme about your renewal."]
+    drop = await campaigns.db.fetchval(
+        "SELECT data FROM events WHERE subject = $1 AND type = 'call.voicemail_drop'",
+        str(call["id"]),
+    )
+    assert drop["played"] is True

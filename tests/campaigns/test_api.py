@@ -29,14 +29,14 @@ async def test_create_get_list_and_validation(campaigns, make_key, client):
     assert got["prospects"] == {"total": 0} and got["name"] == "spring-renewals"
 
     # Refused at the edge: campaigns ring at least 15 s; predictive needs an abandon message
-    # (16 CFR 310.4(b)(4)) and a target; voicemail drop is not built yet.
+    # (16 CFR 310.4(b)(4)) and a target; a voicemail drop needs AMD and a message.
     bad = await campaigns.create(expect=422, ring_timeout=10)
     assert bad["code"] == "validation_error"
     agent = {"agent": {"system_prompt": "You renew policies."}}
     bad = await campaigns.create(expect=422, pacing={"mode": "predictive"}, on_answer=agent)
     assert bad["code"] == "validation_error" and "abandon_message" in bad["detail"]
     bad = await campaigns.create(expect=422, on_machine="voicemail_drop", amd=True)
-    assert bad["code"] == "campaign_feature_unavailable"
+    assert bad["code"] == "validation_error" and "voicemail" in bad["detail"]
     bad = await campaigns.create(expect=422, pacing={"max_abandon_rate": 0.05})
     assert bad["code"] == "validation_error"
     bad = await campaigns.create(expect=422, channel="sms")  # neither body nor template

@@ -20,7 +20,8 @@ from gateway.calls.service import (
 )
 from gateway.calls.states import FINAL
 from gateway.events.outbox import emit
-from gateway.logs import bind
+from gateway.logs import bind, get_logger
+from gateway.messages.templates import render
 from gateway.pipeline.calls.route import attempt_key_of, call_ref
 from gateway.providers.agents.base import AgentError
 from gateway.providers.contracts import (
@@ -35,6 +36,8 @@ from gateway.providers.sandbox.voice import SandboxVoice
 from gateway.settings import Settings
 from sip import calls as sip_calls
 from sip.asterisk import AsteriskVoice
+
+log = get_logger(__name__)
 
 # Providers whose own events say when two legs are bridged (AMI BridgeEnter, the sandbox).
 _REPORTS_BRIDGES = (AsteriskVoice, SandboxVoice)
@@ -205,33 +208,73 @@ class CallController:
     async def _op_abandon_check(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         """A campaign call a person answered `campaigns.abandon_after` ago: connected to its
         target (bridged) it is not abandoned; else it is — the campaign's abandon message is
-        played (16 CFR 310.4(b)(4): within 2 s of the answer) and the call hung up. The call
-        ends with error_code 'abandoned' (its prospect: `abandoned`, campaigns/outcomes.py)."""
+        played (16 CFR 310.4(b)(4): within 2 s of the answer) and the call ends. The call ends
+        with error_code 'abandoned' (its prospect: `abandoned`, campaigns/outcomes.py)."""
         async with self.db.acquire() as conn, conn.transaction():
             fresh = await repo.get_call(conn, call["id"], lock=True)
-            if (
-                fresh is None
-                or fresh["status"] != "answered"
-                or fresh["bridged_at"] is not None
-                or fresh["hangup_requested_at"] is not None
-            ):
+            if fresh is None or fresh["bridged_at"] is not None:
                 return
-            campaign_id = (fresh["metadata"] or {}).get("campaign_id")
-            config = await conn.fetchval(
-                "SELECT config FROM campaigns WHERE id = $1::uuid AND tenant_id = $2",
-                campaign_id,
-                fresh["tenant_id"],
-            )
+            config = await self._campaign_config(conn, fresh)
             if config is None:
                 return
             message = (config.get("abandon_message") or {}).get("say")
             detail = "answered by a person, not connected to its target within 2 s"
             await repo.update_call(conn, call["id"], error_code="abandoned", error_detail=detail)
+            campaign_id = fresh["metadata"]["campaign_id"]
             await emit(conn, event(fresh, "abandoned", {"campaign_id": campaign_id}))
-        played, why = False, "no abandon_message"
+        await self._say_then_end(fresh, message, "abandon_message", reason="abandoned")
+
+    async def _op_voicemail_drop(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        """A campaign call (on_machine voicemail_drop) an answering machine took: its
+        `voicemail.say`, rendered with the prospect's variables, is left after the greeting
+        (the AMD verdict), then the call ends with error_code 'voicemail_dropped'."""
+        async with self.db.acquire() as conn, conn.transaction():
+            fresh = await repo.get_call(conn, call["id"], lock=True)
+            if fresh is None:
+                return
+            config = await self._campaign_config(conn, fresh)
+            if config is None:
+                return
+            variables = await conn.fetchval(
+                "SELECT variables FROM campaign_prospects WHERE id = $1",
+                int(fresh["metadata"].get("prospect_id") or 0),
+            )
+            template = (config.get("voicemail") or {}).get("say") or ""
+            try:
+                message = render("voicemail", template, dict(variables or {}))
+            except Exception as exc:  # a variable the prospect does not have
+                log.warning("voicemail not rendered", call_id=str(call["id"]), error=str(exc))
+                message = None
+            detail = "an answering machine answered: voicemail left (on_machine voicemail_drop)"
+            await repo.update_call(
+                conn, call["id"], error_code="voicemail_dropped", error_detail=detail
+            )
+        await self._say_then_end(fresh, message, "voicemail_drop", reason="voicemail_dropped")
+
+    async def _campaign_config(
+        self, conn: asyncpg.Connection, call: asyncpg.Record
+    ) -> dict[str, Any] | None:
+        """The config of the campaign an answered, unhung call belongs to (None: neither)."""
+        if call["status"] != "answered" or call["hangup_requested_at"] is not None:
+            return None
+        campaign_id = (call["metadata"] or {}).get("campaign_id")
+        if campaign_id is None:
+            return None
+        return await conn.fetchval(
+            "SELECT config FROM campaigns WHERE id = $1::uuid AND tenant_id = $2",
+            campaign_id,
+            call["tenant_id"],
+        )
+
+    async def _say_then_end(
+        self, call: asyncpg.Record, message: str | None, kind: str, *, reason: str
+    ) -> None:
+        """Play `message` and let the provider end the call; one that cannot play (or no
+        message) gets an ordinary hangup. `call.<kind>` says which, and when after the answer."""
+        played, why = False, "no message"
         if message:
             try:
-                await self._voice(fresh).say(call_ref(fresh), message)
+                await self._voice(call).say_then_hangup(call_ref(call), message)
                 played, why = True, None
             except ProviderError as exc:  # cannot play (say_unsupported) or the call is gone
                 why = exc.code or str(exc)
@@ -243,12 +286,17 @@ class CallController:
                 "SELECT round(extract(epoch FROM now() - $1::timestamptz) * 1000)::int",
                 fresh["answered_at"],
             )
-            data = {"played": played, "after_answer_ms": after_ms, "say": message}
+            data: dict[str, Any] = {"played": played, "after_answer_ms": after_ms, "say": message}
             if why is not None:
                 data["not_played"] = why
-            await emit(conn, event(fresh, "abandon_message", data))
-            if fresh["status"] not in FINAL:
-                await self.service._request_hangup(conn, fresh, reason="abandoned")
+            await emit(conn, event(fresh, kind, data))
+            if fresh["status"] in FINAL:
+                return
+            if played:  # the provider hangs up when the message is over: not before
+                await repo.update_call(conn, call["id"], hangup_requested_at=repo.NOW)
+                await emit(conn, event(fresh, "hangup_requested", {"reason": reason}))
+            else:
+                await self.service._request_hangup(conn, fresh, reason=reason)
 
     async def _op_bridge_legs(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         """The agent leg answered: join it with the call."""

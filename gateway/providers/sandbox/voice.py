@@ -344,10 +344,11 @@ class SandboxVoice(VoiceProvider):
         )
         return BridgeResult(joined=True)
 
-    async def say(self, call: CallRef, text: str) -> None:
-        """Recorded as played (tests read it back with `said`)."""
+    async def say_then_hangup(self, call: CallRef, text: str) -> None:
+        """Recorded as played (tests read it back with `said`), then the call ends."""
         await self.redis.rpush(self._key("said", call.attempt_key), f"{time.time()}|{text}")
         await self.redis.expire(self._key("said", call.attempt_key), _TTL)
+        await self._hangup(call)
 
     async def said(self, attempt_key: str) -> list[tuple[float, str]]:
         out = []

@@ -150,6 +150,10 @@ class TwilioVoice(VoiceProvider):
         await self._update(target, twiml)
         return BridgeResult(joined=True)
 
+    async def say_then_hangup(self, call: CallRef, text: str) -> None:
+        """The call's TwiML replaced: <Say> the text, then <Hangup/> (Twilio ends it)."""
+        await self._update(call, f"<Response><Say>{escape(text)}</Say><Hangup/></Response>")
+
     async def _update(self, call: CallRef, twiml: str) -> None:
         if not call.provider_call_id:
             raise TransientProviderError("no CallSid yet", code="no_call_sid", ambiguous=False)
