@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +20,7 @@ from typing import Any
 import asyncpg
 from asyncpg.transaction import Transaction
 
+from gateway.core import jsonio
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -58,7 +58,9 @@ def load_migrations() -> list[Migration]:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            typ, encoder=jsonio.dumps_str, decoder=jsonio.loads, schema="pg_catalog"
+        )
 
 
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:

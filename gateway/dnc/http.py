@@ -11,7 +11,7 @@ from gateway.dnc import service
 from gateway.dnc.schemas import DncDeleteQuery, DncEntryIn, DncEntryList, DncListQuery, DncStatus
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
-from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.http.routing import RAW_BODY, RouteTable, json_response
 from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="dnc")
@@ -49,7 +49,7 @@ async def add_entry(request: web.Request, body: DncEntryIn) -> web.Response:
         idempotency_key=key,
         request_digest=digest,
     )
-    return web.json_response(out, status=status)
+    return json_response(out, status)
 
 
 @routes.get(

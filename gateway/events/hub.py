@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.core import jsonio
 from gateway.events import bus, log
 from gateway.events.model import TypeFilter, event_json
 from gateway.logs import get_logger
@@ -276,7 +276,7 @@ class Hub:
                 self._lost = False
 
     async def _on_message(self, channel: bytes, data: bytes) -> None:
-        head = json.loads(data)
+        head = jsonio.loads(data)
         seq = head["id"]
         self.received += 1
         if seq <= self.last_seq:

@@ -8,12 +8,13 @@ bodies.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from gateway.core import jsonio
 
 # The columns every reader selects (tenant_id is for routing, not part of the public JSON).
 COLUMNS = "seq, tenant_id, type, subject, trace_id, data, created_at"
@@ -38,7 +39,7 @@ def public_event(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def event_json(row: Mapping[str, Any]) -> str:
     """One line of JSON (no raw newlines: safe as a single SSE `data:` line)."""
-    return json.dumps(public_event(row), separators=(",", ":"), default=str)
+    return jsonio.dumps_str(public_event(row))
 
 
 def sse_frame(seq: int, type_: str, data: str) -> bytes:

@@ -16,12 +16,12 @@ from its last id with nothing lost).
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import asyncpg
 from aiohttp import web
 
+from gateway.core import jsonio
 from gateway.events import log
 from gateway.events.hub import Hub, Subscription
 from gateway.events.model import TypeFilter, event_json, sse_frame
@@ -102,9 +102,8 @@ async def _start_point(sub: Subscription, db: asyncpg.Pool, last_event_id: int) 
 
 def _reset(last_event_id: int, resume: int, reason: str) -> bytes:
     """`event: reset`: events after `last_event_id` up to `resume` may be lost to the client."""
-    body = json.dumps(
-        {"reason": reason, "last_event_id": last_event_id, "resumed_after": resume},
-        separators=(",", ":"),
+    body = jsonio.dumps_str(
+        {"reason": reason, "last_event_id": last_event_id, "resumed_after": resume}
     )
     return sse_frame(resume, "reset", body)
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.core.errors import Problem
 from gateway.core.ids import new_request_id, new_trace_id
 from gateway.http.metrics import Registry
+from gateway.http.routing import json_response
 from gateway.logs import bind, clear, get_logger
 from gateway.outage import DependencyUnavailable, unavailable
 from gateway.resources import RESOURCES
@@ -37,13 +38,12 @@ _HTTP_CODES = {
 
 
 def problem_response(problem: Problem, request: web.Request) -> web.Response:
-    resp = web.json_response(
+    return json_response(
         problem.body(instance=request.path),
-        status=problem.status,
+        problem.status,
         content_type="application/problem+json",
         headers=problem.headers,
     )
-    return resp
 
 
 def _outage(request: web.Request, exc: Exception) -> DependencyUnavailable | None:

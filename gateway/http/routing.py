@@ -7,15 +7,15 @@ the same declarations, it cannot drift from the handlers.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gateway.core import jsonio
 from gateway.core.errors import Problem, ValidationFailed
 from gateway.http.auth import authenticate
 
@@ -61,12 +61,29 @@ class UnsupportedMediaType(Problem):
         )
 
 
-def json_response(model: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> web.Response:
+def json_response(
+    model: BaseModel | dict[str, Any] | list[Any],
+    status: int = 200,
+    *,
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The one way a JSON body is answered: a pydantic model by its own serializer, anything
+    else by gateway/core/jsonio.py (aiohttp's `web.json_response` would use json.dumps)."""
     if isinstance(model, BaseModel):
-        body = model.model_dump_json(by_alias=True)
-    else:
-        body = json.dumps(model, default=str)
-    return web.Response(body=body, status=status, content_type="application/json")
+        return web.Response(
+            body=model.__pydantic_serializer__.to_json(model, by_alias=True),
+            status=status,
+            content_type=content_type,
+            headers=headers,
+        )
+    return web.Response(
+        body=jsonio.dumps(model),
+        status=status,
+        content_type=content_type,
+        charset="utf-8",
+        headers=headers,
+    )
 
 
 @dataclass

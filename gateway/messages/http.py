@@ -58,9 +58,7 @@ async def send_message(request: web.Request, body: SendMessage) -> web.Response:
         principal, body, trace_id=request[TRACE_ID], idempotency_key=key, request_digest=digest
     )
     ctype = "application/problem+json" if outcome.status >= 400 else "application/json"
-    return web.json_response(
-        outcome.body, status=outcome.status, content_type=ctype, headers=outcome.headers
-    )
+    return json_response(outcome.body, outcome.status, content_type=ctype, headers=outcome.headers)
 
 
 @routes.get(

@@ -9,7 +9,6 @@ of it is durable.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,7 +218,7 @@ class MessagePipeline:
         body = message_from_row(
             row | {"created_at": stamps["created_at"], "updated_at": stamps["updated_at"]}
         )
-        return Outcome(202, json.loads(body.model_dump_json(by_alias=True)), {})
+        return Outcome(202, body.model_dump(mode="json", by_alias=True), {})
 
 
 @dataclass(frozen=True)

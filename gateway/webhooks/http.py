@@ -5,7 +5,7 @@ from aiohttp import web
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.pagination import ListQuery
-from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.http.routing import RAW_BODY, RouteTable, json_response
 from gateway.resources import RESOURCES
 from gateway.webhooks import service
 from gateway.webhooks.schemas import (
@@ -48,7 +48,7 @@ async def create_endpoint(request: web.Request, body: EndpointIn) -> web.Respons
         idempotency_key=key,
         request_digest=digest,
     )
-    return web.json_response(out, status=status)
+    return json_response(out, status)
 
 
 @routes.get(
