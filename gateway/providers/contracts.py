@@ -119,6 +119,9 @@ class CallSpec:
     trace_id: str
     ring_timeout: int = 30
     amd: bool = False
+    # With amd: a machine's verdict only after its greeting (the beep), for a message left on
+    # it (on_machine continue: a campaign's voicemail drop). Twilio: DetectMessageEnd.
+    amd_after_greeting: bool = False
     retry: bool = False  # the same attempt key again: the provider may have the call already
     max_duration: int | None = None  # seconds once answered; providers that can enforce it do
 

@@ -165,6 +165,7 @@ class CallDispatcher:
                 trace_id=call["trace_id"],
                 ring_timeout=call["ring_timeout"],
                 amd=call["amd"],
+                amd_after_greeting=call["amd"] and call["on_machine"] == "continue",
                 retry=attempt["reused"],
                 max_duration=call["max_duration"],
             )

@@ -108,7 +108,13 @@ class TwilioVoice(VoiceProvider):
                 twiml=hold_twiml(self.hold_seconds),
                 status_callback=self.status_callback(attempt_key, spec.trace_id),
                 ring_timeout=spec.ring_timeout,
-                machine_detection="Enable" if spec.amd else None,
+                machine_detection=(
+                    None
+                    if not spec.amd
+                    else "DetectMessageEnd"
+                    if spec.amd_after_greeting
+                    else "Enable"
+                ),
                 time_limit=spec.max_duration,  # Twilio's own cap too, should our hangup be late
                 idempotency_key=attempt_key,
             )
