@@ -154,6 +154,8 @@ class Dialer:
                 await self.drain(timeout=5.0)
             finally:
                 await conn.close()
+                if self.lookup is not None:
+                    await self.lookup.close()
 
     async def drain(self, timeout: float) -> None:
         """Let attempts being sent finish (up to `timeout`), then cancel the rest: a cancelled

@@ -497,10 +497,11 @@ class DidHealthSettings(_Section):
         default=0.15, ge=0, le=1, description="a DID answered below this share is rested"
     )
     cool_off: float = Field(default=14400.0, gt=0, description="seconds a rested DID is not chosen")
-    lookup: Literal["none", "sandbox"] = Field(
+    lookup: Literal["none", "sandbox", "twilio"] = Field(
         default="none",
-        description="reputation provider the DIDs are looked up with (flagged: rested); "
-        "sandbox flags by the number's last digit (9 spam, 8 scam) — for tests only",
+        description="reputation provider the DIDs are looked up with (flagged: rested): "
+        "twilio (Lookup v2 with providers.twilio's account), or sandbox, which flags by the "
+        "number's last digit (9 spam, 8 scam) — for tests only",
     )
     lookup_max_age: float = Field(
         default=86400.0, gt=0, description="seconds before a DID is looked up again"

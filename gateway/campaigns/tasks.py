@@ -9,8 +9,10 @@ from campaigns.dialer import Dialer
 from campaigns.didhealth import HealthPolicy
 from gateway.pipeline.calls import VOICE
 from gateway.pipeline.wiring import CHAIN, PIPELINE
+from gateway.providers.contracts import ReputationProvider
 from gateway.providers.sandbox.lookup import SandboxLookup
 from gateway.resources import RESOURCES
+from gateway.settings import Settings
 from gateway.supervisor import TaskFactory
 from guardrails.rules import Rules, load_rules
 
@@ -34,11 +36,24 @@ def campaign_tasks(app: web.Application) -> dict[str, TaskFactory]:
         orphan_after=res.settings.campaigns.orphan_after,
         caller_ids=CallerIds(res.db, rules=lambda: _rules(app)),
         health=HealthPolicy.from_settings(health),
-        lookup=SandboxLookup() if health.lookup == "sandbox" else None,
+        lookup=_lookup(res.settings),
         lookup_max_age=health.lookup_max_age,
     )
     app[DIALER] = dialer
     return {"campaign-dialer": dialer.run}
+
+
+def _lookup(settings: Settings) -> ReputationProvider | None:
+    """The reputation provider DIDs are looked up with (campaigns.did_health.lookup)."""
+    kind = settings.campaigns.did_health.lookup
+    if kind == "sandbox":
+        return SandboxLookup()
+    if kind == "twilio":
+        from gateway.providers.twilio.adapter import TwilioMessaging
+        from gateway.providers.twilio.lookup import TwilioLookup
+
+        return TwilioLookup(TwilioMessaging.from_settings(settings).config)
+    return None
 
 
 def _rules(app: web.Application) -> Rules:

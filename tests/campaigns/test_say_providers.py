@@ -54,3 +54,24 @@ async def test_a_provider_that_cannot_play_says_so():
     with pytest.raises(PermanentProviderError) as err:
         await Mute().say_then_hangup(CallRef("mute", "k", "id"), "hello")
     assert err.value.code == "say_unsupported"
+
+
+async def test_twilio_lookup_flags_what_lookup_says():
+    from gateway.providers.twilio.lookup import TwilioLookup
+
+    async with FakeTwilio() as fake:
+        config = TwilioConfig(
+            fake.account_sid, fake.auth_token, api_base_url=fake.base_url, timeout=2
+        )
+        lookup = TwilioLookup(config)
+        try:
+            risky = await lookup.lookup("+14155550119")
+            clean = await lookup.lookup("+14155550111")
+            blocked = await lookup.lookup("+14155550118")
+        finally:
+            await lookup.close()
+        assert (risky.flags, risky.score, risky.line_type) == (("high_risk",), 0.9, "nonFixedVoip")
+        assert (clean.flags, clean.score) == ((), 0.05)
+        assert blocked.flags == ("blocked",)
+        (req,) = [r for r in fake.requests_to("/v2/PhoneNumbers/+14155550119")]
+        assert req.query["Fields"] == "line_type_intelligence,sms_pumping_risk"

@@ -179,6 +179,7 @@ class FakeTwilio:
         app.router.add_post(prefix + "/Calls.json", self._create_call)
         app.router.add_get(prefix + "/Calls/{sid}.json", self._fetch_call)
         app.router.add_post(prefix + "/Calls/{sid}.json", self._update_call)
+        app.router.add_get("/v2/PhoneNumbers/{number}", self._lookup)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -278,7 +279,8 @@ class FakeTwilio:
     ) -> web.StreamResponse:
         if _basic_auth(request) != (self.account_sid, self.auth_token):
             return self._error(20003)
-        if request.match_info["account"] != self.account_sid:
+        # Lookup's /v2/PhoneNumbers/… names no account
+        if request.match_info.get("account", self.account_sid) != self.account_sid:
             return self._error(20404, path=request.path)
         return await handler(request)
 
@@ -498,6 +500,25 @@ class FakeTwilio:
             call["status"] = final  # visible in the reply; the callback follows
             self._spawn(self._call_status(call, final))
         return web.json_response(_public(call))
+
+    # GET /v2/PhoneNumbers/{number} (Lookup v2): by the last digit, 9 a high pumping risk, 8
+    # blocked, 7 invalid, else clean; the line type is always nonFixedVoip.
+    async def _lookup(self, request: web.Request) -> web.Response:
+        number = request.match_info["number"]
+        last = number[-1:]
+        return web.json_response(
+            {
+                "phone_number": number,
+                "valid": last != "7",
+                "line_type_intelligence": {"type": "nonFixedVoip", "error_code": None},
+                "sms_pumping_risk": {
+                    "number_blocked": last == "8",
+                    "sms_pumping_risk_score": 90 if last == "9" else 5,
+                    "error_code": None,
+                },
+                "url": f"https://lookups.twilio.com/v2/PhoneNumbers/{number}",
+            }
+        )
 
     # GET …/Messages/{sid}.json and …/Calls/{sid}.json: what the fake last knew, whether or
     # not its callback arrived (how a lost receipt is recovered).
