@@ -84,6 +84,19 @@ def behaves_as(number: str) -> str:
     return number
 
 
+# Place a call once per attempt key: its id, the count of real placements and its scripted end
+# together, or nothing (answers the earlier call id when the key was placed already).
+_PLACE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2]) end
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
 class SandboxVoice(VoiceProvider):
     fetches_status = True
 
@@ -126,16 +139,23 @@ class SandboxVoice(VoiceProvider):
                 "sandbox voice upstream unreachable", code="upstream_unavailable", ambiguous=False
             )
         call_id = "SV" + secrets.token_hex(16)
-        if not await self.redis.set(self._key("id", attempt_key), call_id, nx=True, ex=_TTL):
-            earlier = await self.redis.get(self._key("id", attempt_key))
-            return OriginateResult(earlier.decode() if earlier else call_id, already=True)
-        await self.redis.incr(self._key("sent", attempt_key))
-        await self.redis.expire(self._key("sent", attempt_key), _TTL)
         end = self._script_end(to, spec)
-        if end is not None:  # what the 'network' will say, for fetch_status after a crash
-            final, seconds = end
-            ends_at = time.time() + seconds
-            await self.redis.set(self._key("end", attempt_key), f"{final}|{ends_at}", ex=_TTL)
+        # What the 'network' will say, for fetch_status after a crash. Placed with the call in
+        # one script: a worker killed between the two would leave a call that a retry finds
+        # placed ("already") but whose end no lookup could ever tell — stuck for good.
+        ending = "" if end is None else f"{end[0]}|{time.time() + end[1]}"
+        earlier = await self.redis.eval(
+            _PLACE,
+            3,
+            self._key("id", attempt_key),
+            self._key("sent", attempt_key),
+            self._key("end", attempt_key),
+            call_id,
+            _TTL,
+            ending,
+        )
+        if earlier is not None:
+            return OriginateResult(earlier.decode(), already=True)
         self._spawn(attempt_key, self._progress(to, attempt_key, call_id, spec))
         return OriginateResult(call_id)
 
