@@ -79,6 +79,69 @@ SELECT
            AND m.id::text <> $5) END AS prior_marketing
 """
 
+# The same facts for many actions at once: one row per action, in the order given.
+_FACTS_BATCH_SQL = """
+SELECT
+    (SELECT name FROM tenants WHERE id = a.tenant) AS tenant,
+    (SELECT json_agg(json_build_object(
+                'source', d.source, 'global', d.tenant_id IS NULL, 'expires_at', d.expires_at,
+                'age_s', extract(epoch FROM now() - d.created_at),
+                'confirmation_message_id', d.confirmation_message_id))
+       FROM dnc_entries d
+      WHERE d.number = a.num AND (d.tenant_id IS NULL OR d.tenant_id = a.tenant)
+        AND (d.expires_at IS NULL OR d.expires_at > a.at)) AS entries,
+    CASE WHEN a.wants THEN EXISTS (
+        SELECT 1 FROM messages m
+         WHERE m.tenant_id = a.tenant AND m.to_number = a.num
+           AND m.direction = 'outbound' AND m.purpose = 'marketing'
+           AND m.status IN ('sent', 'delivered', 'undelivered')
+           AND m.id::text <> a.subject) END AS prior_marketing
+FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::bool[], $5::text[])
+     WITH ORDINALITY AS a(num, tenant, at, wants, subject, i)
+ORDER BY a.i
+"""
+MAX_FACTS_BATCH = 256
+
+
+class _FactsBatcher:
+    """Concurrent evaluations' fact queries, sent as one: while a batch runs, the next one
+    gathers (as the group commit does for writes), so under load one round trip answers
+    many actions, and alone an action waits for no one (one loop turn)."""
+
+    def __init__(self, owner: SuppressionFacts) -> None:
+        self.owner = owner  # its `lease` (one action alone: lease.py) and `db` (a batch)
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[asyncpg.Record]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def fetch(self, *args: Any) -> asyncpg.Record:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[asyncpg.Record] = loop.create_future()
+        self._queue.append((args, answer))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain(), name="suppression-facts")
+        return await answer
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0)  # callers of this loop turn join the batch
+            batch = self._queue[:MAX_FACTS_BATCH]
+            del self._queue[:MAX_FACTS_BATCH]
+            try:
+                if len(batch) == 1:
+                    rows = [await self.owner.lease.fetchrow(_FACTS_SQL, *batch[0][0])]
+                else:
+                    columns = zip(*(args for args, _ in batch), strict=True)
+                    rows = await self.owner.db.fetch(_FACTS_BATCH_SQL, *map(list, columns))
+            except Exception as exc:
+                for _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                        answer.exception()  # retrieved: a caller that gave up leaves no warning
+                continue
+            for (_, answer), row in zip(batch, rows, strict=True):
+                if not answer.done():
+                    answer.set_result(row)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -124,6 +187,7 @@ class SuppressionFacts:
         # The query runs on a connection kept while traffic is steady (guardrails/lease.py):
         # the pool's checkout would cost as much CPU as the query.
         self.lease = LeasedConnection(db)
+        self.batcher = _FactsBatcher(self)
         self.policy = policy
         # Tenant names never change, so the rate-limit check can choose a tenant's buckets
         # without waiting for the query once this process has seen the tenant.
@@ -160,15 +224,17 @@ class SuppressionFacts:
         return facts
 
     async def _load(self, action: OutboundAction, ctx: CheckContext) -> Facts:
-        db = ctx.conn if ctx.conn is not None else self.lease
-        row = await db.fetchrow(
-            _FACTS_SQL,
+        args = (
             action.to,
             action.tenant_id,
             ctx.now,
             self._wants_prior_marketing(action),
             action.subject,
         )
+        if ctx.conn is not None:  # inside the caller's transaction: its own query
+            row = await ctx.conn.fetchrow(_FACTS_SQL, *args)
+        else:
+            row = await self.batcher.fetch(*args)
         entries = tuple(
             Entry(
                 source=e["source"],
