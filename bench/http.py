@@ -2,7 +2,9 @@
 
 Both servers run as separate processes (one core for the server, one for this
 load generator) and are measured by the same client in the same run, so the
-ratio shows what auth + middleware + logging cost.
+ratio shows what auth + middleware + logging cost. On a shared machine the rates
+swing with the neighbours' load; each server's own CPU time per request (from
+/proc) does not, so `cpu_ratio_vs_bare` (bare µs per request ÷ ours) is printed too.
 
     python -m bench.http [--concurrency 32] [--duration 5]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 
 import aiohttp
 
@@ -21,19 +24,32 @@ from gateway import db
 from gateway.tenants.service import create_key, create_tenant
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(
-    name: str, url: str, headers: dict[str, str], concurrency: int, duration: float
+    name: str, url: str, headers: dict[str, str], concurrency: int, duration: float, pid: int
 ) -> Result:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+        served = 0
 
         async def op() -> None:
+            nonlocal served
             async with session.get(url, headers=headers) as resp:
                 await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"{url} answered {resp.status}")
+            served += 1
 
-        return await run_load(name, op, concurrency=concurrency, duration=duration)
+        cpu0, served0 = cpu_seconds(pid), served
+        result = await run_load(name, op, concurrency=concurrency, duration=duration)
+        cpu, requests = cpu_seconds(pid) - cpu0, served - served0
+        result.extra["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
+        return result
 
 
 async def provision(database_url: str) -> tuple[str, str]:
@@ -84,6 +100,7 @@ def main() -> None:
                         {},
                         args.concurrency,
                         args.duration,
+                        bare.pid,
                     )
                     real = await measure(
                         "GET /v1/whoami (auth+middleware)",
@@ -91,6 +108,7 @@ def main() -> None:
                         auth,
                         args.concurrency,
                         args.duration,
+                        daemon.pid,
                     )
                     return [floor, real]
 
@@ -105,6 +123,13 @@ def main() -> None:
         f"HTTP: authenticated whoami vs bare handler (concurrency {args.concurrency}, {args.duration:.0f}s)",
         [floor, real],
         ratio_vs_bare=round(real.rate / floor.rate, 3) if floor.rate else None,
+        cpu_ratio_vs_bare=round(
+            floor.extra["server_cpu_us_per_request"] / real.extra["server_cpu_us_per_request"], 3
+        ),
+        server_cpu_us_per_request={
+            "bare": floor.extra["server_cpu_us_per_request"],
+            "whoami": real.extra["server_cpu_us_per_request"],
+        },
     )
 
 
