@@ -218,6 +218,24 @@ def settings(database_url: str, redis_url: str):
 
 
 @pytest.fixture
+def _database_before_apps(request: pytest.FixtureRequest) -> None:
+    """Set up the test's database (if it has one) before `aiohttp_client`, so that pytest
+    tears it down after: every app a test started closes before its database is dropped.
+
+    Otherwise a test asking for `aiohttp_client` ahead of `settings` dropped the database
+    under a live app, whose supervised tasks then crashed on it one by one, each logging a
+    traceback, for a minute or more of teardown."""
+    if "database_url" in request.fixturenames:
+        request.getfixturevalue("database_url")
+
+
+@pytest.fixture
+def aiohttp_client(_database_before_apps: None, aiohttp_client):  # type: ignore[no-untyped-def]
+    """pytest-aiohttp's `aiohttp_client`, torn down before the test's database."""
+    return aiohttp_client
+
+
+@pytest.fixture
 async def client(aiohttp_client, settings):
     """An aiohttp test client for the real app (all roles) on real PostgreSQL and Redis."""
     from gateway.app import create_app
