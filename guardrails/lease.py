@@ -13,6 +13,8 @@ was given: the next evaluation that finds it free uses it directly, and one that
 * a query that fails (or is cancelled) hands the connection back at once, for the pool to
   check and clean up as it does any connection (asyncpg's release waits for a cancelled
   query's cancellation to settle before anyone else can have the connection);
+* a connection the server closed while kept here (a shutdown) is dropped before the next
+  query, which gets a new one: asyncpg has already given it back to the pool;
 * `aclose()` gives it back now — after the query running on it, if one is: the pool is
   released to without a reset query (gateway/db.py), so it would not notice a connection
   that is still busy, and its next user would fail with "another operation is in progress".
@@ -29,6 +31,15 @@ import asyncpg
 
 IDLE_S = 0.1
 MAX_USES = 10_000
+
+
+def _closed_under_us(conn: Any) -> bool:
+    """Whether the pool took the leased connection back by itself: when the server closes a
+    connection (a shutdown, `pg_terminate_backend`), asyncpg returns its holder to the pool and
+    detaches the proxy at once, even one kept here idle; a query on it would then fail with
+    InterfaceError "connection has been released back to the pool" (a misuse error, so a 500
+    during an outage instead of a 503). `_con` is the proxy's slot for its connection."""
+    return getattr(conn, "_con", None) is None
 
 
 class LeasedConnection:
@@ -49,6 +60,8 @@ class LeasedConnection:
         loop = asyncio.get_running_loop()
         if self._busy or (self._conn is not None and self._loop is not loop):
             return await self.pool.fetchrow(query, *args)
+        if self._conn is not None and _closed_under_us(self._conn):
+            self._take()  # asyncpg already took it back: nothing of ours to release
         self._busy = True
         self._in_use = loop.create_future()
         try:

@@ -186,7 +186,7 @@ class MessageDispatcher:
         except Exception as exc:
             if unavailable(exc) is None:
                 raise
-            log.debug("breaker outcome not recorded: Redis unavailable", provider=provider)
+            log.debug("breaker outcome not recorded (Redis away)", provider=provider)
 
     async def _requeue(self, msg: asyncpg.Record, job: queue.Job) -> None:
         """Back from `dead_lettered` to `queued`: the one move back, an operator's replay."""

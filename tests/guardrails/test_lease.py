@@ -162,3 +162,21 @@ async def test_the_pool_never_hands_out_a_connection_released_mid_query(one):
     assert await one.fetchval("SELECT 10") == 10  # a fresh connection, not the busy one
     with pytest.raises((asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)):
         await left_running[0]
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_not_used(pool):
+    """A PostgreSQL shutdown closes the kept connection while it idles: asyncpg takes it back
+    and detaches the proxy at once. The next query must not fail with InterfaceError
+    "connection has been released back to the pool" (a 500 in tests/outages/test_under_load.py,
+    a crashed job handler at dispatch) but run on a new connection."""
+    lease = LeasedConnection(pool)
+    kept = (await lease.fetchrow(PID))["pid"]
+    async with pool.acquire() as other:
+        assert await other.fetchval("SELECT pg_terminate_backend($1)", kept)
+    for _ in range(200):  # until asyncpg has seen the socket close and taken the holder back
+        if pool.get_idle_size() == pool.get_size():
+            break
+        await asyncio.sleep(0.01)
+    assert (await lease.fetchrow(PID))["pid"] != kept
+    await lease.aclose()
+    assert pool.get_size() == pool.get_idle_size()
