@@ -126,7 +126,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         database_url=settings.database_url(),
         queue=DISPATCH_QUEUE,
         handler=dispatcher,
-        on_dead=dispatcher.on_dead,
+        on_bury=dispatcher.on_bury,
         concurrency=settings.messaging.dispatch_concurrency,
         lease=settings.messaging.lease_seconds,
         outages=res.outages,

@@ -335,6 +335,9 @@ async def postpone(
 
 Handler = Callable[[Job], Awaitable[None]]
 DeadHook = Callable[[Job, str], Awaitable[None]]
+# Records a job's final failure in the transaction that buries it: the owner's row and the
+# dead letter change together, so no crash leaves one without the other.
+BuryHook = Callable[[asyncpg.Connection, Job, str], Awaitable[None]]
 
 
 def worker_identity() -> str:
@@ -346,7 +349,8 @@ class Worker:
     """Runs one queue's jobs with bounded concurrency until `stopping` is set.
 
     `on_dead` lets the owner of the work record the final failure (e.g. mark
-    the message failed) when the retry budget is spent.
+    the message failed) when the retry budget is spent; `on_bury` does it in the
+    transaction that buries the job (use it when the record must never lag the burial).
     """
 
     db: asyncpg.Pool
@@ -357,6 +361,7 @@ class Worker:
     lease: float = 30.0
     idle_wait_max: float = 5.0
     on_dead: DeadHook | None = None
+    on_bury: BuryHook | None = None
     worker_id: str = ""
     # While PostgreSQL or Redis is unreachable jobs wait, at most this long between tries,
     # without spending their retry budget; `outages` (the process's monitor) lets a worker
@@ -546,6 +551,9 @@ class Worker:
 
     async def _dead(self, job: Job, reason: str) -> None:
         log.warning("job is dead", job_id=job.id, error=reason)
-        await bury(self.db, job, self.worker_id, reason)
+        async with self.db.acquire() as conn, conn.transaction():
+            await bury(conn, job, self.worker_id, reason)
+            if self.on_bury is not None:
+                await self.on_bury(conn, job, reason)
         if self.on_dead is not None:
             await self.on_dead(job, reason)

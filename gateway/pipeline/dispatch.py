@@ -307,20 +307,20 @@ class MessageDispatcher:
                     error_detail=exc.detail,
                 )
 
-    async def on_dead(self, job: queue.Job, reason: str) -> None:
+    async def on_bury(self, conn: asyncpg.Connection, job: queue.Job, reason: str) -> None:
         """The retry budget is spent: park the message as `dead_lettered` (unsent, waiting
-        for an operator's replay) and say so with a `message.dead_lettered` event."""
-        message_id = uuid.UUID(job.payload["message_id"])
-        async with self.db.acquire() as conn, conn.transaction():
-            msg = await repo.message_for_dispatch(conn, message_id)
-            if msg is None or msg["status"] in FINAL:
-                return
-            await apply_status(
-                conn,
-                msg,
-                "dead_lettered",
-                source="queue",
-                error_code="retries_exhausted",
-                error_detail=reason[:500],
-                data={"job_id": job.id, "attempts": job.attempts, "reason": reason},
-            )
+        for an operator's replay) and say so with a `message.dead_lettered` event — in the
+        transaction that buries the job, so the message never shows `queued` beside its dead
+        letter (a crash between two transactions left it so for good)."""
+        msg = await repo.message_for_dispatch(conn, uuid.UUID(job.payload["message_id"]))
+        if msg is None or msg["status"] in FINAL:
+            return
+        await apply_status(
+            conn,
+            msg,
+            "dead_lettered",
+            source="queue",
+            error_code="retries_exhausted",
+            error_detail=reason[:500],
+            data={"job_id": job.id, "attempts": job.attempts, "reason": reason},
+        )
