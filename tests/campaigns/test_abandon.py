@@ -5,6 +5,8 @@ stays within the cap and the pacer's dial ratio goes down after an abandon (camp
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sip import calls as sip_calls
@@ -64,15 +66,16 @@ async def test_abandoned_calls_get_the_message_and_the_ratio_goes_down(campaigns
     assert final["prospects"].get("abandoned") == len(abandoned)
     assert stats["abandoned"] == len(abandoned)
     assert stats["abandon_rate_30d"] <= 0.03
-    # The ratio rose above 1:1 with answers and came down when calls were abandoned.
+    # The ratio rose above 1:1 with answers and came down when calls were abandoned. (Not
+    # "after its peak": the rolling rate falls again as answers accrue, so the ratio may climb
+    # back, and a quick run can end on its highest progress event.)
     progress = await campaigns.db.fetch(
         "SELECT data FROM events WHERE subject = $1 AND type = 'campaign.progress' ORDER BY id",
         c["id"],
     )
     ratios = [p["data"]["dial_ratio"] for p in progress]
-    peak = ratios.index(max(ratios))
     assert max(ratios) > 1.0, ratios
-    assert min(ratios[peak:]) < max(ratios), ratios
+    assert any(b < a for a, b in itertools.pairwise(ratios) if a > 1.0), ratios
     assert all((p["data"]["abandon_rate_30d"] or 0) <= 0.03 for p in progress), [
         p["data"] for p in progress
     ]
