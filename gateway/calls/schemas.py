@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from gateway.calls.states import CallStatus
+from gateway.core.instants import Instant
 from gateway.core.phone import E164
 from gateway.core.usstates import USState
 from gateway.http.pagination import ListQuery, Page
@@ -225,8 +226,8 @@ class VoiceUsageQuery(BaseModel):
     """The period, as for GET /v1/usage: [from, to); a time without an offset is UTC."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    from_: datetime = Field(alias="from")
-    to: datetime
+    from_: Instant = Field(alias="from")
+    to: Instant
 
     @model_validator(mode="after")
     def _ordered(self) -> VoiceUsageQuery:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from gateway.core.instants import Instant
 from gateway.core.phone import E164
 from gateway.core.usstates import USState
 from gateway.http.pagination import ListQuery, Page
@@ -150,8 +151,8 @@ class TemplateList(Page[Template]):
 
 class UsageQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    from_: datetime = Field(alias="from")
-    to: datetime
+    from_: Instant = Field(alias="from")
+    to: Instant
 
 
 class UsageLine(BaseModel):
