@@ -1,9 +1,12 @@
 """One lean, pipelined Redis connection for the Lua call every outbound action makes.
 
-Why not the redis-py client: it spends ~0.2 ms of CPU per command (pool checkout and check-in,
-a retry wrapper, a timeout per step, one encoder call per argument, a pure-Python reply parser)
-— more than everything else the guardrail chain does for an action, and on the accept path of
-every message. The rate-limit check needs one EVALSHA per action, so it gets this instead:
+Why not the redis-py client: per command it pays a pool checkout and check-in, a retry
+wrapper, a timeout per step and one encoder call per argument, whatever its reply parser.
+`python -m bench.resp` runs the rate-limit EVALSHA from 64 callers on one loop through each:
+on the 2-core dev box this connection cost 10.7 µs of CPU per call (36,300 calls/s), redis-py
+65.4 µs with its pure-Python parser and 54.4 µs with hiredis (12,900/s), and redis-py with
+hiredis in pipelines of 64 still 19.7 µs. The check runs once per outbound action, on the
+accept path of every message, so it gets this instead:
 
 * one connection per event loop, opened on first use with the client's own settings (same
   server, database and credentials), shared by every concurrent caller: Redis answers in the
