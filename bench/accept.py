@@ -1,7 +1,7 @@
 """Messages accepted per second through the HTTP API, beside PostgreSQL's own floor.
 
 The accept path is auth + validation + idempotency + guardrails + persist +
-enqueue, durable before the 202. The floor is pgbench (a C client) running
+enqueue, durable before the 201. The floor is pgbench (a C client) running
 single-row durable INSERT transactions with 8 clients on the same server in
 the same run. Also: end-to-end accepted → delivered on the sandbox provider.
 
@@ -105,7 +105,7 @@ async def accept_load(base: str, token: str, concurrency: int, duration: float) 
             key = {"Idempotency-Key": uuid.uuid4().hex}
             async with session.post("/v1/messages", json=body, headers=headers | key) as resp:
                 await resp.read()
-                if resp.status != 202:
+                if resp.status != 201:
                     raise RuntimeError(f"accept answered {resp.status}: {await resp.text()}")
 
         return await run_load(

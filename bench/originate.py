@@ -135,7 +135,7 @@ async def api_load(
     base: str, token: str, concurrency: int, duration: float, warmup: float = 1.0
 ) -> tuple[dict[str, float], list[float], Counter[int], float, float]:
     """POST /v1/calls from `concurrency` clients; returns call id → send time (measured
-    window only), the 202 latencies, the status counts, the window's start and length."""
+    window only), the 201 latencies, the status counts, the window's start and length."""
     sent: dict[str, float] = {}
     api_ms: list[float] = []
     statuses: Counter[int] = Counter()
@@ -154,7 +154,7 @@ async def api_load(
                 async with session.post("/v1/calls", json=body, headers=headers) as resp:
                     data = await resp.json()
                 statuses[resp.status] += 1
-                if resp.status == 202 and measuring:
+                if resp.status == 201 and measuring:
                     sent[data["id"]] = t0
                     api_ms.append((time.perf_counter() - t0) * 1000)
 
@@ -267,7 +267,7 @@ def main() -> None:
         [s * 1000 for s in wire.values()],
         extra={"originated": len(wire), "accepted": len(sent)},
     )
-    accept = Result("POST /v1/calls -> 202", len(api_ms), duration, api_ms)
+    accept = Result("POST /v1/calls -> 201", len(api_ms), duration, api_ms)
     report(
         f"Originate: API -> guardrails -> pool -> AMI (concurrency {args.concurrency}, "
         f"{args.duration:.0f}s, calls held {args.hold}s)",

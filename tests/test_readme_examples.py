@@ -1,6 +1,6 @@
 """The README's sandbox examples answer as printed, at any hour (issue 10 item 2): each
 `curl … -d '{…}'` of POST /v1/messages and POST /v1/calls is sent as it is written, at a day
-and at a night instant, and must get the 202 and status the README prints under it."""
+and at a night instant, and must get the 201 and status the README prints under it."""
 
 from __future__ import annotations
 

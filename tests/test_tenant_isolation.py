@@ -41,7 +41,7 @@ async def seed_messages(client, token_b: str, pg_pool) -> dict[str, str]:
     resp = await client.post(
         "/v1/messages", json=BODIES[("POST", "/v1/messages")], headers=auth(token_b)
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     msg = await resp.json()
     await client.post(
         "/v1/templates",
@@ -127,7 +127,7 @@ async def seed_calls(client, token_b: str, pg_pool) -> dict[str, str]:
         json={"to": "+14155550207", "purpose": "transactional", "metadata": {"b": "b-secret-call"}},
         headers=auth(token_b),
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     return {"call_id": (await resp.json())["id"], "call_marker": "b-secret-call"}
 
 

@@ -36,12 +36,12 @@ def _uuid(raw: str) -> uuid.UUID:
 
 @routes.post(
     "/v1/calls",
-    summary="Place a call (202: durably queued). 429 pool_exhausted with Retry-After when the "
+    summary="Place a call (201: stored and queued; the dial follows, see its status). 429 pool_exhausted with Retry-After when the "
     "pool has no free channel; send Idempotency-Key to retry safely",
     scope="calls:write",
     body=PlaceCall,
     response=Call,
-    status=202,
+    status=201,
     errors=(409, 422, 429, 503),
 )
 async def place_call(request: web.Request, body: PlaceCall) -> web.Response:

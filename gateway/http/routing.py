@@ -270,7 +270,7 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
             elif ep.response is not None:
                 for status in (ep.status, *ep.also):
                     op["responses"][str(status)] = {
-                        "description": "Created" if status == 201 else "OK",
+                        "description": {201: "Created", 202: "Accepted"}.get(status, "OK"),
                         "content": {"application/json": {"schema": ref(ep.response)}},
                     }
             else:

@@ -40,11 +40,12 @@ def _uuid(raw: str, what: str) -> uuid.UUID:
 
 @routes.post(
     "/v1/messages",
-    summary="Send an SMS or WhatsApp message (202: durably queued; send Idempotency-Key to retry safely)",
+    summary="Send an SMS or WhatsApp message (201: stored and queued; the send follows, see its "
+    "status; send Idempotency-Key to retry safely)",
     scope="messages:write",
     body=SendMessage,
     response=Message,
-    status=202,
+    status=201,
     errors=(409, 429, 503),
 )
 async def send_message(request: web.Request, body: SendMessage) -> web.Response:

@@ -3,7 +3,7 @@
 Everything is decided before any transaction (template, route, guardrail chain); then
 the message row, its verdict and acceptance events, its dispatch job and its
 idempotency record are committed together — with whatever other accepts are in
-flight, by the group committer (groupcommit.py) — and the 202 is sent only once all
+flight, by the group committer (groupcommit.py) — and the 201 is sent only once all
 of it is durable.
 """
 
@@ -218,7 +218,7 @@ class MessagePipeline:
         body = message_from_row(
             row | {"created_at": stamps["created_at"], "updated_at": stamps["updated_at"]}
         )
-        return Outcome(202, body.model_dump(mode="json", by_alias=True), {})
+        return Outcome(201, body.model_dump(mode="json", by_alias=True), {})
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ class Voice:
     def runtime(self):
         return self.client.app[VOICE]
 
-    async def place(self, *, expect: int = 202, headers: dict | None = None, **body: Any) -> dict:
+    async def place(self, *, expect: int = 201, headers: dict | None = None, **body: Any) -> dict:
         body = {"to": CUSTOMER, "purpose": "transactional"} | body
         resp = await self.client.post(
             "/v1/calls", json=body, headers=auth(self.token) | (headers or {})

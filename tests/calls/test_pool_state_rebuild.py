@@ -97,14 +97,14 @@ async def test_redis_restarting_empty_rebuilds_holders_before_admitting_anyone(
             await asyncio.wait_for(watching, 5)
 
     statuses = sorted(status for status, _ in answers)
-    assert statuses == [202] * (SIZE - 3) + [429] * (12 - SIZE + 3), answers
+    assert statuses == [201] * (SIZE - 3) + [429] * (12 - SIZE + 3), answers
     assert all(body["code"] == "pool_exhausted" for s, body in answers if s == 429)
     assert watcher.samples and not watcher.admissions_before_rebuild()
     assert all(len(s) <= SIZE for s in watcher.samples)
     pools = await voice.pools()
     assert pools["api"]["in_use"] == SIZE  # the three live calls plus five new ones
 
-    admitted = [body["id"] for s, body in answers if s == 202]
+    admitted = [body["id"] for s, body in answers if s == 201]
     for call_id in admitted:
         await voice.wait(call_id, "answered")
     assert await live_holding(voice) == SIZE  # every live call holds one, never more than 8

@@ -117,7 +117,7 @@ class TestWaiting:
             wait_for_pool=True,
         )
         second = waiting.body["id"]
-        assert waiting.status == 202 and waiting.body["status"] == "queued"
+        assert waiting.status == 201 and waiting.body["status"] == "queued"
         call = await voice.wait_event(second, "call.waiting_for_pool")
         waited = next(e for e in call["timeline"] if e["type"] == "call.waiting_for_pool")
         assert waited["data"] == {"pool": "campaign", "size": 1}, "not the trunk's load"

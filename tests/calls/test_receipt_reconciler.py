@@ -76,7 +76,7 @@ async def send(voice: Voice, to: str) -> dict[str, Any]:
         json={"to": to, "body": "Your code is 1234", "purpose": "transactional"},
         headers=auth(voice.token),
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     return await resp.json()
 
 

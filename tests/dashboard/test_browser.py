@@ -28,7 +28,7 @@ async def _send(client, token: str, to: str = "+14155550100") -> dict:
         headers=auth(token),
     )
     body = await resp.json()
-    assert resp.status == 202, body
+    assert resp.status == 201, body
     return body
 
 
@@ -37,7 +37,7 @@ async def _call(client, token: str, to: str) -> dict:
         "/v1/calls", json={"to": to, "purpose": "transactional"}, headers=auth(token)
     )
     body = await resp.json()
-    assert resp.status == 202, body
+    assert resp.status == 201, body
     return body
 
 

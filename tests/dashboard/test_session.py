@@ -133,7 +133,7 @@ async def test_trunk_wide_view_needs_ops_read_which_no_default_key_has(client, m
         json={"channel": "sms", "to": "+14155550106", "body": "x", "purpose": "transactional"},
         headers=auth(ops),
     )
-    assert sent.status == 202
+    assert sent.status == 201
     body = await (await client.get("/v1/ops/trunk", headers=auth(ops))).json()
     assert "dispatch" in {q["queue"] for q in body["queues"]}, body  # every tenant's jobs
 

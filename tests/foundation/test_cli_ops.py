@@ -125,7 +125,7 @@ async def test_tail_follows_the_log_with_type_and_tenant_filters(daemon, make_ke
                     json={"to": "+14155550100", "body": "hi", "purpose": "transactional"},
                     headers=auth(key),
                 ) as resp:
-                    assert resp.status == 202, await resp.text()
+                    assert resp.status == 201, await resp.text()
                     ids.append((await resp.json())["id"])
         seen: list[dict] = []
         deadline = time.monotonic() + 20

@@ -38,8 +38,8 @@ async def test_the_create_examples_work_as_printed(client, make_key):
     token = await make_key("acme")
     page = await (await client.get("/docs")).text()
     for operation_id, path, expected in (
-        ("post_v1_messages", "/v1/messages", 202),
-        ("post_v1_calls", "/v1/calls", 202),
+        ("post_v1_messages", "/v1/messages", 201),
+        ("post_v1_calls", "/v1/calls", 201),
         ("post_v1_templates", "/v1/templates", 201),
         ("post_v1_dnc", "/v1/dnc", 201),
     ):

@@ -86,12 +86,12 @@ async def test_a_hundred_duplicate_calls_across_two_processes_take_one_channel(
         bystander = (f"{bases[1]}/v1/calls", stranger, "b-1", theirs)
         answers = await post_all([*dupes[:50], bystander, *dupes[50:]])
     other = answers.pop(50)
-    assert [a[0] for a in answers] == [202] * 100, sorted(
+    assert [a[0] for a in answers] == [201] * 100, sorted(
         {(a[0], a[1].get("code")) for a in answers}
     )
     assert len({a[1]["id"] for a in answers}) == 1
     assert sum(a[2].get("Idempotent-Replayed") == "true" for a in answers) == 99
-    assert other[0] == 202, other[1]
+    assert other[0] == 201, other[1]
     assert await pg_pool.fetchval("SELECT count(*) FROM calls") == 2
 
 
@@ -111,7 +111,7 @@ async def test_a_hundred_duplicate_messages_across_two_processes_spend_one_token
         answers = await post_all(
             [(f"{bases[i % 2]}/v1/messages", token, "otp-42", raw) for i in range(100)]
         )
-        assert [a[0] for a in answers] == [202] * 100, sorted(
+        assert [a[0] for a in answers] == [201] * 100, sorted(
             {(a[0], a[1].get("code")) for a in answers}
         )
         assert len({a[1]["id"] for a in answers}) == 1
@@ -126,7 +126,7 @@ async def test_a_hundred_duplicate_messages_across_two_processes_spend_one_token
                 )
             ]
         )
-    assert status == 202, json.dumps(next_one)
+    assert status == 201, json.dumps(next_one)
     assert await pg_pool.fetchval("SELECT count(*) FROM messages") == 2
 
 
@@ -171,7 +171,7 @@ async def test_a_waiter_takes_over_the_key_of_a_try_that_died_once_its_lease_lap
         client.post("/v1/messages", data=raw, headers=headers),
     )
     assert time.monotonic() - started >= 0.9  # nobody ran while the dead try's lease held
-    assert (first.status, second.status) == (202, 202), await first.text()
+    assert (first.status, second.status) == (201, 201), await first.text()
     assert (await first.json())["id"] == (await second.json())["id"]
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in (first, second)) == 1
     assert await pg_pool.fetchval("SELECT count(*) FROM messages") == 1

@@ -45,7 +45,7 @@ async def test_the_list_and_event_examples_answer_as_printed(client, make_key):
             json={"to": "+14155550100", "body": "hi", "purpose": "transactional"},
             headers=auth(token),
         )
-        assert resp.status == 202
+        assert resp.status == 201
 
     async def delivered() -> bool:
         resp = await client.get("/v1/messages?status=delivered", headers=auth(token))

@@ -1,4 +1,4 @@
-"""Guardrails as API clients meet them: problem+json denials, 202 deferrals, the DNC and limits routes."""
+"""Guardrails as API clients meet them: problem+json denials, 201 deferrals, the DNC and limits routes."""
 
 from __future__ import annotations
 
@@ -40,16 +40,16 @@ async def send(client, tenant="acme", **body):
 
 # clock, tenant, body -> expected (HTTP status, status or code, send_at)
 CASES = [
-    (OPEN, "acme", {"to": "+12125550101"}, (202, "queued", None)),
-    (EARLY, "acme", {"to": "+12125550102"}, (202, "scheduled", "2026-11-24T13:00:00Z")),
+    (OPEN, "acme", {"to": "+12125550101"}, (201, "queued", None)),
+    (EARLY, "acme", {"to": "+12125550102"}, (201, "scheduled", "2026-11-24T13:00:00Z")),
     (EARLY, "acme", {"to": "+12125550103", "when_closed": "deny"}, (422, "outside_calling_hours", None)),
-    (EARLY, "acme", {"to": "+12125550104", "purpose": "transactional"}, (202, "scheduled", "2026-11-24T13:00:00Z")),
-    (EARLY, "lenient", {"to": "+12125550105", "purpose": "transactional"}, (202, "queued", None)),
+    (EARLY, "acme", {"to": "+12125550104", "purpose": "transactional"}, (201, "scheduled", "2026-11-24T13:00:00Z")),
+    (EARLY, "lenient", {"to": "+12125550105", "purpose": "transactional"}, (201, "queued", None)),
     (EARLY, "lenient", {"to": "+12125550106", "when_closed": "deny"}, (422, "outside_calling_hours", None)),
     # Florida's 8 p.m. close: 20:30 in Miami is deferred to 08:00 the next day
-    (datetime(2026, 11, 25, 1, 30, tzinfo=UTC), "acme", {"to": "+13055550107"}, (202, "scheduled", "2026-11-25T13:00:00Z")),
+    (datetime(2026, 11, 25, 1, 30, tzinfo=UTC), "acme", {"to": "+13055550107"}, (201, "scheduled", "2026-11-25T13:00:00Z")),
     # Alabama: no solicitation on Sundays
-    (datetime(2026, 11, 29, 18, 0, tzinfo=UTC), "acme", {"to": "+12055550108"}, (202, "scheduled", "2026-11-30T14:00:00Z")),
+    (datetime(2026, 11, 29, 18, 0, tzinfo=UTC), "acme", {"to": "+12055550108"}, (201, "scheduled", "2026-11-30T14:00:00Z")),
 ]  # fmt: skip
 
 
@@ -58,7 +58,7 @@ async def test_calling_hours_through_the_api_at_fixed_clock_times(api, pg_pool):
         api.app[CHAIN].clock = lambda clock=clock: clock
         resp, out = await send(api, tenant, body=f"Fall sale! {OPT_OUT_LINE}", **body)
         assert resp.status == http, (body, out)
-        if http == 202:
+        if http == 201:
             assert out["status"] == what and out["send_at"] == send_at, (body, out)
         else:
             assert resp.content_type == "application/problem+json"
@@ -114,7 +114,7 @@ async def test_every_denial_is_problem_json_with_its_stable_code(api, pg_pool):
     resp, out = await send(
         api, to="+12125550115", body="Your order shipped", purpose="transactional"
     )
-    assert resp.status == 202 and out["status"] == "queued"
+    assert resp.status == 201 and out["status"] == "queued"
 
 
 async def test_rate_limited_and_frequency_cap_are_429_with_retry_after(
@@ -127,7 +127,7 @@ async def test_rate_limited_and_frequency_cap_are_429_with_retry_after(
     token = await make_key("acme")
     body = {"to": "+12125550121", "body": f"Deal! {OPT_OUT_LINE}"}
     for _ in range(3):
-        assert (await client.post("/v1/messages", json=body, headers=auth(token))).status == 202
+        assert (await client.post("/v1/messages", json=body, headers=auth(token))).status == 201
     resp = await client.post("/v1/messages", json=body, headers=auth(token))
     out = await resp.json()
     assert (
@@ -140,7 +140,7 @@ async def test_rate_limited_and_frequency_cap_are_429_with_retry_after(
     florida = {"to": "+13055550122", "body": f"Deal! {OPT_OUT_LINE}"}
     for _ in range(3):
         resp = await client.post("/v1/messages", json=florida, headers=auth(token))
-        assert resp.status == 202, await resp.text()
+        assert resp.status == 201, await resp.text()
     resp = await client.post("/v1/messages", json=florida, headers=auth(token))
     out = await resp.json()
     # Florida's cap (3 per 24 h) outranks the destination bucket, which is also empty
@@ -153,7 +153,7 @@ async def test_rate_limited_and_frequency_cap_are_429_with_retry_after(
 async def test_dnc_added_after_queueing_stops_the_send_at_dispatch(api, pg_pool):
     token = api.tokens["acme"]
     resp, msg = await send(api, to="+12125550131", body=f"Weekend offer. {OPT_OUT_LINE}")
-    assert resp.status == 202 and msg["status"] == "queued"
+    assert resp.status == 201 and msg["status"] == "queued"
     # while it waits in the queue, the number goes on the tenant's list
     r = await api.post(
         "/v1/dnc", json={"number": "+12125550131", "source": "internal"}, headers=auth(token)

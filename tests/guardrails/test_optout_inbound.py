@@ -101,7 +101,7 @@ async def test_stop_start_help_through_the_signed_webhook(gw, fake, pg_pool):
     status, queued = await send(
         gw, to=CONSUMER, body="Your table is ready", purpose="transactional"
     )
-    assert status == 202 and queued["status"] == "queued" and queued["from"] == DID
+    assert status == 201 and queued["status"] == "queued" and queued["from"] == DID
 
     assert await inbound(gw, fake, "STOP", "SM" + "0" * 32, sign=False) == 403  # forged: ignored
     assert await pg_pool.fetchval("SELECT count(*) FROM dnc_entries") == 0
@@ -155,7 +155,7 @@ async def test_stop_start_help_through_the_signed_webhook(gw, fake, pg_pool):
     assert await inbound(gw, fake, "START", "SM" + "3" * 32) == 200
     assert await pg_pool.fetchval("SELECT count(*) FROM dnc_entries") == 0
     status, again = await send(gw, to=CONSUMER, body="Your table is ready", purpose="transactional")
-    assert status == 202 and again["status"] == "queued"
+    assert status == 201 and again["status"] == "queued"
     assert await dispatch_ready(gw.app) == 2
     optin_text = gw.app[RESOURCES].settings.guardrails.policy.optin_text
     assert sorted(sent_bodies(fake)[1:]) == [

@@ -99,7 +99,7 @@ async def test_200_concurrent_api_requests_get_exactly_the_burst(
 
     results = await asyncio.gather(*(send(n) for n in range(200)))
     statuses = [s for s, _, _ in results]
-    assert statuses.count(202) == 20 and statuses.count(429) == 180
+    assert statuses.count(201) == 20 and statuses.count(429) == 180
     refused = [(body, ra) for s, body, ra in results if s == 429]
     assert {body["code"] for body, _ in refused} == {"rate_limited"}
     assert all(int(ra) >= 1 for _, ra in refused)

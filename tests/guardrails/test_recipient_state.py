@@ -27,7 +27,7 @@ async def api(aiohttp_client, settings, make_key):
     await client.close()
 
 
-async def post(client, path: str, body: dict, status: int = 202) -> dict:
+async def post(client, path: str, body: dict, status: int = 201) -> dict:
     resp = await client.post(path, json=body, headers=auth(client.token))
     out = await resp.json()
     assert resp.status == status, out

@@ -30,7 +30,7 @@ async def api(aiohttp_client, settings, make_key):
 async def post(client, path: str, tenant: str, body: dict) -> dict:
     resp = await client.post(path, json=body, headers=auth(client.tokens[tenant]))
     out = await resp.json()
-    assert resp.status == 202, out
+    assert resp.status == 201, out
     return out
 
 

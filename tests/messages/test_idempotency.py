@@ -12,7 +12,7 @@ async def test_fifty_concurrent_identical_requests_make_one_message(client, toke
         *(client.post("/v1/messages", json=body, headers=headers) for _ in range(50))
     )
     statuses = [r.status for r in responses]
-    assert statuses == [202] * 50, statuses
+    assert statuses == [201] * 50, statuses
     ids = {(await r.json())["id"] for r in responses}
     assert len(ids) == 1
     assert sum(1 for r in responses if r.headers.get("Idempotent-Replayed") == "true") == 49
@@ -27,7 +27,7 @@ async def test_same_key_different_body_is_refused_and_changes_nothing(client, to
         json={"to": "+14155550100", "body": "a", "purpose": "transactional"},
         headers=headers,
     )
-    assert first.status == 202
+    assert first.status == 201
     again = await client.post(
         "/v1/messages",
         json={"to": "+14155550100", "body": "b", "purpose": "transactional"},
@@ -51,14 +51,14 @@ async def test_a_failed_validation_leaves_the_key_usable_and_keys_are_per_tenant
         json={"to": "+14155550100", "body": "x", "purpose": "transactional"},
         headers=headers,
     )
-    assert ok.status == 202
+    assert ok.status == 201
     other = await make_key("other-tenant")
     theirs = await client.post(
         "/v1/messages",
         json={"to": "+14155550100", "body": "y", "purpose": "transactional"},
         headers=auth(other) | {"Idempotency-Key": "k1"},
     )
-    assert theirs.status == 202
+    assert theirs.status == 201
     assert (await theirs.json())["id"] != (await ok.json())["id"]
 
 

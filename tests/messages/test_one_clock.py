@@ -28,7 +28,7 @@ async def test_a_worker_clock_behind_the_database_defers_once_not_in_a_loop(
         headers=auth(token),
     )
     accepted = await resp.json()
-    assert resp.status == 202 and accepted["status"] == "scheduled", accepted
+    assert resp.status == 201 and accepted["status"] == "scheduled", accepted
     await asyncio.sleep(1.0)  # the window is still closed on the process's clock
     runs = await pg_pool.fetchval("SELECT count(*) FROM events WHERE type = 'guardrail.defer'")
     assert runs == 1, f"deferred {runs} times in 1 s: the job is spinning"

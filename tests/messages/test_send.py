@@ -13,7 +13,7 @@ async def send(client, token, **body):
 
 async def test_send_then_read_the_full_timeline(client, token, wait_status):
     resp = await send(client, token, to="(415) 555-0100", body="Your code is 1234")
-    assert resp.status == 202
+    assert resp.status == 201
     accepted = await resp.json()
     assert accepted["status"] == "queued"
     assert accepted["to"] == "+14155550100"
@@ -60,7 +60,7 @@ async def test_whatsapp_and_templates(client, token, wait_status):
         template="otp",
         variables={"name": "Ada", "code": 991},
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     msg = await resp.json()
     assert msg["body"] == "Hi Ada, your code is 991" and msg["channel"] == "whatsapp"
     await wait_status(msg["id"], "delivered")

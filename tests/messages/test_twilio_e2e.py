@@ -53,7 +53,7 @@ async def test_send_via_twilio_receipts_come_back_signed_and_apply(
         json={"to": "+14155550123", "body": "hello", "purpose": "transactional"},
         headers=auth(token),
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     msg = await resp.json()
 
     async def delivered():
@@ -88,7 +88,7 @@ async def test_whatsapp_uses_twilio_addressing(twilio_client, fake, make_key):
         },
         headers=auth(token),
     )
-    assert resp.status == 202
+    assert resp.status == 201
 
     async def sent():
         return fake.requests_to("/Messages.json")

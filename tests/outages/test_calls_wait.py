@@ -40,7 +40,7 @@ async def test_a_call_whose_dispatch_meets_a_redis_outage_is_dialled_after_it(
         json={"to": "+14155550200", "purpose": "transactional"},
         headers=auth(token),
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     call_id = (await resp.json())["id"]
     # No worker runs yet; keep the job from being due until Redis is down.
     await db.execute(

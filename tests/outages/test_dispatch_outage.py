@@ -52,7 +52,7 @@ async def test_the_providers_answer_is_stored_when_the_breaker_cannot_record_it(
         json={"to": DELIVERS, "body": "hi", "purpose": "transactional"},
         headers=auth(token),
     )
-    assert resp.status == 202, await resp.text()
+    assert resp.status == 201, await resp.text()
     message_id = (await resp.json())["id"]
     real = registry.messaging("sandbox")
     provider = AnswersOnceRedisIsGone(real.redis, real.sink, name="sandbox", receipt_delay=0.01)

@@ -70,7 +70,7 @@ async def send(client: TestClient, token: str, key: str) -> tuple[int, Any, dict
 async def test_database_outage_answers_503_and_is_logged_once_each_way(outage, aiohttp_client):
     client, token = await start(aiohttp_client, outage)
     status, _, msg = await send(client, token, "before")
-    assert status == 202, msg
+    assert status == 201, msg
     monitor = client.app[RESOURCES].outages
     with capture_logs() as logs:
         await outage.stop_database()
@@ -86,7 +86,7 @@ async def test_database_outage_answers_503_and_is_logged_once_each_way(outage, a
 
         await eventually(back, timeout=20)
         status, _, body = await send(client, token, "during-0")  # the same key, retried
-        assert status == 202, body
+        assert status == 201, body
     assert transitions(logs, "database") == ["database unavailable", "database available again"]
     assert tracebacks(logs) == []
 
@@ -96,7 +96,7 @@ async def test_redis_outage_answers_503_where_redis_is_needed_and_200_elsewhere(
 ):
     client, token = await start(aiohttp_client, outage)
     status, _, msg = await send(client, token, "before")
-    assert status == 202, msg
+    assert status == 201, msg
     with capture_logs() as logs:
         await outage.stop_redis()
         for i in range(8):
@@ -110,7 +110,7 @@ async def test_redis_outage_answers_503_where_redis_is_needed_and_200_elsewhere(
 
         async def accepted() -> bool:
             status, _, _ = await send(client, token, f"after-{time.monotonic()}")
-            return status == 202
+            return status == 201
 
         await eventually(accepted, timeout=20)
         monitor = client.app[RESOURCES].outages
@@ -120,7 +120,7 @@ async def test_redis_outage_answers_503_where_redis_is_needed_and_200_elsewhere(
 
         await eventually(recovered, timeout=10)
         status, _, body = await send(client, token, "during-0")  # the same key, retried
-        assert status == 202 and "Idempotent-Replayed" not in body, body
+        assert status == 201 and "Idempotent-Replayed" not in body, body
     assert transitions(logs, "redis") == ["redis unavailable", "redis available again"]
     assert tracebacks(logs) == []
 
@@ -205,7 +205,7 @@ async def test_an_event_stream_lives_through_a_redis_outage_said_once(outage, ai
 
         async def accepted() -> bool:
             status, _, _ = await send(client, token, f"after-{time.monotonic()}")
-            return status == 202
+            return status == 201
 
         await eventually(accepted, timeout=20)
         frame = await stream.next(timeout=15)  # the message accepted after the outage

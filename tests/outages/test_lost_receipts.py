@@ -86,12 +86,12 @@ async def test_receipts_answered_503_during_a_database_outage_are_recovered_from
         json={"to": "+14155550160", "body": "Your code is 1234", "purpose": "transactional"},
         headers=auth(token),
     )
-    assert resp.status == 202
+    assert resp.status == 201
     message_path = f"/v1/messages/{(await resp.json())['id']}"
     resp = await client.post(
         "/v1/calls", json={"to": "+14155550161", "purpose": "transactional"}, headers=auth(token)
     )
-    assert resp.status == 202
+    assert resp.status == 201
     call_path = f"/v1/calls/{(await resp.json())['id']}"
     sent = await until_status(client, token, message_path, "sent")
     answered = await until_status(client, token, call_path, "answered")

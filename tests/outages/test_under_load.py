@@ -5,7 +5,7 @@ under a steady stream of messages through the in-process app and the sandbox pro
   500, never another status;
 - nothing is dead-lettered: jobs wait for our infrastructure without spending their provider
   retry budget (only 2 attempts are allowed here, so any spent attempt would show);
-- every message accepted with 202 is delivered afterwards, exactly once (one accepted provider
+- every message accepted with 201 is delivered afterwards, exactly once (one accepted provider
   attempt, one `message.dispatched`, one usage record);
 - the log says each outage once each way, and holds no traceback;
 - Redis comes back empty (no persistence): the trunk pool's holders are rebuilt from the live
@@ -58,7 +58,7 @@ class Load:
                 headers=auth(self.token) | {"Idempotency-Key": f"load-{next(self._keys)}"},
             )
             body = await resp.json()
-            code = body.get("code") if resp.status != 202 else None
+            code = body.get("code") if resp.status != 201 else None
             self.answers.append(
                 (resp.status, code, resp.headers.get("Retry-After"), body.get("id"))
             )
@@ -68,7 +68,7 @@ class Load:
         return sum(1 for s, c, _, _ in self.answers[since:] if s == status and c == code)
 
     def accepted(self) -> list[str]:
-        return [i for s, _, _, i in self.answers if s == 202 and i is not None]
+        return [i for s, _, _, i in self.answers if s == 201 and i is not None]
 
     def stop(self) -> None:
         self._stop.set()
@@ -134,7 +134,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
     live = []
     for _ in range(2):
         status, body = await call(client, token, STAYS_UP)
-        assert status == 202, body
+        assert status == 201, body
         live.append(body["id"])
     for call_id in live:
 
@@ -152,7 +152,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
             await until(lambda: load.count(503, "database_unavailable") >= 5, "503 database", 20)
             await outage.start_database()
             mark = len(load.answers)
-            await until(lambda: load.count(202, None, since=mark) >= 5, "202 after PG", 30)
+            await until(lambda: load.count(201, None, since=mark) >= 5, "201 after PG", 30)
             await until(lambda: not monitor.is_down("database"), "PG seen back", 10)
 
             await outage.stop_redis()
@@ -168,7 +168,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(watching, 5)
             mark = len(load.answers)
-            await until(lambda: load.count(202, None, since=mark) >= 5, "202 after Redis", 30)
+            await until(lambda: load.count(201, None, since=mark) >= 5, "201 after Redis", 30)
             await until(lambda: not monitor.is_down("redis"), "Redis seen back", 10)
         finally:
             load.stop()
@@ -193,8 +193,8 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
         for e in crashes
     )
 
-    # Only 202 or 503 (never 500), every 503 with Retry-After and a stable code.
-    others = [a for a in load.answers if a[0] not in (202, 503)]
+    # Only 201 or 503 (never 500), every 503 with Retry-After and a stable code.
+    others = [a for a in load.answers if a[0] not in (201, 503)]
     assert others == [], f"{others}\n\n{tracebacks}"
     unavailable = [(c, r) for s, c, r, _ in load.answers if s == 503]
     assert {c for c, _ in unavailable} == CODES
@@ -225,7 +225,7 @@ async def test_outages_under_load_answer_503_lose_nothing_and_send_each_message_
     assert watcher.samples and not watcher.admissions_before_rebuild(), watcher.samples
     assert all(len(s) <= POOL_SIZE for s in watcher.samples)
     statuses = sorted(s for s, _ in answers)
-    assert statuses == [202, 202, 429, 429], [b.get("detail") for _, b in answers]
+    assert statuses == [201, 201, 429, 429], [b.get("detail") for _, b in answers]
     for call_id in live:
         assert await call_status(client, token, call_id) == "answered"
 

@@ -287,7 +287,7 @@ class CallPipeline:
             run_after=plan.delay,  # the deferral's wait, on the queue's clock (queue.NewJob)
         )
         body = call_from_row(inserted)
-        return Outcome(202, json.loads(body.model_dump_json(by_alias=True)), {})
+        return Outcome(201, json.loads(body.model_dump_json(by_alias=True)), {})
 
 
 @dataclass(frozen=True)
