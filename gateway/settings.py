@@ -345,10 +345,21 @@ class AsteriskSettings(_Section):
     )
     context: str = Field(
         default="trunkline-outbound",
-        description="dialplan context an answered call waits in (e.g. Wait(3600)) until bridged",
+        description="dialplan context an answered call waits in, AGI(agi:async), until bridged "
+        "(or told to play a campaign's message)",
     )
     amd_context: str = Field(
         default="trunkline-amd", description="the same, running AMD() first (calls with amd)"
+    )
+    tts_app: str = Field(
+        default="Festival",
+        description="dialplan application that speaks text (campaign messages and IVR say)",
+    )
+    beep_silence: str = Field(
+        default="1500,1,20",
+        pattern=r"^\d+,\d+,\d+$",
+        description="WaitForSilence(ms,times,timeout) before a voicemail drop: AMD() says "
+        "MACHINE mid-greeting, the message starts after the beep",
     )
     agent_dial: str = Field(
         default="PJSIP/{user}@{host}",

@@ -59,6 +59,7 @@ from ivr.engine import (
 )
 from ivr.flow import bridge_allowed
 from ivr.runner import FlowRunner, Stepped
+from sip import calls as sip_calls
 
 log = get_logger(__name__)
 
@@ -180,7 +181,10 @@ class AsyncAgiTransport:
     def _on_start(self, event: Any) -> None:
         env = parse_env(str(event.get("Env", "")))
         channel = str(event.get("Channel") or env.get("agi_channel", ""))
-        call = _Call(channel, str(event.get("Uniqueid") or env.get("agi_uniqueid", "")))
+        uniqueid = str(event.get("Uniqueid") or env.get("agi_uniqueid", ""))
+        if sip_calls.parse(uniqueid) is not None:
+            return  # a call the gateway placed, waiting in AGI to be bridged or told to play
+        call = _Call(channel, uniqueid)
         self.seen[channel] = (call.uniqueid, env)
         self.calls[channel] = call
         call.task = asyncio.ensure_future(self._run(call, env))

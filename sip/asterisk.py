@@ -29,11 +29,23 @@ exact). ``Bridge`` matches *prefixes* (features.c ``ast_channel_get_by_name_pref
 Uniqueid on the same AMI session — names are unique within one Asterisk run, and a session
 never outlives its run. ``No such channel`` for a channel we saw means the call ended
 unobserved: ``CallGone``, and the gateway closes it.
+
+Playing on a live call (a campaign's abandon message, its voicemail drop) is AsyncAGI on this
+same AMI connection: an answered call waits in ``AGI(agi:async)`` (the ``context``, after
+``AMD()`` in ``amd_context``), so ``say_then_hangup`` queues AGI commands on it — the text
+spoken by ``tts_app`` (ivr/agi.py renders it as the IVR does), then ``HANGUP`` — which
+Asterisk runs in order; it returns once they are queued. A voicemail drop first runs
+``WaitForSilence(beep_silence)``: AMD() says MACHINE in the middle of the greeting, and the
+message must start after the beep. A channel addressed by its Uniqueid that is not in AGI yet
+(``Failed to add AGI command``: AMD() is finishing) is asked again for ``agi_wait`` s; a
+dialplan without AGI(agi:async) there is ``say_unsupported``, and the caller hangs up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass
 
 from gateway.core.actions import OutboundAction
@@ -47,6 +59,8 @@ from gateway.providers.contracts import (
     TransientProviderError,
     VoiceProvider,
 )
+from ivr.agi import AgiConfig, quote, render
+from ivr.engine import Say
 from sip.ami import (
     AMIActionError,
     AMIClient,
@@ -75,6 +89,9 @@ class AsteriskConfig:
     agent_dial: str = "PJSIP/{user}@{host}"
     agent_context: str = "trunkline-agent"
     caller_id_name: str = ""
+    tts_app: str = "Festival"  # the dialplan application that speaks text (as the IVR's)
+    beep_silence: str = "1500,1,20"  # WaitForSilence(ms, times, timeout s): after the beep
+    agi_wait: float = 1.0  # seconds a call not yet in AGI(agi:async) is waited for
 
 
 class AsteriskVoice(VoiceProvider):
@@ -175,6 +192,45 @@ class AsteriskVoice(VoiceProvider):
         except Exception as exc:
             raise _provider_error("bridge", exc) from exc
         return BridgeResult(joined=True)
+
+    # -- say (AsyncAGI) ------------------------------------------------------------------------
+
+    async def say_then_hangup(
+        self, call: CallRef, text: str, *, after_greeting: bool = False
+    ) -> None:
+        cfg = AgiConfig(tts_app=self.config.tts_app)
+        lines = render(Say(text), cfg, session_id=call.attempt_key)
+        if after_greeting:
+            lines = [f"EXEC WaitForSilence {quote(self.config.beep_silence)}", *lines]
+        uniqueid = channel_id(call)
+        for n, line in enumerate([*lines, "HANGUP"]):
+            await self._agi(call, line, f"{uniqueid}-say-{n}")
+
+    async def _agi(self, call: CallRef, line: str, command_id: str) -> None:
+        """Queue one AGI command on the call's channel (by Uniqueid)."""
+        uniqueid = channel_id(call)
+        action = {"Action": "AGI", "Channel": uniqueid, "Command": line, "CommandID": command_id}
+        deadline = time.monotonic() + self.config.agi_wait
+        while True:
+            try:
+                response = await self.client.send(action, check=False)
+            except Exception as exc:
+                raise _provider_error("agi", exc) from exc
+            if response.success:
+                return
+            message = str(response.get("Message", ""))
+            if "does not exist" in message.lower():
+                if call.channel is None:
+                    raise TransientProviderError(
+                        f"no channel for {uniqueid} yet", code="no_channel", ambiguous=False
+                    )
+                raise CallGone(call)
+            if time.monotonic() >= deadline:  # never entered AGI(agi:async): cannot play
+                raise PermanentProviderError(
+                    f"{uniqueid} is not in AGI(agi:async) ({message}): cannot play on it",
+                    code="say_unsupported",
+                )
+            await asyncio.sleep(0.05)
 
     async def _dial_agent(self, call: CallRef, target: SipTarget) -> BridgeResult:
         match = _SIP_URI.match(target.uri)

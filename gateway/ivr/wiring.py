@@ -85,6 +85,7 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                         number_dial=adapter.config.dial,
                         endpoint=adapter.config.endpoint,
                         agent_dial=adapter.config.agent_dial,
+                        tts_app=adapter.config.tts_app,
                     ),
                 )
                 transport.attach()

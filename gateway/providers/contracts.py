@@ -218,11 +218,15 @@ class VoiceProvider(ABC):
     async def bridge(self, call: CallRef, target: CallRef | SipTarget) -> BridgeResult:
         return await self._bridge(call, target)
 
-    async def say_then_hangup(self, call: CallRef, text: str) -> None:
+    async def say_then_hangup(
+        self, call: CallRef, text: str, *, after_greeting: bool = False
+    ) -> None:
         """Speak `text` to the called party, then end the call (a campaign's abandon message or
         voicemail drop): the provider hangs up when the message is over, so the caller must
-        not hang up meanwhile. A provider that cannot play on a live call raises
-        say_unsupported (the caller then hangs up itself)."""
+        not hang up meanwhile. `after_greeting` (a voicemail drop): the message must start
+        after the machine's beep — a provider whose AMD verdict comes mid-greeting waits for
+        it. A provider that cannot play on a live call raises say_unsupported (the caller
+        then hangs up itself)."""
         raise PermanentProviderError(f"{self.name} cannot play on a call", code="say_unsupported")
 
     async def fetch_status(self, call: CallRef) -> CallReport | None:

@@ -181,6 +181,9 @@ class AMISimServer:
         self.time_scale = time_scale
         self.default_outcome: sc.Outcome = default_outcome
         self.outcomes: dict[str, sc.Outcome] = {}
+        # Called with each originated channel once it is answered and in its Context: the
+        # dialplan that runs there (tests/amisim/asyncagi.py: AMD(), AGI(agi:async)).
+        self.answer_hooks: list[Callable[[sc.Channel], None]] = []
         self.muted: set[str] = set()
         self.truncate_lists: int | None = None
         self.received: list[Received] = []
@@ -660,6 +663,9 @@ class AMISimServer:
                 emit(sc.ringing(ch))
                 await asyncio.sleep(outcome.ring_for)
                 emit(sc.answered(ch, outcome.originate_response))
+                if not sync:
+                    for hook in self.answer_hooks:
+                        hook(ch)
                 if outcome.hangup_after is not None:
                     await asyncio.sleep(outcome.hangup_after)
                     if ch.alive and ch.bridge is None:

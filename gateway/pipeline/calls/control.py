@@ -249,7 +249,9 @@ class CallController:
             await repo.update_call(
                 conn, call["id"], error_code="voicemail_dropped", error_detail=detail
             )
-        await self._say_then_end(fresh, message, "voicemail_drop", reason="voicemail_dropped")
+        await self._say_then_end(
+            fresh, message, "voicemail_drop", reason="voicemail_dropped", after_greeting=True
+        )
 
     async def _campaign_config(
         self, conn: asyncpg.Connection, call: asyncpg.Record
@@ -267,14 +269,22 @@ class CallController:
         )
 
     async def _say_then_end(
-        self, call: asyncpg.Record, message: str | None, kind: str, *, reason: str
+        self,
+        call: asyncpg.Record,
+        message: str | None,
+        kind: str,
+        *,
+        reason: str,
+        after_greeting: bool = False,
     ) -> None:
         """Play `message` and let the provider end the call; one that cannot play (or no
         message) gets an ordinary hangup. `call.<kind>` says which, and when after the answer."""
         played, why = False, "no message"
         if message:
             try:
-                await self._voice(call).say_then_hangup(call_ref(call), message)
+                await self._voice(call).say_then_hangup(
+                    call_ref(call), message, after_greeting=after_greeting
+                )
                 played, why = True, None
             except ProviderError as exc:  # cannot play (say_unsupported) or the call is gone
                 why = exc.code or str(exc)

@@ -136,6 +136,8 @@ class VoiceRuntime:
                 agent_dial=ast.agent_dial,
                 agent_context=ast.agent_context,
                 caller_id_name=ast.caller_id_name,
+                tts_app=ast.tts_app,
+                beep_silence=ast.beep_silence,
             )
             registry.add_voice(AsteriskVoice(config, client))
         agents = settings.agents

@@ -364,7 +364,9 @@ class SandboxVoice(VoiceProvider):
         )
         return BridgeResult(joined=True)
 
-    async def say_then_hangup(self, call: CallRef, text: str) -> None:
+    async def say_then_hangup(
+        self, call: CallRef, text: str, *, after_greeting: bool = False
+    ) -> None:
         """Recorded as played (tests read it back with `said`), then the call ends."""
         await self.redis.rpush(self._key("said", call.attempt_key), f"{time.time()}|{text}")
         await self.redis.expire(self._key("said", call.attempt_key), _TTL)

@@ -156,8 +156,12 @@ class TwilioVoice(VoiceProvider):
         await self._update(target, twiml)
         return BridgeResult(joined=True)
 
-    async def say_then_hangup(self, call: CallRef, text: str) -> None:
-        """The call's TwiML replaced: <Say> the text, then <Hangup/> (Twilio ends it)."""
+    async def say_then_hangup(
+        self, call: CallRef, text: str, *, after_greeting: bool = False
+    ) -> None:
+        """The call's TwiML replaced: <Say> the text, then <Hangup/> (Twilio ends it). After
+        the greeting needs nothing more: a voicemail drop's call asked DetectMessageEnd, so
+        its machine verdict comes once the greeting is over."""
         await self._update(call, f"<Response><Say>{escape(text)}</Say><Hangup/></Response>")
 
     async def _update(self, call: CallRef, twiml: str) -> None:
