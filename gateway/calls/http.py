@@ -20,7 +20,7 @@ from gateway.core.errors import NotFound
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.middleware import TRACE_ID
-from gateway.http.routing import RAW_BODY, RouteTable, json_response
+from gateway.http.routing import RouteTable, json_response
 from gateway.pipeline.calls import VOICE
 from gateway.resources import RESOURCES
 
@@ -46,11 +46,7 @@ def _uuid(raw: str) -> uuid.UUID:
 )
 async def place_call(request: web.Request, body: PlaceCall) -> web.Response:
     principal = principal_of(request)
-    key = request.headers.get(idempotency.HEADER)
-    digest = b""
-    if key is not None:
-        key = idempotency.validate_key(key)
-        digest = idempotency.request_hash("POST", "/v1/calls", request[RAW_BODY])
+    key, digest = await idempotency.from_request(request)
     outcome = await request.app[VOICE].pipeline.accept(
         principal.tenant_id,
         principal.key_id,

@@ -15,18 +15,10 @@ from gateway.campaigns.schemas import (
 )
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
-from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.http.routing import RouteTable
 from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="campaigns")
-
-
-def _key(request: web.Request, path: str) -> tuple[str | None, bytes]:
-    key = request.headers.get(idempotency.HEADER)
-    if key is None:
-        return None, b""
-    key = idempotency.validate_key(key)
-    return key, idempotency.request_hash("POST", path, request[RAW_BODY])
 
 
 @routes.post(
@@ -39,7 +31,7 @@ def _key(request: web.Request, path: str) -> tuple[str | None, bytes]:
     errors=(409, 422),
 )
 async def create_campaign(request: web.Request, body: CampaignIn) -> web.Response:
-    key, digest = _key(request, "/v1/campaigns")
+    key, digest = await idempotency.from_request(request)
     status, out = await service.create(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
@@ -114,7 +106,7 @@ _lifecycle("cancel", "Cancel: pending prospects are canceled; calls in progress 
 )
 async def add_prospects(request: web.Request, body: ProspectsIn) -> web.Response:
     campaign_id = service.parse_id(request.match_info["campaign_id"])
-    key, digest = _key(request, f"/v1/campaigns/{campaign_id}/prospects")
+    key, digest = await idempotency.from_request(request, f"/v1/campaigns/{campaign_id}/prospects")
     status, out = await service.add(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,

@@ -11,7 +11,7 @@ from gateway.dnc import service
 from gateway.dnc.schemas import DncDeleteQuery, DncEntryIn, DncEntryList, DncListQuery, DncStatus
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
-from gateway.http.routing import RAW_BODY, RouteTable, json_response
+from gateway.http.routing import RouteTable, json_response
 from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="dnc")
@@ -37,11 +37,7 @@ def _number(request: web.Request) -> str:
     errors=(409,),
 )
 async def add_entry(request: web.Request, body: DncEntryIn) -> web.Response:
-    key = request.headers.get(idempotency.HEADER)
-    digest = b""
-    if key is not None:
-        key = idempotency.validate_key(key)
-        digest = idempotency.request_hash("POST", "/v1/dnc", request[RAW_BODY])
+    key, digest = await idempotency.from_request(request)
     status, out = await service.add(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 from gateway.core.errors import Problem
 
@@ -47,6 +48,19 @@ def validate_key(key: str) -> str:
             code="invalid_idempotency_key",
         )
     return key
+
+
+async def from_request(request: web.Request, path: str | None = None) -> tuple[str | None, bytes]:
+    """The request's Idempotency-Key, validated, and the digest that tells a retry of the same
+    request (method, path, body bytes) from another one under that key; (None, b"") without one.
+
+    `path` names the resource when the URL may spell it in more than one way (a parsed id).
+    The body is the one the route already read and validated (aiohttp keeps it)."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None, b""
+    body = await request.read()
+    return validate_key(key), request_hash(request.method, path or request.path, body)
 
 
 async def lookup(db: asyncpg.Pool, tenant_id: uuid.UUID, key: str, digest: bytes) -> Replay | None:

@@ -20,7 +20,6 @@ from gateway.core.errors import Problem, ValidationFailed
 from gateway.http.auth import authenticate
 
 Handler = Callable[..., Awaitable[Any]]
-RAW_BODY = web.RequestKey("raw_body", bytes)
 # pydantic custom error types that are also stable API error codes.
 CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number", "flow_node_kind"})
 # A JSON \u0000 escape (preceded by an even number of backslashes, so not "\\u0000"):
@@ -142,7 +141,6 @@ class Endpoint:
                 if any(e["type"] == "json_invalid" for e in exc.errors()):
                     raise Problem("The body is not valid JSON", code="invalid_json") from None
                 raise validation_problem(exc, "body") from None
-            request[RAW_BODY] = raw
         result = await self.handler(request, **kwargs)
         if isinstance(result, web.StreamResponse):
             return result

@@ -9,7 +9,7 @@ from gateway.core.phone import normalize_e164
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.pagination import ListQuery
-from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.http.routing import RouteTable
 from gateway.ivr import service, twilio
 from gateway.ivr.schemas import (
     DidIvr,
@@ -42,11 +42,7 @@ routes = RouteTable(tag="ivr")
     errors=(409,),
 )
 async def create_flow(request: web.Request, body: Flow) -> web.Response:
-    key = request.headers.get(idempotency.HEADER)
-    digest = b""
-    if key is not None:
-        key = idempotency.validate_key(key)
-        digest = idempotency.request_hash("POST", "/v1/ivr/flows", request[RAW_BODY])
+    key, digest = await idempotency.from_request(request)
     res = request.app[RESOURCES]
     status, out = await service.create_flow(
         res.db,

@@ -10,7 +10,7 @@ from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.middleware import TRACE_ID
 from gateway.http.pagination import ListQuery, decode_cursor, page_of
-from gateway.http.routing import RAW_BODY, RouteTable, json_response
+from gateway.http.routing import RouteTable, json_response
 from gateway.messages import repo, service
 from gateway.messages.schemas import (
     Message,
@@ -50,11 +50,7 @@ def _uuid(raw: str, what: str) -> uuid.UUID:
 )
 async def send_message(request: web.Request, body: SendMessage) -> web.Response:
     principal = principal_of(request)
-    key = request.headers.get(idempotency.HEADER)
-    digest = b""
-    if key is not None:
-        key = idempotency.validate_key(key)
-        digest = idempotency.request_hash("POST", "/v1/messages", request[RAW_BODY])
+    key, digest = await idempotency.from_request(request)
     outcome = await request.app[PIPELINE].accept(
         principal, body, trace_id=request[TRACE_ID], idempotency_key=key, request_digest=digest
     )

@@ -5,7 +5,7 @@ from aiohttp import web
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.pagination import ListQuery
-from gateway.http.routing import RAW_BODY, RouteTable, json_response
+from gateway.http.routing import RouteTable, json_response
 from gateway.resources import RESOURCES
 from gateway.webhooks import service
 from gateway.webhooks.schemas import (
@@ -35,11 +35,7 @@ _BASE = "/v1/webhook-endpoints"
 )
 async def create_endpoint(request: web.Request, body: EndpointIn) -> web.Response:
     res = request.app[RESOURCES]
-    key = request.headers.get(idempotency.HEADER)
-    digest = b""
-    if key is not None:
-        key = idempotency.validate_key(key)
-        digest = idempotency.request_hash("POST", _BASE, request[RAW_BODY])
+    key, digest = await idempotency.from_request(request)
     status, out = await service.create_endpoint(
         res.db,
         principal_of(request).tenant_id,
