@@ -54,6 +54,8 @@ from gateway.supervisor import Supervisor, TaskFactory, periodic
 from gateway.tenants.http import routes as tenant_routes
 from gateway.webhooks.http import routes as webhook_routes
 from gateway.webhooks.tasks import webhook_tasks
+from gateway.workflows.http import routes as workflow_routes
+from gateway.workflows.tasks import workflow_tasks
 from guardrails.chain import GuardrailChain
 from guardrails.checks import build_checks
 from guardrails.policy import GuardrailPolicy
@@ -76,6 +78,7 @@ ROUTE_TABLES: list[RouteTable] = [
     campaign_routes,
     dashboard_routes,
     ivr_routes,
+    workflow_routes,
 ]
 
 
@@ -146,6 +149,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         | webhook_tasks(res)
         | call_tasks(app, res, health, app[CHAIN])
         | campaign_tasks(app)
+        | workflow_tasks(app)
     )
 
 

@@ -538,6 +538,19 @@ class CampaignsSettings(_Section):
     did_health: DidHealthSettings = DidHealthSettings()
 
 
+class WorkflowsSettings(_Section):
+    interval: float = Field(
+        default=1.0, gt=0, description="seconds between looks for waits whose time is up"
+    )
+    concurrency: int = Field(default=4, ge=1, description="runs one worker advances at once")
+    lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a worker holds a run's step before another may take it over "
+        "(a killed worker's step is taken again after this, under the same idempotency key)",
+    )
+
+
 class DevSettings(_Section):
     data_dir: Path = Path(".trunkline")
     tenant: str = "dev"
@@ -570,6 +583,7 @@ class Settings(BaseSettings):
     calls: CallsSettings = CallsSettings()
     agents: AgentsSettings = AgentsSettings()
     campaigns: CampaignsSettings = CampaignsSettings()
+    workflows: WorkflowsSettings = WorkflowsSettings()
     dev: DevSettings = DevSettings()
 
     @classmethod

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -96,29 +95,8 @@ def _refuse_unsupported(body: CampaignIn) -> None:
         raise ValidationFailed("on_answer is for voice campaigns")
 
 
-async def _idempotent(
-    db: asyncpg.Pool,
-    tenant_id: uuid.UUID,
-    key: str | None,
-    path: str,
-    digest: bytes,
-    status: int,
-    work: Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]],
-) -> tuple[int, dict[str, Any]]:
-    """Run `work` in a transaction that also claims and answers the Idempotency-Key."""
-    if key is not None:
-        replay = await idempotency.lookup(db, tenant_id, key, digest)
-        if replay is not None:
-            return replay.status, replay.body
-    async with db.acquire() as conn, conn.transaction():
-        if key is not None:
-            replay = await idempotency.claim(conn, tenant_id, key, "POST", path, digest)
-            if replay is not None:
-                return replay.status, replay.body
-        body = await work(conn)
-        if key is not None:
-            await idempotency.record(conn, tenant_id, key, status, body)
-    return status, body
+# Run `work` in a transaction that also claims and answers the Idempotency-Key.
+_idempotent = idempotency.in_transaction
 
 
 async def create(

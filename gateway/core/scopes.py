@@ -19,6 +19,8 @@ SCOPES: frozenset[str] = frozenset(
         "ops:read",  # trunk-wide figures (every tenant's pool occupancy, provider breakers)
         "ivr:read",
         "ivr:write",
+        "workflows:read",
+        "workflows:write",
     }
 )
 ALL = "*"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,3 +333,29 @@ async def purge_expired(db: asyncpg.Pool, batch: int = 5000) -> int:
         total += n
         if n < batch:
             return total
+
+
+async def in_transaction(
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    key: str | None,
+    path: str,
+    digest: bytes,
+    status: int,
+    work: Callable[[asyncpg.Connection], Awaitable[dict[str, Any]]],
+) -> tuple[int, dict[str, Any]]:
+    """Run `work` in a transaction that also claims and answers the Idempotency-Key (for
+    writes that spend nothing before their transaction: campaigns, workflows)."""
+    if key is not None:
+        replay = await lookup(db, tenant_id, key, digest)
+        if replay is not None:
+            return replay.status, replay.body
+    async with db.acquire() as conn, conn.transaction():
+        if key is not None:
+            replay = await claim(conn, tenant_id, key, "POST", path, digest)
+            if replay is not None:
+                return replay.status, replay.body
+        body = await work(conn)
+        if key is not None:
+            await record(conn, tenant_id, key, status, body)
+    return status, body

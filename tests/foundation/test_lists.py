@@ -142,6 +142,34 @@ async def add_campaigns(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[
     return {r[0] for r in rows}
 
 
+async def add_workflows(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[str]:
+    rows = await db.fetch(
+        """
+        INSERT INTO workflows (id, tenant_id, name, steps, webhook_secret)
+        SELECT gen_random_uuid(), $1, 'w' || n, '[{"wait": {"duration": "1s"}}]', 'whsec'
+        FROM unnest($2::int[]) n RETURNING id::text
+        """,
+        tenant,
+        _ids(count),
+    )
+    return {r[0] for r in rows}
+
+
+async def add_workflow_runs(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[str]:
+    [workflow] = await add_workflows(db, tenant, 1)
+    rows = await db.fetch(
+        """
+        INSERT INTO workflow_runs (id, tenant_id, workflow_id, status, trace_id)
+        SELECT gen_random_uuid(), $1, $3::uuid, 'completed', md5(n::text)
+        FROM unnest($2::int[]) n RETURNING id::text
+        """,
+        tenant,
+        _ids(count),
+        workflow,
+    )
+    return {r[0] for r in rows}
+
+
 @dataclass(frozen=True)
 class Listing:
     path: str
@@ -158,6 +186,8 @@ LISTINGS = [
     Listing("/v1/dead-letters", "id", add_dead_letters),
     Listing("/v1/webhook-endpoints", "id", add_endpoints),
     Listing("/v1/campaigns", "id", add_campaigns),
+    Listing("/v1/workflows", "id", add_workflows),
+    Listing("/v1/workflow-runs", "id", add_workflow_runs),
 ]
 
 

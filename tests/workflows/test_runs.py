@@ -1,0 +1,150 @@
+"""Runs end to end: send → wait for a reply or a day (on the injected clock) → follow-up; a
+reply stops the reminder; a DNC-listed number is refused by the chain and the run branches;
+a cancelled run sends nothing more; the timeline and the workflow.* events tell it all."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.workflows.conftest import CUSTOMER
+
+REMINDER = [
+    {
+        "send": {
+            "channel": "sms",
+            "to": "{{to}}",
+            "body": "Thanks for your call, {{name}}.",
+            "purpose": "transactional",
+        }
+    },
+    {"wait": {"until": "message.inbound", "timeout": "1d"}},
+    {"branch": {"if": "replied", "then": "end"}},
+    {
+        "id": "reminder",
+        "send": {
+            "channel": "sms",
+            "to": "{{to}}",
+            "body": "Still there, {{name}}?",
+            "purpose": "transactional",
+        },
+    },
+]
+
+
+async def test_no_reply_in_a_day_sends_the_reminder(flows):
+    wf = await flows.define(REMINDER)
+    run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
+    waiting = await flows.status(run["id"], "waiting")
+    assert waiting["waiting"]["until"] == "message.inbound"
+    [first] = await flows.sent(run["id"])
+    assert first["body"] == "Thanks for your call, Ana."
+    assert first["trace_id"] == run["trace_id"]  # the run's trace id on every step
+
+    flows.clock.advance(hours=23)  # not yet
+    await asyncio.sleep(0.5)  # the timer looks every 0.1 s
+    assert (await flows.run(run["id"]))["status"] == "waiting"
+    assert len(await flows.sent(run["id"])) == 1
+
+    flows.clock.advance(hours=1, seconds=1)
+    done = await flows.status(run["id"], "completed")
+    first, reminder = await flows.sent(run["id"])
+    assert reminder["body"] == "Still there, Ana?"
+    assert reminder["trace_id"] == run["trace_id"]
+    outcomes = [(s["kind"], s["outcome"]) for s in done["timeline"]]
+    assert outcomes == [
+        ("send", "accepted"),
+        ("wait", "timed_out"),
+        ("branch", "else"),
+        ("send", "accepted"),
+    ]
+    assert done["timeline"][3]["id"] == "reminder"
+    assert done["timeline"][0]["detail"]["message_id"] == str(first["id"])
+
+
+async def test_a_reply_stops_the_reminder(flows):
+    wf = await flows.define(REMINDER)
+    run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
+    await flows.status(run["id"], "waiting")
+    await flows.reply("yes, thanks")
+    done = await flows.status(run["id"], "completed")
+    outcomes = [(s["kind"], s["outcome"]) for s in done["timeline"]]
+    assert outcomes == [("send", "accepted"), ("wait", "replied"), ("branch", "then")]
+    flows.clock.advance(days=2)  # the deadline passes: nothing more happens
+    await asyncio.sleep(0.5)  # the timer looks every 0.1 s
+    assert len(await flows.sent(run["id"])) == 1
+
+
+async def test_a_reply_before_the_wait_begins_counts(flows):
+    """The reply lands between the send and the wait (the table check, not only the log)."""
+    wf = await flows.define([REMINDER[0], {"wait": {"duration": "0s"}}, *REMINDER[1:]])
+    run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
+    await flows.until(run["id"], lambda r: len(r["timeline"]) >= 1)
+    await flows.reply("hi")
+    done = await flows.status(run["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]][-2:] == ["replied", "then"]
+
+
+async def test_dnc_number_is_refused_and_the_run_takes_its_branch(flows):
+    blocked = "+12125550111"
+    await flows.post("/v1/dnc", {"number": blocked}, 201)
+    wf = await flows.define(
+        [
+            {"send": {"channel": "sms", "to": "{{to}}", "body": "Hi", "purpose": "marketing"}},
+            {"branch": {"if": "refused", "then": "tell-crm"}},
+            {"send": {"channel": "sms", "to": "{{to}}", "body": "Again", "purpose": "marketing"}},
+            {
+                "id": "tell-crm",
+                "send": {
+                    "channel": "sms",
+                    "to": CUSTOMER,
+                    "body": "{{to}} is on a DNC list",
+                    "purpose": "transactional",
+                },
+            },
+        ]
+    )
+    run = await flows.start(wf["id"], to=blocked)
+    done = await flows.status(run["id"], "completed")
+    first = done["timeline"][0]
+    assert first["outcome"] == "refused" and first["detail"]["code"] == "dnc_listed"
+    assert [s["step"] for s in done["timeline"]] == [0, 1, 3]
+    assert done["timeline"][1]["outcome"] == "then"
+    sent = await flows.sent(run["id"])
+    assert (sent[0]["to_number"], sent[0]["status"]) == (blocked, "rejected")
+    assert sent[1]["body"] == f"{blocked} is on a DNC list"
+    assert len(sent) == 2
+
+
+async def test_cancel_stops_a_waiting_run(flows):
+    wf = await flows.define(REMINDER)
+    run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
+    await flows.status(run["id"], "waiting")
+    canceled = await flows.post(f"/v1/workflow-runs/{run['id']}/cancel", {}, 200)
+    assert canceled["status"] == "canceled" and canceled["ended_at"]
+    again = await flows.post(f"/v1/workflow-runs/{run['id']}/cancel", {}, 200)
+    assert again["status"] == "canceled"
+    flows.clock.advance(days=2)
+    await flows.reply("too late")
+    assert (await flows.run(run["id"]))["status"] == "canceled"
+    assert len(await flows.sent(run["id"])) == 1
+
+
+async def test_workflow_events(flows):
+    wf = await flows.define([REMINDER[0]])
+    run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
+    await flows.status(run["id"], "completed")
+
+    async def types() -> list[str]:
+        rows = await flows.db.fetch(
+            "SELECT type FROM events WHERE subject = $1 ORDER BY id", run["id"]
+        )
+        return [r["type"] for r in rows]
+
+    assert await types() == [
+        "workflow.run.started",
+        "workflow.step.started",
+        "workflow.step.completed",
+        "workflow.run.completed",
+    ]
+    trace = await flows.get(f"/v1/traces/{run['trace_id']}")
+    assert len(trace["messages"]) == 1
