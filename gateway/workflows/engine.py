@@ -159,7 +159,7 @@ class WorkflowEngine:
             raise queue.RetryableError(f"{exc.code}: {exc.detail}") from exc
         body = outcome.body if isinstance(outcome.body, dict) else {}
         subject = body.get("id") or body.get(ref)
-        if outcome.status == 202:
+        if 200 <= outcome.status < 300:  # 201: stored, the send or dial follows
             result = "scheduled" if body.get("status") == "scheduled" else "accepted"
             detail = {ref: subject, "status": body.get("status")}
         elif outcome.status in (422, 429) and body.get("title") == "Refused by a guardrail":

@@ -9,7 +9,7 @@ from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.middleware import TRACE_ID
 from gateway.http.pagination import ListQuery
-from gateway.http.routing import RAW_BODY, RouteTable
+from gateway.http.routing import RouteTable
 from gateway.resources import RESOURCES
 from gateway.workflows import service
 from gateway.workflows.schemas import (
@@ -26,14 +26,6 @@ from gateway.workflows.schemas import (
 routes = RouteTable(tag="workflows")
 
 
-def _key(request: web.Request, path: str) -> tuple[str | None, bytes]:
-    key = request.headers.get(idempotency.HEADER)
-    if key is None:
-        return None, b""
-    key = idempotency.validate_key(key)
-    return key, idempotency.request_hash("POST", path, request[RAW_BODY])
-
-
 @routes.post(
     "/v1/workflows",
     summary="Define a workflow (201): steps send | wait | branch | webhook, an optional trigger. "
@@ -45,7 +37,7 @@ def _key(request: web.Request, path: str) -> tuple[str | None, bytes]:
     errors=(403, 409, 422),
 )
 async def create_workflow(request: web.Request, body: WorkflowIn) -> web.Response:
-    key, digest = _key(request, "/v1/workflows")
+    key, digest = await idempotency.from_request(request)
     status, out = await service.create(
         request.app[RESOURCES].db,
         principal_of(request),
@@ -96,7 +88,7 @@ async def get_workflow(request: web.Request) -> Workflow:
 )
 async def start_run(request: web.Request, body: RunIn) -> web.Response:
     workflow_id = service.parse_id(request.match_info["workflow_id"], "workflow")
-    key, digest = _key(request, f"/v1/workflows/{workflow_id}/runs")
+    key, digest = await idempotency.from_request(request, f"/v1/workflows/{workflow_id}/runs")
     status, out = await service.start_run(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
