@@ -15,6 +15,7 @@ from typing import Literal
 from aiohttp import web
 
 from gateway import queue
+from gateway.billing.tasks import billing_tasks
 from gateway.calls.http import routes as call_routes
 from gateway.campaigns.http import routes as campaign_routes
 from gateway.campaigns.tasks import campaign_tasks
@@ -150,6 +151,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         | call_tasks(app, res, health, app[CHAIN])
         | campaign_tasks(app)
         | workflow_tasks(app)
+        | billing_tasks(res)
     )
 
 

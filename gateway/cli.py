@@ -102,10 +102,35 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.tenants.service import create_tenant
+    from gateway.tenants.service import create_tenant, set_stripe_customer
 
-    tenant_id = asyncio.run(_with_pool(settings, lambda pool: create_tenant(pool, args.name)))
-    print(f"created tenant {args.name} ({tenant_id})")
+    async def work(pool: Any) -> Any:
+        async with pool.acquire() as conn, conn.transaction():
+            tenant_id = await create_tenant(conn, args.name)
+            if args.stripe_customer:
+                await set_stripe_customer(conn, args.name, args.stripe_customer)
+            return tenant_id
+
+    tenant_id = asyncio.run(_with_pool(settings, work))
+    billed = f", billed to Stripe customer {args.stripe_customer}" if args.stripe_customer else ""
+    print(f"created tenant {args.name} ({tenant_id}){billed}")
+    return EXIT_OK
+
+
+def _cmd_tenants_update(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.tenants.service import set_stripe_customer
+
+    if args.stripe_customer is None and not args.no_stripe_customer:
+        print(
+            "error: nothing to change (--stripe-customer or --no-stripe-customer)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    customer = None if args.no_stripe_customer else args.stripe_customer
+    asyncio.run(_with_pool(settings, lambda pool: set_stripe_customer(pool, args.name, customer)))
+    if customer is None:
+        print(f"tenant {args.name}: usage no longer exported to Stripe")
+    else:
+        print(f"tenant {args.name}: usage billed to Stripe customer {customer}")
     return EXIT_OK
 
 
@@ -351,7 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
     p = tsub.add_parser("create", help="Create a tenant.", description="Create a tenant.")
     p.add_argument("name", help="lowercase name: letters, digits, '-' and '_'")
+    p.add_argument(
+        "--stripe-customer", metavar="CUS_ID", help="bill its usage to this Stripe customer"
+    )
     p.set_defaults(func=_cmd_tenants_create)
+    p = tsub.add_parser(
+        "update",
+        help="Change a tenant's Stripe customer.",
+        description="Set (or clear) the Stripe customer the tenant's usage is exported to as "
+        "meter events (billing.stripe).",
+    )
+    p.add_argument("name", help="the tenant's name")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--stripe-customer", metavar="CUS_ID", help="bill usage to this customer")
+    who.add_argument(
+        "--no-stripe-customer", action="store_true", help="stop exporting the tenant's usage"
+    )
+    p.set_defaults(func=_cmd_tenants_update)
 
     keys = sub.add_parser("keys", help="Manage API keys.", description="Manage API keys.")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

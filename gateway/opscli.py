@@ -178,7 +178,8 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
         for r in rows:
             print(
                 f"{r['name']:<24} {r['id']}  {r['active_keys']} active keys  "
-                f"created {r['created_at']:%Y-%m-%d %H:%M}"
+                f"created {r['created_at']:%Y-%m-%d %H:%M}  "
+                f"stripe {r['stripe_customer_id'] or '-'}"
             )
         if not rows:
             print("no tenants")

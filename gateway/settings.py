@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -551,6 +551,55 @@ class WorkflowsSettings(_Section):
     )
 
 
+class StripeBillingSettings(_Section):
+    """Usage exported to Stripe Billing as meter events (gateway/billing); on when api_key is set."""
+
+    api_key: SecretStr | None = Field(
+        default=None, description="secret key (sk_...); unset = no export"
+    )
+    api_base: str = Field(default="https://api.stripe.com", description="Stripe's API")
+    meter_events_base: str = Field(
+        default="https://meter-events.stripe.com",
+        description="the high-throughput meter event stream's host",
+    )
+    meters: dict[str, str] = Field(
+        default_factory=lambda: {
+            "sms_segment": "trunkline_sms_segments",
+            "email": "trunkline_emails",
+            "voice_second": "trunkline_voice_seconds",
+            "voice_call": "trunkline_calls",
+        },
+        description="usage unit (as GET /v1/usage names it) -> the Stripe meter's event_name; "
+        "units not listed are not exported",
+    )
+    identifier_prefix: str = Field(
+        default="trunkline",
+        pattern=r"^[A-Za-z0-9_-]{1,40}$",
+        description="starts every meter event identifier: give each deployment that bills "
+        "into one Stripe account its own",
+    )
+    batch_size: int = Field(default=1000, ge=1, le=100_000, description="usage rows per batch")
+    window: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds: a batch's usage of one tenant and unit within one window is one "
+        "meter event",
+    )
+    interval: float = Field(default=60.0, gt=0, description="seconds between export rounds")
+    start_at: AwareDatetime | None = Field(
+        default=None, description="usage recorded before this instant is never exported"
+    )
+    timeout: float = Field(default=30.0, gt=0, description="seconds per Stripe request")
+    retry_initial: float = Field(
+        default=1.0, gt=0, description="first wait after a failed send (doubles, with jitter)"
+    )
+    retry_max: float = Field(default=300.0, gt=0, description="longest wait between sends")
+
+
+class BillingSettings(_Section):
+    stripe: StripeBillingSettings = StripeBillingSettings()
+
+
 class DevSettings(_Section):
     data_dir: Path = Path(".trunkline")
     tenant: str = "dev"
@@ -584,6 +633,7 @@ class Settings(BaseSettings):
     agents: AgentsSettings = AgentsSettings()
     campaigns: CampaignsSettings = CampaignsSettings()
     workflows: WorkflowsSettings = WorkflowsSettings()
+    billing: BillingSettings = BillingSettings()
     dev: DevSettings = DevSettings()
 
     @classmethod

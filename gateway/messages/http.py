@@ -162,12 +162,18 @@ async def get_template(request: web.Request) -> Template:
 
 @routes.get(
     "/v1/usage",
-    summary="Metered usage (SMS segments, WhatsApp messages, voice calls and seconds) in [from, to)",
+    summary="Metered usage (SMS segments, WhatsApp messages, voice calls and seconds) in "
+    "[from, to), and what of it was exported to Stripe",
     scope="usage:read",
     query=UsageQuery,
     response=Usage,
 )
 async def get_usage(request: web.Request, query: UsageQuery) -> Usage:
+    res = request.app[RESOURCES]
     return await service.usage(
-        request.app[RESOURCES].db, principal_of(request).tenant_id, query.from_, query.to
+        res.db,
+        principal_of(request).tenant_id,
+        query.from_,
+        query.to,
+        res.settings.billing.stripe,
     )

@@ -234,9 +234,12 @@ async def record_usage(
 async def usage(conn: Conn, tenant_id: uuid.UUID, start: Any, end: Any) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
-        SELECT channel, unit, sum(quantity)::bigint AS quantity, count(*) AS records
-        FROM usage_records WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3
-        GROUP BY channel, unit ORDER BY channel, unit
+        SELECT u.channel, u.unit, sum(u.quantity)::bigint AS quantity, count(*) AS records,
+               coalesce(sum(u.quantity) FILTER (WHERE b.sent_at IS NOT NULL), 0)::bigint
+                   AS exported
+        FROM usage_records u LEFT JOIN billing_export_batches b ON b.id = u.export_batch
+        WHERE u.tenant_id = $1 AND u.recorded_at >= $2 AND u.recorded_at < $3
+        GROUP BY u.channel, u.unit ORDER BY u.channel, u.unit
         """,
         tenant_id,
         start,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from gateway.billing.schemas import StripeExport
 from gateway.core.instants import Instant
 from gateway.core.phone import E164
 from gateway.core.usstates import USState
@@ -160,6 +161,10 @@ class UsageLine(BaseModel):
     unit: str
     quantity: int
     records: int
+    exported: int = Field(
+        description="of `quantity`, what Stripe has acknowledged as meter events (0 when the "
+        "export is off)"
+    )
 
 
 class Usage(BaseModel):
@@ -167,3 +172,6 @@ class Usage(BaseModel):
     from_: datetime = Field(alias="from")
     to: datetime
     lines: list[UsageLine]
+    stripe: StripeExport | None = Field(
+        default=None, description="the export to Stripe Billing; null when it is not configured"
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.billing.service import tenant_export
 from gateway.core.errors import NotFound
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import get_logger
@@ -24,6 +25,7 @@ from gateway.messages.schemas import (
 )
 from gateway.messages.templates import variables_of
 from gateway.providers.contracts import StatusReport
+from gateway.settings import StripeBillingSettings
 
 log = get_logger(__name__)
 
@@ -141,6 +143,13 @@ def template_from_row(row: asyncpg.Record) -> Template:
     return Template(variables=variables_of(row["body"]), **dict(row))
 
 
-async def usage(db: asyncpg.Pool, tenant_id: uuid.UUID, start: datetime, end: datetime) -> Usage:
+async def usage(
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    billing: StripeBillingSettings | None = None,
+) -> Usage:
     rows = await repo.usage(db, tenant_id, start, end)
-    return Usage(from_=start, to=end, lines=[UsageLine(**dict(r)) for r in rows])
+    export = await tenant_export(db, tenant_id, billing) if billing is not None else None
+    return Usage(from_=start, to=end, lines=[UsageLine(**dict(r)) for r in rows], stripe=export)

@@ -89,7 +89,7 @@ async def list_tenants(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.
     """Every tenant with its count of live keys (the operator's CLI: tenants are few)."""
     return await conn.fetch(
         """
-        SELECT t.id, t.name, t.created_at,
+        SELECT t.id, t.name, t.created_at, t.stripe_customer_id,
                count(k.key_id) FILTER (WHERE k.revoked_at IS NULL) AS active_keys
         FROM tenants t LEFT JOIN api_keys k ON k.tenant_id = t.id
         GROUP BY t.id ORDER BY t.name

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
 
+from gateway.billing import repo as billing_repo
 from gateway.core import scopes as scopes_mod
-from gateway.core.errors import Conflict, NotFound
+from gateway.core.errors import Conflict, NotFound, ValidationFailed
 from gateway.core.ids import new_id
 from gateway.tenants import keycache, repo
 from gateway.tenants.keycache import KeyCache
@@ -69,6 +71,24 @@ async def create_tenant(db: asyncpg.Pool | asyncpg.Connection, name: str) -> uui
             code="invalid_tenant_name",
         ) from None
     return tenant_id
+
+
+_STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9_]{1,250}$")
+
+
+async def set_stripe_customer(
+    db: asyncpg.Pool | asyncpg.Connection, tenant: str, customer_id: str | None
+) -> None:
+    """The Stripe customer the tenant's usage is billed to (None: not exported). The operator's
+    to set (the CLI), never the tenant's: a key that could name the customer could bill its
+    usage to someone else."""
+    if customer_id is not None and not _STRIPE_CUSTOMER.match(customer_id):
+        raise ValidationFailed(
+            f"{customer_id!r} is not a Stripe customer id (cus_...)",
+            code="invalid_stripe_customer",
+        )
+    if not await billing_repo.set_customer(db, tenant, customer_id):
+        raise NotFound(f"no tenant named {tenant!r}", code="tenant_not_found")
 
 
 async def create_key(

@@ -78,12 +78,13 @@ async def test_answered_calls_are_metered_per_provider_in_rounded_up_seconds(
     # The same usage beside messaging's, in the one usage endpoint.
     lines = (await usage(voice, "/v1/usage", **period()))["lines"]
     assert [line for line in lines if line["channel"] == "voice"] == [
-        {"channel": "voice", "unit": "voice_call", "quantity": 3, "records": 3},
+        {"channel": "voice", "unit": "voice_call", "quantity": 3, "records": 3, "exported": 0},
         {
             "channel": "voice",
             "unit": "voice_second",
             "quantity": got["billable_seconds"],
             "records": 3,
+            "exported": 0,  # no Stripe export configured (tests/billing)
         },
     ]
 

@@ -111,7 +111,7 @@ async def test_segments_and_usage(client, token, wait_status):
     )
     usage = await resp.json()
     assert usage["lines"] == [
-        {"channel": "sms", "unit": "sms_segment", "quantity": 4, "records": 2}
+        {"channel": "sms", "unit": "sms_segment", "quantity": 4, "records": 2, "exported": 0}
     ]
 
 

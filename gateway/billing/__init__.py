@@ -1,0 +1,1 @@
+"""Usage exported to Stripe Billing as meter events (issue 15)."""
