@@ -137,7 +137,7 @@ async def test_get_usage_shows_what_was_exported(client, pg_pool, make_key, fake
             json={"to": "+14155550100", "body": "Your code is 1234", "purpose": "transactional"},
             headers=auth(token),
         )
-        assert resp.status == 202
+        assert resp.status == 201, await resp.text()
     period = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
 
     async def exported() -> dict | None:
