@@ -346,6 +346,28 @@ Node = Annotated[
 class Flow(_Strict):
     """A flow as uploaded: `POST /v1/ivr/flows`."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "main-menu",
+                    "start": "greet",
+                    "nodes": {
+                        "greet": {"say": "Thanks for calling Acme.", "next": "menu"},
+                        "menu": {
+                            "gather": {"say": "Press 1 for billing.", "digits": 1},
+                            "on": {"1": "goodbye"},
+                            "no_input": "goodbye",
+                        },
+                        "goodbye": {"say": "Goodbye.", "then": "hangup"},
+                    },
+                }
+            ]
+        },
+    )
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     start: NodeName
     fallback: NodeName | None = Field(

@@ -139,7 +139,12 @@ class Window(BaseModel):
 
 
 class CampaignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "spring-renewals", "channel": "voice", "purpose": "marketing"}]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
     channel: Literal["voice", "sms"] = "voice"
@@ -231,7 +236,18 @@ class ProspectIn(BaseModel):
 
 
 class ProspectsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prospects": [
+                        {"number": "+14155550123", "variables": {"name": "Ada"}, "state": "CA"}
+                    ]
+                }
+            ]
+        },
+    )
     prospects: list[ProspectIn] = Field(min_length=1, max_length=10000)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.core import jsonio
 from gateway.core.errors import Problem, ValidationFailed
+from gateway.http import examples
 from gateway.http.auth import authenticate
 
 Handler = Callable[..., Awaitable[Any]]
@@ -250,9 +251,10 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
                 qschema = ep.query.model_json_schema()
                 required = set(qschema.get("required", []))
                 for name, prop in qschema.get("properties", {}).items():
-                    params.append(
-                        {"name": name, "in": "query", "required": name in required, "schema": prop}
-                    )
+                    param = {"name": name, "in": "query", "required": name in required}
+                    if "description" in prop:  # where renderers show it (Swagger UI)
+                        param["description"] = prop["description"]
+                    params.append(param | {"schema": prop})
             if params:
                 op["parameters"] = params
             if ep.body is not None:
@@ -288,13 +290,8 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
                 # OpenAPI 3.1 lets a non-OAuth scheme list the roles it needs: the API key scope
                 op["security"] = [{"bearer": [ep.scope] if ep.scope else []}]
                 op["x-required-scope"] = ep.scope
-                op["description"] = (
-                    f"Requires an API key with the `{ep.scope}` scope."
-                    if ep.scope
-                    else "Requires an API key (any scope)."
-                )
             paths.setdefault(ep.path, {})[ep.method.lower()] = op
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
         "paths": paths,
@@ -305,3 +302,5 @@ def openapi_document(tables: list[RouteTable], *, title: str, version: str) -> d
             },
         },
     }
+    examples.annotate(doc)  # an example, the scope and a curl line per operation (/docs)
+    return doc

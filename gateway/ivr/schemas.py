@@ -50,7 +50,13 @@ class FlowQuery(BaseModel):
 
 
 class SimulateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [{"flow": "main-menu", "from": "+14155550123", "inputs": ["1"]}]
+        },
+    )
 
     flow: str | None = Field(
         default=None,
@@ -95,7 +101,9 @@ class SimulateOut(SessionOut):
 
 
 class DidIvrIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"ivr_flow": "main-menu"}]}
+    )
 
     ivr_flow: str | None = Field(
         pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",

@@ -118,7 +118,12 @@ class Trace(BaseModel):
 
 
 class TemplateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "otp", "body": "Hi {{ name }}, your code is {{ code }}"}]
+        },
+    )
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     body: str = Field(min_length=1, max_length=1600)
 

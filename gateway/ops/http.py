@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.core.errors import Problem
+from gateway.core.errors import NotFound, Problem
 from gateway.http import docs as api_docs
 from gateway.http.middleware import METRICS
 from gateway.http.routing import RouteTable, json_response
@@ -13,7 +13,6 @@ from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="operations")
 OPENAPI = web.AppKey("openapi", dict)
-_DOCS: dict[int, tuple[dict, str]] = {}  # the rendered /docs page of each app's document
 
 
 @routes.get("/healthz", summary="The process is alive", public=True, response=Health)
@@ -60,10 +59,32 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI])
 
 
-@routes.get("/docs", summary="API documentation page", public=True, stream="text/html")
+@routes.get("/docs", summary="API documentation (Swagger UI)", public=True, stream="text/html")
 async def docs(request: web.Request) -> web.Response:
-    doc = request.app[OPENAPI]
-    page = _DOCS.get(id(doc))
-    if page is None or page[0] is not doc:
-        page = _DOCS[id(doc)] = (doc, api_docs.render(doc))  # once per app: the doc is fixed
-    return web.Response(text=page[1], content_type="text/html")
+    return web.Response(
+        body=api_docs.asset("index.html"),
+        content_type="text/html",
+        charset="utf-8",
+        headers=api_docs.HEADERS | {"Cache-Control": "no-cache"},
+    )
+
+
+@routes.get(
+    "/docs/static/{name}",
+    summary="The documentation page's files: the vendored Swagger UI, its licence and ours",
+    public=True,
+    stream="text/plain",
+    errors=(404,),
+)
+async def docs_asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in api_docs.ASSETS:
+        raise NotFound(f"no documentation asset {name!r}")
+    resp = web.Response(
+        body=api_docs.asset(name),
+        content_type=api_docs.ASSETS[name],
+        charset="utf-8",
+        headers=api_docs.HEADERS | {"Cache-Control": "public, max-age=3600"},
+    )
+    resp.enable_compression()  # the bundle is 1.8 MB; gzip when the client accepts it
+    return resp
