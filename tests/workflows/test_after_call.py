@@ -1,0 +1,130 @@
+"""The classic case (issue 15): a voice agent's call ends → a text goes out at once → a reply
+or a day → a follow-up, with the day passed on the injected clock. Also: a call as a step,
+waiting for its end and branching on its outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.workflows.conftest import CUSTOMER
+
+AFTER_CALL = {
+    "name": "after-call",
+    "trigger": {"event": "call.completed", "agent_calls_only": True},
+    "steps": [
+        {
+            "send": {
+                "channel": "sms",
+                "to": "{{to}}",
+                "body": "Thanks for your call, {{name}}.",
+                "purpose": "transactional",
+            }
+        },
+        {"wait": {"until": "message.inbound", "timeout": "1d"}},
+        {"branch": {"if": "replied", "then": "end"}},
+        {
+            "send": {
+                "channel": "sms",
+                "to": "{{to}}",
+                "body": "Following up, {{name}}: anything else?",
+                "purpose": "transactional",
+            }
+        },
+    ],
+}
+
+
+async def place_agent_call(flows, **extra) -> str:
+    call = await flows.post(
+        "/v1/calls",
+        {
+            "to": CUSTOMER,
+            "purpose": "transactional",
+            "on_answer": {"agent": {"system_prompt": "Book the appointment."}},
+            "metadata": {"name": "Ana"},
+            **extra,
+        },
+    )
+    return call["id"]
+
+
+async def triggered_run(flows, workflow_id: str, call_id: str) -> dict:
+    async def found():
+        page = await flows.get(f"/v1/workflows/{workflow_id}/runs")
+        return [r for r in page["data"] if r["variables"].get("call_id") == call_id]
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (runs := await found()):
+        assert asyncio.get_running_loop().time() < deadline, "no run was started by the call"
+        await asyncio.sleep(0.05)
+    [run] = runs
+    return run
+
+
+async def test_call_ends_sms_now_no_reply_for_a_day_then_the_follow_up(flows):
+    wf = await flows.post("/v1/workflows", AFTER_CALL, 201)
+    call_id = await place_agent_call(flows)
+    run = await triggered_run(flows, wf["id"], call_id)
+    assert run["variables"]["to"] == CUSTOMER and run["variables"]["name"] == "Ana"
+    await flows.status(run["id"], "waiting")
+    [sms] = await flows.sent(run["id"])
+    assert sms["body"] == "Thanks for your call, Ana."
+
+    flows.clock.advance(days=1, seconds=1)
+    done = await flows.status(run["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]] == ["accepted", "timed_out", "else", "accepted"]
+    _, follow_up = await flows.sent(run["id"])
+    assert follow_up["body"] == "Following up, Ana: anything else?"
+
+
+async def test_call_ends_sms_now_a_reply_stops_the_follow_up(flows):
+    wf = await flows.post("/v1/workflows", AFTER_CALL, 201)
+    run = await triggered_run(flows, wf["id"], await place_agent_call(flows))
+    await flows.status(run["id"], "waiting")
+    await flows.reply("All good, thank you")
+    done = await flows.status(run["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]] == ["accepted", "replied", "then"]
+    flows.clock.advance(days=2)
+    await asyncio.sleep(0.5)
+    assert len(await flows.sent(run["id"])) == 1
+
+
+async def test_only_agent_calls_trigger_it(flows):
+    wf = await flows.post("/v1/workflows", AFTER_CALL, 201)
+    plain = await flows.post("/v1/calls", {"to": CUSTOMER, "purpose": "transactional"})
+    agent_call = await place_agent_call(flows)
+    await triggered_run(flows, wf["id"], agent_call)
+    page = await flows.get(f"/v1/workflows/{wf['id']}/runs")
+    assert [r["variables"]["call_id"] for r in page["data"]] == [agent_call]
+    assert plain["id"] != agent_call
+
+
+async def test_a_call_step_waits_for_its_end_and_branches_on_the_outcome(flows):
+    busy = "+14155550201"  # the sandbox voice busy number
+    wf = await flows.define(
+        [
+            {"send": {"channel": "call", "to": "{{to}}", "purpose": "transactional"}},
+            {"wait": {"until": "call.completed", "timeout": "1h"}},
+            {"branch": {"if": "busy", "then": "text"}},
+            {"branch": {"if": "completed", "then": "end"}},
+            {
+                "id": "text",
+                "send": {
+                    "channel": "sms",
+                    "to": "{{to}}",
+                    "body": "We tried to call you.",
+                    "purpose": "transactional",
+                },
+            },
+        ]
+    )
+    answered = await flows.start(wf["id"], to=CUSTOMER)
+    engaged = await flows.start(wf["id"], to=busy)
+    done = await flows.status(answered["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]] == ["accepted", "completed", "else", "then"]
+    call_id = done["timeline"][0]["detail"]["call_id"]
+    call = await flows.get(f"/v1/calls/{call_id}")
+    assert call["trace_id"] == answered["trace_id"] and call["status"] == "completed"
+    done = await flows.status(engaged["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]] == ["accepted", "busy", "then", "accepted"]
+    assert [m["body"] for m in await flows.sent(engaged["id"])] == ["We tried to call you."]
