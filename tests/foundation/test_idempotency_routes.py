@@ -9,6 +9,7 @@ import pytest
 from tests.helpers import auth
 
 FLOW = {"name": "a-flow", "start": "hi", "nodes": {"hi": {"say": "Hello."}}}
+WAIT = {"wait": {"duration": "1h"}}
 # path, a body, another body, the status of a first answer
 ROUTES = [
     ("/v1/messages", {"to": "+14155550100", "body": "a", "purpose": "transactional"},
@@ -23,6 +24,8 @@ ROUTES = [
     ("/v1/ivr/flows", FLOW, FLOW | {"name": "b-flow"}, 201),
     ("{campaign}/prospects", {"prospects": [{"number": "+14155550123"}]},
      {"prospects": [{"number": "+14155550124"}]}, 200),
+    ("/v1/workflows", {"name": "a", "steps": [WAIT]}, {"name": "b", "steps": [WAIT]}, 201),
+    ("{workflow}/runs", {"variables": {"a": 1}}, {"variables": {"a": 2}}, 201),
 ]  # fmt: skip
 
 
@@ -34,6 +37,10 @@ async def test_each_keyed_create_replays_and_refuses_another_body(
     if "{campaign}" in path:
         made = await client.post("/v1/campaigns", json={"name": "c"}, headers=auth(token))
         path = path.replace("{campaign}", f"/v1/campaigns/{(await made.json())['id']}")
+    if "{workflow}" in path:
+        body_ = {"name": "w", "steps": [WAIT]}
+        made = await client.post("/v1/workflows", json=body_, headers=auth(token))
+        path = path.replace("{workflow}", f"/v1/workflows/{(await made.json())['id']}")
     keyed = auth(token) | {"Idempotency-Key": "k-1"}
     first = await client.post(path, json=body, headers=keyed)
     assert first.status == status, await first.text()
