@@ -108,7 +108,7 @@ async def run(sessions: int, database_url: str, redis_url: str) -> None:
             runner,
             route,
             pool=pools.get("ivr"),
-            lease=RedisCallLease(redis, 30.0),
+            lease=RedisCallLease(redis, 3.0),
             command_timeout=60.0,
         )
         transport.attach()

@@ -600,6 +600,52 @@ class BillingSettings(_Section):
     stripe: StripeBillingSettings = StripeBillingSettings()
 
 
+class IvrSettings(_Section):
+    """Inbound IVR (ivr/): sessions in Redis, the Asterisk (AsyncAGI) transport's call leases,
+    what it asks Asterisk to play and run."""
+
+    session_ttl: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="seconds a live session stays in Redis without a step (renewed by each)",
+    )
+    lease: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=300.0,
+        description="seconds a worker's lease on an Asterisk IVR call lasts (renewed every "
+        "third of it); a worker killed mid-call is replaced this long after it died",
+    )
+    command_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=120.0,
+        description="seconds an AGI command may take beyond its own time before the call is "
+        "given up",
+    )
+    tts_app: str = Field(
+        default="Festival",
+        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
+        description='the dialplan application that speaks a say node\'s text (EXEC <app> "<text>")',
+    )
+    overflow_sound: str = Field(
+        default="all-circuits-busy-now",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,127}$",
+        description="the sound a caller hears when the ivr pool is full",
+    )
+    silence: str = Field(
+        default="silence/1",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,127}$",
+        description="the sound GET DATA plays after a spoken prompt",
+    )
+    recordings_dir: str = Field(
+        default="trunkline-ivr",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,127}$",
+        description="where RECORD FILE stores voicemail, under Asterisk's sounds",
+    )
+
+
 class DevSettings(_Section):
     data_dir: Path = Path(".trunkline")
     tenant: str = "dev"
@@ -634,6 +680,7 @@ class Settings(BaseSettings):
     campaigns: CampaignsSettings = CampaignsSettings()
     workflows: WorkflowsSettings = WorkflowsSettings()
     billing: BillingSettings = BillingSettings()
+    ivr: IvrSettings = IvrSettings()
     dev: DevSettings = DevSettings()
 
     @classmethod

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import get_logger
+from ivr import repo
 from ivr.agi import (
     AgiConfig,
     AgiResult,
@@ -98,7 +99,9 @@ class CallLease(Protocol):
 
     async def release(self, uniqueid: str) -> None: ...
 
-    async def remember(self, uniqueid: str, session_id: str) -> None: ...
+    async def remember(self, uniqueid: str, channel: str, session_id: str | None) -> None: ...
+
+    async def live(self) -> list[Any]: ...  # LiveCall: uniqueid, channel, session_id
 
     async def session_of(self, uniqueid: str) -> str | None: ...
 
@@ -117,6 +120,8 @@ class _Call:
     admitted: bool = False  # holds an ivr pool permit (renewed with the lease)
     owned: bool = False  # this worker holds the call's lease
     lost: bool = False  # the lease went to another worker: stop, give nothing back
+    session_id: str | None = None
+    relist: bool = False  # listing it in Redis failed: try again with the next renewal
 
 
 class AsyncAgiTransport:
@@ -217,25 +222,37 @@ class AsyncAgiTransport:
 
     async def _maintain_once(self) -> None:
         for call in list(self.calls.values()):
-            if self.lease is not None and not await self.lease.renew(call.uniqueid):
-                if call.owned and call.task is not None:  # another worker runs it now
-                    log.warning("ivr.call_lease_lost", channel=call.channel)
-                    call.lost = True
-                    call.task.cancel()
-                continue
+            # Only a call this worker has claimed: one whose claim is still on its way would
+            # read as lost here, and be dropped the moment the claim lands.
+            if self.lease is not None and call.owned:
+                renewed = await self.lease.renew(call.uniqueid)
+                if not renewed:
+                    if call.task is not None:  # another worker runs it now
+                        log.warning("ivr.call_lease_lost", channel=call.channel)
+                        call.lost = True
+                        call.task.cancel()
+                    continue
+                if renewed == 2 or call.relist:  # Redis lost the list: put the call back
+                    with contextlib.suppress(Exception):
+                        await self.lease.remember(call.uniqueid, call.channel, call.session_id)
+                        call.relist = False
             if call.admitted and self.pool is not None:
                 with contextlib.suppress(Exception):
                     await self.pool.renew(call.uniqueid)
         if self.lease is None:
             return
-        for channel, (uniqueid, env) in list(self.seen.items()):
+        # Calls whose worker died: the ones this connection saw start, and the ones any worker
+        # listed (a worker that was not up when the call arrived finds them there).
+        orphans = {uid: channel for channel, (uid, _) in self.seen.items()}
+        orphans |= {c.uniqueid: c.channel for c in await self.lease.live()}
+        for uniqueid, channel in orphans.items():
             if channel in self.calls or not await self.lease.claim(uniqueid):
                 continue
             self.takeovers += 1
             log.warning("ivr.call_taken_over", channel=channel, worker=self.worker)
             call = _Call(channel, uniqueid, owned=True)
             self.calls[channel] = call
-            call.task = asyncio.ensure_future(self._run(call, env, takeover=True))
+            call.task = asyncio.ensure_future(self._run(call, {}, takeover=True))
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -247,6 +264,7 @@ class AsyncAgiTransport:
                     self.calls.pop(call.channel, None)
                     return
                 call.owned = True
+                await self._list(call)
             if takeover:
                 await self._resume(call)
                 return
@@ -267,9 +285,11 @@ class AsyncAgiTransport:
                 caller=_e164ish(env.get("agi_callerid", "")),
                 called=env.get("agi_dnid") or None,
                 transport="asterisk",
+                holder=call.uniqueid if call.admitted else None,
+                pool=getattr(self.pool, "name", "ivr"),
             )
-            if self.lease is not None:
-                await self.lease.remember(call.uniqueid, stepped.session.id)
+            call.session_id = stepped.session.id
+            await self._list(call)
             await self._drive(call, stepped)
         except asyncio.CancelledError:
             raise
@@ -287,6 +307,9 @@ class AsyncAgiTransport:
                 if call.admitted and self.pool is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.pool.release(call.uniqueid))
+                if call.admitted or call.owned:  # the permit is back: off the rebuild list
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(repo.end_live(self.runner.db, call.uniqueid))
                 if call.owned and self.lease is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.lease.release(call.uniqueid))
@@ -295,6 +318,7 @@ class AsyncAgiTransport:
         """Carry on a call whose worker died: its session, from the node it waits at."""
         session_id = await self.lease.session_of(call.uniqueid) if self.lease else None
         session = await self.runner.store.load(session_id) if session_id else None
+        call.session_id = session_id
         if session is None or session.ended is not None:
             await self._send_quietly(call, "HANGUP")  # nothing to carry on (or already over)
             return
@@ -308,6 +332,16 @@ class AsyncAgiTransport:
                     call.admitted = True
         stepped = await self.runner.feed(session, Resume(self.worker))
         await self._drive(call, stepped)
+
+    async def _list(self, call: _Call) -> None:
+        """The call (and its session) in Redis, for another worker to take over."""
+        if self.lease is None:
+            return
+        try:
+            await self.lease.remember(call.uniqueid, call.channel, call.session_id)
+        except Exception:
+            call.relist = True  # the next renewal tries again
+            log.warning("ivr.call_not_listed", channel=call.channel, exc_info=True)
 
     async def abandon(self) -> None:
         """Tests: die as `kill -9` would — stop everything, release nothing."""

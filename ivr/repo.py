@@ -144,3 +144,44 @@ async def flow_for_number(db: Any, number: str) -> asyncpg.Record | None:
         """,
         number,
     )
+
+
+# --- IVR calls holding a pool permit (rebuilt into the pools after Redis loses them) ---------
+
+
+async def insert_live(conn: asyncpg.Connection, holder: str, s: Session, pool: str) -> None:
+    await conn.execute(
+        "INSERT INTO ivr_live (holder, session_id, tenant_id, pool) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (holder) DO NOTHING",
+        holder,
+        uuid.UUID(s.id),
+        uuid.UUID(s.tenant_id),
+        pool,
+    )
+
+
+async def end_live(db: Any, holder: str) -> None:
+    """The call gave its permit back (after its session ended: a bridge still holds one)."""
+    await db.execute("DELETE FROM ivr_live WHERE holder = $1", holder)
+
+
+async def is_live(conn: asyncpg.Connection, session_id: str) -> bool:
+    """Is the session a call in progress (started, not summarised)? Lets the worker driving it
+    restore it after Redis lost it."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ivr_live WHERE session_id = $1)"
+            " AND NOT EXISTS (SELECT 1 FROM ivr_sessions WHERE id = $1)",
+            uuid.UUID(session_id),
+        )
+    )
+
+
+async def live_holders(db: Any, max_age: float) -> list[asyncpg.Record]:
+    """IVR calls holding a permit, oldest first (a row older than `max_age` seconds is a call
+    whose every worker died and whose session lapsed: nobody will end it, it holds nothing)."""
+    return await db.fetch(
+        "SELECT holder, pool FROM ivr_live"
+        " WHERE started_at > now() - make_interval(secs => $1) ORDER BY started_at, holder",
+        max_age,
+    )

@@ -40,7 +40,7 @@ from ivr.engine import (
     step,
 )
 from ivr.flow import Flow
-from ivr.sessions import SessionStore
+from ivr.sessions import SessionMissing, SessionStore
 from ivr.webhook import WebhookCaller
 
 
@@ -108,8 +108,12 @@ class FlowRunner:
         called: str | None,
         transport: str,
         trace_id: str | None = None,
+        holder: str | None = None,
+        pool: str = "ivr",
     ) -> Stepped:
-        """A new session on this flow version, stepped once (the call has started)."""
+        """A new session on this flow version, stepped once (the call has started). A call that
+        holds a trunk pool permit names its `holder`: the call is listed in `ivr_live` with its
+        start, so the pools are rebuilt with it after Redis loses them."""
         loaded = loaded_flow(row)
         self._flows.setdefault(loaded.id, loaded)
         session = Session(
@@ -124,7 +128,8 @@ class FlowRunner:
             started_at=self.now().isoformat(),
             trace_id=trace_id or new_trace_id(),
         )
-        return await self._step(loaded, session, CallStarted(), new=True)
+        live = (holder, pool) if holder is not None else None
+        return await self._step(loaded, session, CallStarted(), new=True, live=live)
 
     async def feed(
         self, session: Session, event: Input, extra: tuple[NewEvent, ...] = ()
@@ -140,16 +145,26 @@ class FlowRunner:
         *,
         new: bool = False,
         extra: tuple[NewEvent, ...] = (),
+        live: tuple[str, str] | None = None,
     ) -> Stepped:
         now = self.now()
         commands, after, notes = step(loaded.flow, session, event, now)
         events = [*self._events(after, notes, started=new), *extra]
         async with self.db.acquire() as conn, conn.transaction():
             await emit(conn, *events)
+            # In the transaction: a session someone else moved first rolls back these events.
+            try:
+                await self.store.save(after, previous_steps=None if new else session.steps)
+            except SessionMissing:
+                # Redis lost it (restarted empty) while this worker held the call: the copy
+                # stepped from is the latest there is, as long as the call is still live.
+                if not await repo.is_live(conn, session.id):
+                    raise
+                await self.store.save(after, previous_steps=None)
+            if live is not None:
+                await repo.insert_live(conn, live[0], after, live[1])
             if after.ended is not None:
                 await repo.insert_summary(conn, after, now)
-            # In the transaction: a session someone else moved first rolls back these events.
-            await self.store.save(after, previous_steps=None if new else session.steps)
         if after.ended is not None:
             await self.store.drop(after.id)
         return Stepped(commands, after, notes)

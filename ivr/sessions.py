@@ -4,8 +4,10 @@ One key per session (`ivr:session:<id>`, JSON). Any worker may load a session an
 a save is a compare-and-set on the session's step count, so two workers that took the same
 input cannot both advance it (the second is told, and re-reads). Every save renews the TTL: a
 session that no one steps for `ttl` seconds (its call is long gone and nobody said so) expires
-on its own. A session cannot be rebuilt after Redis loses it (DESIGN principle 10): the call
-it belonged to is ended by its transport; what happened up to the last step is in the event log.
+on its own. After Redis loses it (DESIGN principle 10), the worker driving an Asterisk call still
+holds the whole session from its last step and puts it back (the call is in `ivr_live`, not
+summarised: ivr/runner.py); a session no worker holds in memory (a Twilio call's, between two
+webhooks) cannot be rebuilt: that call ends, and what happened is in the event log.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ DEFAULT_TTL = 3600
 PREFIX = "ivr:session:"
 
 # KEYS[1] session key; ARGV: expected steps of the stored copy (-1: must not exist), the new
-# JSON, ttl seconds. Returns 1 when saved, 0 when someone else moved it first.
+# JSON, ttl seconds. Returns 1 when saved, 0 when someone else moved it first, 2 when the
+# stored copy is gone (expired, or Redis lost it).
 _CAS = LuaScript(
     """
 local cur = redis.call('GET', KEYS[1])
@@ -29,7 +32,7 @@ local expected = tonumber(ARGV[1])
 if expected < 0 then
   if cur then return 0 end
 else
-  if not cur then return 0 end
+  if not cur then return 2 end
   local steps = cjson.decode(cur)['steps']
   if steps ~= expected then return 0 end
 end
@@ -42,6 +45,10 @@ return 1
 
 class SessionConflict(Exception):
     """Another worker stepped this session first."""
+
+
+class SessionMissing(SessionConflict):
+    """The stored copy is gone (its TTL ran out, or Redis restarted empty)."""
 
 
 class SessionStore:
@@ -63,6 +70,8 @@ class SessionStore:
         body = json.dumps(session.to_json(), separators=(",", ":"))
         expected = -1 if previous_steps is None else previous_steps
         saved = await _CAS(self.redis, [self.key(session.id)], [expected, body, self.ttl])
+        if saved == 2:
+            raise SessionMissing(session.id)
         if not saved:
             raise SessionConflict(session.id)
 

@@ -48,6 +48,8 @@ from gateway.messages.schemas import TimelineEntry
 from gateway.providers.contracts import CallReport
 from gateway.providers.registry import ProviderRegistry
 from gateway.settings import Settings
+from ivr import repo as ivr_repo
+from ivr.leases import LIVE_TTL as IVR_LIVE_MAX_AGE
 from sip.calls import LiveLeg, Reconciled
 from sip.pools import PermitLost, PoolExhausted, PoolHolders, TrunkPools, UnknownPool
 
@@ -145,12 +147,15 @@ class CallService:
     async def permit_holders(self) -> dict[str, PoolHolders]:
         """Each pool's holders per the calls table, for the pools to rebuild from after Redis
         lost their state: every call on the trunk or being dialled, then the other queued
-        ones (which may or may not hold a permit yet) to fill whatever room is left."""
+        ones (which may or may not hold a permit yet) to fill whatever room is left. Inbound
+        IVR calls (`ivr_live`, by channel Uniqueid) are live: they are on the trunk."""
         live: dict[str, list[str]] = {}
         pending: dict[str, list[str]] = {}
         for row in await repo.permit_holders(self.db):
             into = live if row["live"] else pending
             into.setdefault(row["pool"], []).append(row["id"])
+        for row in await ivr_repo.live_holders(self.db, IVR_LIVE_MAX_AGE):
+            live.setdefault(row["pool"], []).append(row["holder"])
         return {
             pool: PoolHolders(live=live.get(pool, []), pending=pending.get(pool, []))
             for pool in {*live, *pending}

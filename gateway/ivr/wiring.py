@@ -20,7 +20,7 @@ from ivr.agi import AgiConfig
 from ivr.asyncagi import AgentConnector, AsyncAgiTransport
 from ivr.leases import RedisCallLease
 from ivr.runner import FlowRunner
-from ivr.sessions import DEFAULT_TTL, SessionStore
+from ivr.sessions import SessionStore
 from ivr.webhook import WebhookCaller
 from sip.asterisk import AsteriskVoice
 
@@ -62,7 +62,8 @@ def number_route(db: Any):  # type: ignore[no-untyped-def]
 async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
     res = app[RESOURCES]
     webhooks = WebhookCaller(allow_private=res.settings.webhooks.allow_private_targets)
-    runner = FlowRunner(res.db, SessionStore(res.redis, DEFAULT_TTL), app[CHAIN], webhooks)
+    cfg = res.settings.ivr
+    runner = FlowRunner(res.db, SessionStore(res.redis, cfg.session_ttl), app[CHAIN], webhooks)
     app[RUNNER] = runner
     agents = agent_connector(app[PROVIDERS], res.settings.agents.provider)
     app[AGENTS] = agents
@@ -78,15 +79,20 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                     runner,
                     number_route(res.db),
                     pool=pool,
-                    lease=RedisCallLease(res.redis),
+                    lease=RedisCallLease(res.redis, cfg.lease),
                     agents=agents,
                     bridge_hosts=tuple(res.settings.agents.bridge_hosts),
                     cfg=AgiConfig(
+                        tts_app=cfg.tts_app,
+                        silence=cfg.silence,
+                        recordings_dir=cfg.recordings_dir,
                         number_dial=adapter.config.dial,
                         endpoint=adapter.config.endpoint,
                         agent_dial=adapter.config.agent_dial,
                         tts_app=adapter.config.tts_app,
                     ),
+                    command_timeout=cfg.command_timeout,
+                    overflow_sound=cfg.overflow_sound,
                 )
                 transport.attach()
                 transports.append(transport)
