@@ -624,11 +624,6 @@ class IvrSettings(_Section):
         description="seconds an AGI command may take beyond its own time before the call is "
         "given up",
     )
-    tts_app: str = Field(
-        default="Festival",
-        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
-        description='the dialplan application that speaks a say node\'s text (EXEC <app> "<text>")',
-    )
     overflow_sound: str = Field(
         default="all-circuits-busy-now",
         pattern=r"^[A-Za-z0-9_][A-Za-z0-9_/.\-]{0,127}$",

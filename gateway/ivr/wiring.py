@@ -83,7 +83,6 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                     agents=agents,
                     bridge_hosts=tuple(res.settings.agents.bridge_hosts),
                     cfg=AgiConfig(
-                        tts_app=cfg.tts_app,
                         silence=cfg.silence,
                         recordings_dir=cfg.recordings_dir,
                         number_dial=adapter.config.dial,

@@ -17,7 +17,7 @@ from tests.helpers import trunkline
         ({"session_ttl": 10}, "ivr.session_ttl"),  # below a minute: sessions would vanish
         ({"lease": 0}, "ivr.lease"),
         ({"command_timeout": -1}, "ivr.command_timeout"),
-        ({"tts_app": 'Festival" ; HANGUP'}, "ivr.tts_app"),  # would break the AGI line
+        ({"overflow_sound": 'x" ; HANGUP'}, "ivr.overflow_sound"),  # would break the line
         ({"overflow_sound": "busy now"}, "ivr.overflow_sound"),
         ({"silence": ""}, "ivr.silence"),
         ({"recordings_dir": "../x y"}, "ivr.recordings_dir"),
@@ -32,9 +32,9 @@ def test_a_bad_ivr_setting_is_named(section, key):
 
 def test_the_defaults_and_a_toml_section(tmp_path):
     cfg = tmp_path / "t.toml"
-    cfg.write_text('[ivr]\nlease = 2.5\ntts_app = "Flite"\noverflow_sound = "custom/full"\n')
+    cfg.write_text('[ivr]\nlease = 2.5\noverflow_sound = "custom/full"\n')
     ivr = load_settings(cfg).ivr
-    assert (ivr.lease, ivr.tts_app, ivr.overflow_sound) == (2.5, "Flite", "custom/full")
+    assert (ivr.lease, ivr.overflow_sound) == (2.5, "custom/full")
     assert ivr.session_ttl == 3600 and ivr.command_timeout == 10.0
 
 
