@@ -8,6 +8,8 @@ any role.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
@@ -15,6 +17,7 @@ from typing import Literal
 from aiohttp import web
 
 from gateway import queue
+from gateway.batching import Coalescer
 from gateway.billing.tasks import billing_tasks
 from gateway.calls.http import routes as call_routes
 from gateway.campaigns.http import routes as campaign_routes
@@ -36,7 +39,7 @@ from gateway.limits.http import routes as limit_routes
 from gateway.logs import get_logger
 from gateway.messages.http import routes as message_routes
 from gateway.messages.inbound import register_inbound_hook
-from gateway.messages.service import apply_report
+from gateway.messages.service import apply_reports
 from gateway.ops.http import OPENAPI
 from gateway.ops.http import routes as ops_routes
 from gateway.ops.metrics import count_verdicts
@@ -45,6 +48,7 @@ from gateway.pipeline.calls import VOICE, VoiceRuntime, call_tasks
 from gateway.pipeline.dispatch import MessageDispatcher
 from gateway.pipeline.receipts import ReceiptReconciler
 from gateway.pipeline.wiring import CHAIN, PIPELINE, PROVIDERS
+from gateway.providers.contracts import StatusReport
 from gateway.providers.health import ProviderHealth
 from gateway.providers.registry import ProviderRegistry
 from gateway.providers.twilio.http import routes as twilio_routes
@@ -135,10 +139,17 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         lease=settings.messaging.lease_seconds,
         outages=res.outages,
     )
+
+    async def run_dispatch(stopping: asyncio.Event) -> None:
+        try:
+            await dispatch.run(stopping)
+        finally:
+            await dispatcher.aclose()  # its shared batches end with the worker
+
     receipts = ReceiptReconciler(res.db, app[PROVIDERS], app[VOICE].service, settings.receipts)
     return (
         {
-            "dispatch": dispatch.run,
+            "dispatch": run_dispatch,
             "receipt-reconciler": lambda stopping: periodic(
                 stopping, settings.receipts.interval, receipts.run_once
             ),
@@ -197,9 +208,12 @@ def create_app(
 
     async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         res = app[RESOURCES]
-        registry = ProviderRegistry.from_settings(
-            settings, res.redis, lambda report: apply_report(res.db, report)
+        # In-process receipts (the sandbox's) arrive many at a time under load: applied in
+        # shared transactions, each as apply_report would alone.
+        receipts: Coalescer[StatusReport, bool | None] = Coalescer(
+            functools.partial(apply_reports, res.db), name="receipts"
         )
+        registry = ProviderRegistry.from_settings(settings, res.redis, receipts.submit)
         await registry.start()
         chain = build_chain(res)
         count_verdicts(chain, app[METRICS])  # trunkline_guardrail_verdicts_total
@@ -214,6 +228,7 @@ def create_app(
             await pipeline.close()
             await chain.aclose()
             await registry.close()
+            await receipts.aclose()
 
     async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         sup = Supervisor(

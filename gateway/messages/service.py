@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,7 @@ from gateway.billing.service import tenant_export
 from gateway.core.errors import NotFound
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import get_logger
-from gateway.messages import repo
+from gateway.messages import batch_repo, repo
 from gateway.messages.schemas import (
     Attempt,
     Message,
@@ -71,59 +72,147 @@ async def apply_status(
     moved = await repo.move_status(
         conn, message["id"], new, error_code=error_code, error_detail=error_detail
     )
-    payload = {"source": source, **(data or {})}
-    if error_code:
-        payload["error_code"] = error_code
-    if moved is not None:
-        await emit(
-            conn,
-            NewEvent(
-                message["tenant_id"],
-                f"message.{new}",
-                str(message["id"]),
-                message["trace_id"],
-                payload,
-            ),
-        )
-        return True
-    current = await conn.fetchval("SELECT status FROM messages WHERE id = $1", message["id"])
+    current = None
+    if moved is None:
+        current = await conn.fetchval("SELECT status FROM messages WHERE id = $1", message["id"])
     await emit(
         conn,
-        NewEvent(
-            message["tenant_id"],
-            "message.status_noop",
-            str(message["id"]),
-            message["trace_id"],
-            payload | {"reported": new, "current": current},
+        _status_event(
+            message,
+            new,
+            moved is not None,
+            current,
+            source=source,
+            error_code=error_code,
+            data=data,
         ),
     )
-    return False
+    return moved is not None
 
 
 async def apply_report(db: asyncpg.Pool, report: StatusReport) -> bool | None:
     """Apply a provider receipt. None: no message has that provider id yet (parked until it does)."""
+    return (await apply_reports(db, [report]))[0]
+
+
+async def apply_reports(db: asyncpg.Pool, reports: list[StatusReport]) -> list[bool | None]:
+    """Apply receipts in one transaction with set-based statements, each as `apply_report`
+    would one after another: moved (True), a recorded no-op (False) or parked (None).
+
+    The refs' locks come first (see repo.lock_provider_ref); a message with several receipts
+    in the batch takes them in their order, one compare-and-set round each."""
+    answers: list[bool | None] = [None] * len(reports)
+    refs = [(r.provider, r.provider_message_id) for r in reports]
     async with db.acquire() as conn, conn.transaction():
-        await repo.lock_provider_ref(conn, report.provider, report.provider_message_id)
-        message = await repo.message_by_provider_ref(
-            conn, report.provider, report.provider_message_id
-        )
-        if message is None:
-            await repo.park_orphan_receipt(
-                conn,
-                report.provider,
-                report.provider_message_id,
-                report.status,
-                report.error_code,
-                report.raw,
-            )
-            return None
-        return await apply_status(
+        await batch_repo.lock_provider_refs(conn, refs)
+        found = await batch_repo.messages_by_provider_refs(conn, sorted(set(refs)))
+        orphans = [i for i, ref in enumerate(refs) if ref not in found]
+        await batch_repo.park_orphan_receipts(
             conn,
-            message,
-            report.status,
-            source=report.source or f"receipt:{report.provider}",
-            error_code=report.error_code,
+            [
+                {
+                    "provider": reports[i].provider,
+                    "provider_message_id": reports[i].provider_message_id,
+                    "status": reports[i].status,
+                    "error_code": reports[i].error_code,
+                    "raw": reports[i].raw,
+                }
+                for i in orphans
+            ],
         )
+        left = [i for i, ref in enumerate(refs) if ref in found]
+        moved = await apply_statuses(
+            conn,
+            [
+                StatusMove(
+                    found[refs[i]],
+                    reports[i].status,
+                    source=reports[i].source or f"receipt:{reports[i].provider}",
+                    error_code=reports[i].error_code,
+                )
+                for i in left
+            ],
+        )
+        for i, ok in zip(left, moved, strict=True):
+            answers[i] = ok
+    return answers
+
+
+@dataclass(frozen=True)
+class StatusMove:
+    """One `apply_status`, for `apply_statuses`."""
+
+    message: asyncpg.Record | dict[str, Any]  # id, tenant_id, trace_id
+    new: str
+    source: str
+    error_code: str | None = None
+    error_detail: str | None = None
+    data: dict[str, Any] | None = None
+
+
+async def apply_statuses(conn: asyncpg.Connection, moves: list[StatusMove]) -> list[bool]:
+    """`apply_status` for many moves with set-based statements, as if one after another:
+    a message with several moves takes them in their order, one compare-and-set round each;
+    the events follow in the same order, written with one statement."""
+    answers = [False] * len(moves)
+    events: list[NewEvent | None] = [None] * len(moves)
+    left = list(range(len(moves)))
+    while left:
+        seen: set[Any] = set()
+        round_, later = [], []
+        for i in left:
+            ident = moves[i].message["id"]
+            (later if ident in seen else round_).append(i)
+            seen.add(ident)
+        results = await batch_repo.move_statuses(
+            conn,
+            [
+                (moves[i].message["id"], moves[i].new, moves[i].error_code, moves[i].error_detail)
+                for i in round_
+            ],
+        )
+        for i, (ok, current) in zip(round_, results, strict=True):
+            move = moves[i]
+            answers[i] = ok
+            events[i] = _status_event(
+                move.message,
+                move.new,
+                ok,
+                current,
+                source=move.source,
+                error_code=move.error_code,
+                data=move.data,
+            )
+        left = later
+    await emit(conn, *(e for e in events if e is not None))
+    return answers
+
+
+def _status_event(
+    message: asyncpg.Record | dict[str, Any],
+    new: str,
+    moved: bool,
+    current: str | None,
+    *,
+    source: str,
+    error_code: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> NewEvent:
+    """`message.<new>` for a move, else `message.status_noop` saying what it stayed at."""
+    payload = {"source": source, **(data or {})}
+    if error_code:
+        payload["error_code"] = error_code
+    if moved:
+        return NewEvent(
+            message["tenant_id"], f"message.{new}", str(message["id"]), message["trace_id"], payload
+        )
+    return NewEvent(
+        message["tenant_id"],
+        "message.status_noop",
+        str(message["id"]),
+        message["trace_id"],
+        payload | {"reported": new, "current": current},
+    )
 
 
 async def apply_orphans(

@@ -47,3 +47,9 @@ def can_move(current: str, new: str) -> bool:
 def sources_for(new: str) -> list[str]:
     """Every status from which `new` is a forward move (for an atomic compare-and-set UPDATE)."""
     return [old for old, targets in _FORWARD.items() if new in targets]
+
+
+def forward_pairs() -> tuple[list[str], list[str]]:
+    """Every forward move as two parallel lists (from, to), for a set-based compare-and-set."""
+    pairs = sorted((old, new) for old, targets in _FORWARD.items() for new in targets)
+    return [old for old, _ in pairs], [new for _, new in pairs]

@@ -10,27 +10,35 @@ Our own outage (PostgreSQL or Redis unreachable, e.g. the breaker's state) is
 raised as it is: the queue worker tells it from a provider failure and puts the
 job back without spending an attempt (principle 11). Once the provider has
 answered, a breaker that cannot record the outcome must not lose the answer.
+
+Jobs run concurrently (the queue worker's slots), and their database steps are shared
+(gateway/batching.py): the jobs in flight load their messages with one query, open their
+attempts in one transaction and record their outcomes — attempt rows, the provider's ids,
+usage, events, status moves, early receipts — in one more, with set-based statements. The
+provider calls themselves run side by side. Each job still decides and fails on its own.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from gateway import queue
+from gateway.batching import Coalescer
 from gateway.core.actions import OutboundAction
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import bind, get_logger
-from gateway.messages import repo
-from gateway.messages.service import apply_orphans, apply_status
+from gateway.messages import batch_repo, repo
+from gateway.messages.batch_repo import AttemptOutcome
+from gateway.messages.service import StatusMove, apply_status, apply_statuses
 from gateway.messages.states import FINAL
 from gateway.outage import unavailable
 from gateway.providers.breaker import AllProvidersOpen, Outcome, Permit, choose
-from gateway.providers.contracts import PermanentProviderError, ProviderError
+from gateway.providers.contracts import PermanentProviderError, ProviderError, SendResult
 from gateway.providers.health import ProviderHealth
 from gateway.providers.registry import ProviderRegistry
 from guardrails.chain import GuardrailChain
@@ -40,25 +48,54 @@ log = get_logger(__name__)
 USAGE_UNIT = {"sms": "sms_segment", "whatsapp": "whatsapp_message"}
 
 
+@dataclass(frozen=True)
+class _Opening:
+    msg: asyncpg.Record  # as batch_repo.messages_for_dispatch loaded it
+    provider: str  # for a new attempt
+    decision: NewEvent  # the dispatch-time allow, with what decided it
+
+
+@dataclass(frozen=True)
+class _Sent:
+    msg: asyncpg.Record
+    n: int
+    provider: str
+    latency_ms: float
+    result: SendResult | None = None
+    error: ProviderError | None = None
+
+
 @dataclass
 class MessageDispatcher:
     db: asyncpg.Pool
     chain: GuardrailChain
     registry: ProviderRegistry
     health: ProviderHealth
+    max_batch: int = 256
+    _loads: Coalescer[uuid.UUID, asyncpg.Record | None] = field(init=False, repr=False)
+    _opens: Coalescer[_Opening, dict] = field(init=False, repr=False)
+    _outcomes: Coalescer[_Sent, None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._loads = Coalescer(self._load_many, name="dispatch-load", max_batch=self.max_batch)
+        self._opens = Coalescer(self._open_many, name="dispatch-open", max_batch=self.max_batch)
+        self._outcomes = Coalescer(
+            self._record_many, name="dispatch-outcome", max_batch=self.max_batch
+        )
+
+    async def aclose(self) -> None:
+        for batcher in (self._loads, self._opens, self._outcomes):
+            await batcher.aclose()
 
     async def __call__(self, job: queue.Job) -> None:
         message_id = uuid.UUID(job.payload["message_id"])
         bind(message_id=str(message_id))
-        msg = await repo.message_for_dispatch(self.db, message_id)
+        msg = await self._loads.submit(message_id)
         if msg is None or msg["status"] in FINAL:
             return
         if msg["status"] == "dead_lettered":  # an operator replayed its dead letter
             await self._requeue(msg, job)
-        if await self.db.fetchval(
-            "SELECT 1 FROM message_attempts WHERE message_id = $1 AND outcome = 'accepted'",
-            message_id,
-        ):
+        if msg["handed_over"]:
             return  # already handed to a provider; receipts take it from here
         action = OutboundAction(
             tenant_id=msg["tenant_id"],
@@ -97,21 +134,13 @@ class MessageDispatcher:
             # queue's (the database's): never at an instant another clock says is past.
             raise queue.Reschedule(decision.verdict.until, decision.verdict.reason, now=decision.at)
         assert decision.cleared is not None
-        async with self.db.acquire() as conn, conn.transaction():
-            attempt = await repo.open_attempt(
-                conn, message_id, msg["provider"] or self.registry.route(msg["channel"]).primary
+        attempt = await self._opens.submit(
+            _Opening(
+                msg,
+                msg["provider"] or self.registry.route(msg["channel"]).primary,
+                decision.event,
             )
-            await emit(
-                conn,
-                decision.event,  # the dispatch-time allow, with what decided it
-                NewEvent(
-                    msg["tenant_id"],
-                    "message.attempt_started",
-                    str(message_id),
-                    msg["trace_id"],
-                    {"n": attempt["n"], "provider": attempt["provider"]},
-                ),
-            )
+        )
         provider_name, permit = await self._admit(msg, attempt)
         provider = self.registry.messaging(provider_name)
         started = time.perf_counter()
@@ -126,55 +155,161 @@ class MessageDispatcher:
                 else ("timeout" if exc.code == "timeout" else "failure")
             )
             await self._record(provider_name, permit, outcome, latency / 1000)
-            await self._failed_attempt(msg, attempt["n"], provider_name, exc, latency, job)
+            await self._outcomes.submit(_Sent(msg, attempt["n"], provider_name, latency, error=exc))
             if isinstance(exc, PermanentProviderError):
                 return
             raise queue.RetryableError(f"{provider_name}: {exc.detail}") from exc
-        await self._record(provider_name, permit, "success", time.perf_counter() - started)
         latency = (time.perf_counter() - started) * 1000
-        async with self.db.acquire() as conn, conn.transaction():
-            await repo.lock_provider_ref(conn, provider_name, result.provider_message_id)
-            await repo.close_attempt(
-                conn,
-                message_id,
-                attempt["n"],
-                "accepted",
-                latency_ms=latency,
-                provider_message_id=result.provider_message_id,
-            )
-            await conn.execute(
-                "UPDATE messages SET provider = $2, provider_message_id = $3, updated_at = now() WHERE id = $1",
-                message_id,
-                provider_name,
-                result.provider_message_id,
-            )
-            await emit(
-                conn,
+        await self._record(provider_name, permit, "success", latency / 1000)
+        await self._outcomes.submit(_Sent(msg, attempt["n"], provider_name, latency, result))
+
+    async def _load_many(self, ids: list[uuid.UUID]) -> list[asyncpg.Record | None]:
+        found = await batch_repo.messages_for_dispatch(self.db, ids)
+        return [found.get(i) for i in ids]
+
+    async def _open_many(self, openings: list[_Opening]) -> list[dict]:
+        """Open (or reuse) each message's attempt and record that it started, in one
+        transaction committed before any of these sends: a worker killed mid-send leaves
+        the attempt that the next claim reuses, key and provider alike.
+
+        An attempt with no outcome is reused (a crash mid-send: the provider may already
+        have the request under its key); otherwise the next one starts."""
+        attempts: list[dict] = []
+        rows: list[tuple[uuid.UUID, int, str, str]] = []
+        events: list[NewEvent] = []
+        for opening in openings:
+            msg = opening.msg
+            last_n = msg["last_n"]
+            if last_n is not None and msg["last_outcome"] is None:
+                attempt = {
+                    "n": last_n,
+                    "attempt_key": msg["last_key"],
+                    "provider": msg["last_provider"],
+                    "reused": True,
+                    "previous": None,
+                }
+            else:
+                n = 1 if last_n is None else last_n + 1
+                previous = None
+                if last_n is not None:
+                    previous = {
+                        "n": last_n,
+                        "provider": msg["last_provider"],
+                        "outcome": msg["last_outcome"],
+                    }
+                attempt = {
+                    "n": n,
+                    "attempt_key": f"{msg['id']}:{n}",
+                    "provider": opening.provider,
+                    "reused": False,
+                    "previous": previous,
+                }
+                rows.append((msg["id"], n, attempt["attempt_key"], opening.provider))
+            attempts.append(attempt)
+            events += [
+                opening.decision,
                 NewEvent(
                     msg["tenant_id"],
-                    "message.dispatched",
-                    str(message_id),
+                    "message.attempt_started",
+                    str(msg["id"]),
                     msg["trace_id"],
-                    {
-                        "n": attempt["n"],
-                        "provider": provider_name,
-                        "provider_message_id": result.provider_message_id,
-                        "latency_ms": round(latency, 2),
-                    },
+                    {"n": attempt["n"], "provider": attempt["provider"]},
                 ),
-            )
-            await repo.record_usage(
-                conn,
-                msg["tenant_id"],
-                str(message_id),
-                msg["channel"],
-                USAGE_UNIT[msg["channel"]],
-                msg["segments"] if msg["channel"] == "sms" else 1,
-                provider_name,
-            )
-            if result.status != "queued":
-                await apply_status(conn, msg, result.status, source=f"send:{provider_name}")
-            await apply_orphans(conn, msg, provider_name, result.provider_message_id)
+            ]
+        async with self.db.acquire() as conn, conn.transaction():
+            await batch_repo.insert_attempts(conn, rows)
+            await emit(conn, *events)
+        return attempts
+
+    async def _record_many(self, sends: list[_Sent]) -> list[None]:
+        """Every outcome of these sends in one transaction: the attempts closed; for an
+        accepted send the provider's id, the usage and the `message.dispatched` event, then
+        the receipts that came before the id was stored; for a failure its event and, when
+        permanent, the message `failed`."""
+        outcomes: list[AttemptOutcome] = []
+        events: list[NewEvent] = []
+        for sent in sends:
+            msg = sent.msg
+            if sent.result is not None:
+                ref = sent.result.provider_message_id
+                outcomes.append(
+                    AttemptOutcome(
+                        msg["id"],
+                        sent.n,
+                        "accepted",
+                        sent.latency_ms,
+                        provider=sent.provider,
+                        provider_message_id=ref,
+                        usage=(
+                            msg["tenant_id"],
+                            msg["channel"],
+                            USAGE_UNIT[msg["channel"]],
+                            msg["segments"] if msg["channel"] == "sms" else 1,
+                        ),
+                    )
+                )
+                data = {
+                    "n": sent.n,
+                    "provider": sent.provider,
+                    "provider_message_id": ref,
+                    "latency_ms": round(sent.latency_ms, 2),
+                }
+                events.append(_event(msg, "message.dispatched", data))
+            else:
+                exc = sent.error
+                assert exc is not None
+                outcomes.append(
+                    AttemptOutcome(
+                        msg["id"],
+                        sent.n,
+                        "transient_error" if exc.transient else "permanent_error",
+                        sent.latency_ms,
+                        error=f"{exc.code}: {exc.detail}",
+                    )
+                )
+                data = {
+                    "n": sent.n,
+                    "provider": sent.provider,
+                    "transient": exc.transient,
+                    "code": exc.code,
+                    "error": exc.detail,
+                    "latency_ms": round(sent.latency_ms, 2),
+                }
+                events.append(_event(msg, "message.attempt_failed", data))
+        refs = [(s.provider, s.result.provider_message_id) for s in sends if s.result is not None]
+        by_id = {s.msg["id"]: s for s in sends}
+        async with self.db.acquire() as conn, conn.transaction():
+            await batch_repo.lock_provider_refs(conn, refs)
+            orphans = await batch_repo.record_outcomes(conn, outcomes)
+            await emit(conn, *events)
+            moves = []  # the moves the sends decided, then the receipts that came early
+            for sent in sends:
+                if sent.error is not None and not sent.error.transient:
+                    moves.append(
+                        StatusMove(
+                            sent.msg,
+                            "failed",
+                            source=f"send:{sent.provider}",
+                            error_code=sent.error.code,
+                            error_detail=sent.error.detail,
+                        )
+                    )
+                elif sent.result is not None and sent.result.status != "queued":
+                    moves.append(
+                        StatusMove(sent.msg, sent.result.status, source=f"send:{sent.provider}")
+                    )
+            for orphan in orphans:  # receipts that arrived before their message had the id
+                sent = by_id[orphan["message_id"]]
+                moves.append(
+                    StatusMove(
+                        sent.msg,
+                        orphan["status"],
+                        source=f"receipt:{sent.provider}",
+                        error_code=orphan["error_code"],
+                    )
+                )
+            await apply_statuses(conn, moves)
+        return [None] * len(sends)
 
     async def _record(
         self, provider: str, permit: Permit, outcome: Outcome, latency_s: float
@@ -266,47 +401,6 @@ class MessageDispatcher:
                 )
         return breaker.name, permit
 
-    async def _failed_attempt(
-        self,
-        msg: asyncpg.Record,
-        n: int,
-        provider: str,
-        exc: ProviderError,
-        latency: float,
-        job: queue.Job,
-    ) -> None:
-        outcome = "transient_error" if exc.transient else "permanent_error"
-        async with self.db.acquire() as conn, conn.transaction():
-            await repo.close_attempt(
-                conn, msg["id"], n, outcome, latency_ms=latency, error=f"{exc.code}: {exc.detail}"
-            )
-            await emit(
-                conn,
-                NewEvent(
-                    msg["tenant_id"],
-                    "message.attempt_failed",
-                    str(msg["id"]),
-                    msg["trace_id"],
-                    {
-                        "n": n,
-                        "provider": provider,
-                        "transient": exc.transient,
-                        "code": exc.code,
-                        "error": exc.detail,
-                        "latency_ms": round(latency, 2),
-                    },
-                ),
-            )
-            if not exc.transient:
-                await apply_status(
-                    conn,
-                    msg,
-                    "failed",
-                    source=f"send:{provider}",
-                    error_code=exc.code,
-                    error_detail=exc.detail,
-                )
-
     async def on_bury(self, conn: asyncpg.Connection, job: queue.Job, reason: str) -> None:
         """The retry budget is spent: park the message as `dead_lettered` (unsent, waiting
         for an operator's replay) and say so with a `message.dead_lettered` event — in the
@@ -324,3 +418,7 @@ class MessageDispatcher:
             error_detail=reason[:500],
             data={"job_id": job.id, "attempts": job.attempts, "reason": reason},
         )
+
+
+def _event(msg: asyncpg.Record, kind: str, data: dict) -> NewEvent:
+    return NewEvent(msg["tenant_id"], kind, str(msg["id"]), msg["trace_id"], data)

@@ -39,6 +39,7 @@ from gateway.providers.contracts import (
     StatusReport,
     TransientProviderError,
 )
+from gateway.redis import LuaScript
 
 log = get_logger(__name__)
 ReceiptSink = Callable[[StatusReport], Awaitable[object]]
@@ -57,6 +58,19 @@ _RECEIPTS: dict[str, list[tuple[MessageStatus, str | None]]] = {
     UNDELIVERED: [("sent", None), ("undelivered", "30003")],
 }
 _DEFAULT_RECEIPTS: list[tuple[MessageStatus, str | None]] = [("sent", None), ("delivered", None)]
+# One round trip per send: the attempt key's message id if it has one, else a new one
+# stored and the send counted ("the network" saw it).
+_SEND = LuaScript(
+    """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return {0, earlier} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400)
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 86400)
+return {1, ARGV[1]}
+""",
+    name="sandbox_send",
+)
 RECEIPT_RETRY_FOR = 120.0  # seconds a receipt is retried while the gateway is unavailable
 
 
@@ -106,12 +120,12 @@ class SandboxMessaging(MessagingProvider):
                     ambiguous=False,
                 )
         new_id = "SB" + secrets.token_hex(16)
-        if not await self.redis.set(self._key("idem", attempt_key), new_id, nx=True, ex=86400):
+        fresh, stored = await _SEND(
+            self.redis, [self._key("idem", attempt_key), self._key("sent", attempt_key)], [new_id]
+        )
+        if not fresh:
             # The same attempt key was sent before: the same message, not a new one.
-            earlier = await self.redis.get(self._key("idem", attempt_key))
-            return SendResult(earlier.decode() if earlier else new_id, "queued")
-        await self.redis.incr(self._key("sent", attempt_key))
-        await self.redis.expire(self._key("sent", attempt_key), 86400)
+            return SendResult(stored.decode() if isinstance(stored, bytes) else stored, "queued")
         task = asyncio.create_task(
             self._deliver_receipts(new_id, _RECEIPTS.get(to, _DEFAULT_RECEIPTS))
         )
