@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 
 from gateway import db, devstate
+from gateway.billing import repo as billing_repo
 from gateway.ops import overview
 from gateway.ops.reach import Unreachable, fix, redis_url
 from gateway.redis import create_redis
@@ -65,6 +66,11 @@ async def gather_status(settings: Settings, pool: asyncpg.Pool) -> dict[str, Any
     out["queues"] = [asdict(q) for q in await overview.queues(pool)]
     log = await overview.event_log(pool)
     out["event_log"] = asdict(log)
+    out["stripe"] = (
+        dict(await billing_repo.backlog(pool))
+        if settings.billing.stripe.api_key is not None
+        else None
+    )
     redis = create_redis(redis_url(settings))
     try:
         try:
@@ -164,3 +170,13 @@ def print_status(s: dict[str, Any], out: TextIO) -> None:
     w(f", pruned through {log['pruned_through']}")
     lag = {k: log["head"] - v for k, v in log["cursors"].items()}
     w("".join(f", {k} {v} behind" for k, v in lag.items()) + "\n")
+    stripe = s.get("stripe")
+    if stripe is None:
+        w("stripe      export off (billing.stripe.api_key unset)\n")
+    else:
+        last = stripe["last_sent_at"]
+        w(f"stripe      {stripe['unsent']} batches waiting, last sent ")
+        w(f"{last:%Y-%m-%d %H:%M:%S}" if last else "never")
+        if stripe["failed_sends"]:
+            w(f", {stripe['failed_sends']} failed sends, last error: {stripe['last_error']}")
+        w("\n")

@@ -51,3 +51,27 @@ async def test_stripe_customer_set_changed_and_cleared_from_the_cli(
     refused = await cli("tenants", "create", "globex", "--stripe-customer", "nope")
     assert refused.returncode == 1
     assert await pg_pool.fetchval("SELECT count(*) FROM tenants WHERE name = 'globex'") == 0
+
+
+async def test_status_shows_the_export_backlog(daemon_env, pg_pool, monkeypatch, capsys):
+    for name, value in daemon_env.items():
+        if name.startswith("TRUNKLINE_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli_module, "configure_logging", lambda *a: None)
+
+    async def status() -> str:
+        code = await asyncio.to_thread(cli_module.main, ["status"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        return next(line for line in out.splitlines() if line.startswith("stripe"))
+
+    assert "export off" in await status()
+    monkeypatch.setenv("TRUNKLINE_BILLING__STRIPE__API_KEY", "sk_test_x")
+    assert await status() == "stripe      0 batches waiting, last sent never"
+    await pg_pool.execute(
+        "INSERT INTO billing_export_batches (records, events, attempts, last_error) "
+        "VALUES (10, 3, 4, 'APIConnectionError (no response, code None): refused')"
+    )
+    line = await status()
+    assert line.startswith("stripe      1 batches waiting, last sent never, 4 failed sends")
+    assert line.endswith("last error: APIConnectionError (no response, code None): refused")
