@@ -138,6 +138,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         concurrency=settings.messaging.dispatch_concurrency,
         lease=settings.messaging.lease_seconds,
         outages=res.outages,
+        counters=res.counters,
     )
 
     async def run_dispatch(stopping: asyncio.Event) -> None:
@@ -216,7 +217,7 @@ def create_app(
         registry = ProviderRegistry.from_settings(settings, res.redis, receipts.submit)
         await registry.start()
         chain = build_chain(res)
-        count_verdicts(chain, app[METRICS])  # trunkline_guardrail_verdicts_total
+        count_verdicts(chain, res.counters)  # trunkline_guardrail_verdicts_total
         app[PROVIDERS] = registry
         app[CHAIN] = chain
         pipeline = MessagePipeline(res.db, chain, registry, settings, metrics=app[METRICS])

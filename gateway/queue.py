@@ -23,13 +23,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from gateway.db import defer_wake
 from gateway.logs import bind, get_logger
 from gateway.outage import Dependency, OutageMonitor, unavailable
+
+if TYPE_CHECKING:
+    from gateway.ops.counters import SharedCounters
 
 log = get_logger(__name__)
 NOTIFY_CHANNEL = "trunkline_jobs"
@@ -368,6 +371,8 @@ class Worker:
     # skip the handler while an outage is known, and log it once instead of per job.
     outage_wait_max: float = 5.0
     outages: OutageMonitor | None = None
+    # trunkline_job_attempts_total / trunkline_job_retries_total, summed across processes
+    counters: SharedCounters | None = None
 
     def __post_init__(self) -> None:
         self.worker_id = self.worker_id or worker_identity()
@@ -481,24 +486,32 @@ class Worker:
                     job, "retry budget exhausted (the job was reclaimed after its lease expired)"
                 )
                 return
+            ran = False
             try:
                 await self._known_outage()
+                ran = True
                 await self.handler(job)
             except Reschedule as exc:
+                self._count(job, "rescheduled")
                 await reschedule(self.db, job, self.worker_id, exc.until, str(exc), delay=exc.delay)
             except PermanentError as exc:
+                self._count(job, "dead")
                 await self._dead(job, f"permanent: {exc}")
             except Exception as exc:
                 dependency = self._outage(exc)
                 if dependency is not None:
+                    if ran:  # the handler met it: an attempt that is given back, not spent
+                        self._count(job, "outage")
                     await self._wait_out(job, dependency, exc)
                     return
                 reason = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, RetryableError):
                     log.exception("job handler crashed", job_id=job.id)
                 if job.attempts >= job.max_attempts:
+                    self._count(job, "dead")
                     await self._dead(job, reason)
                 else:
+                    self._count(job, "retry")
                     delay = backoff_seconds(job.attempts)
                     log.info(
                         "job will be retried",
@@ -509,10 +522,17 @@ class Worker:
                     )
                     await retry_later(self.db, job, self.worker_id, reason, delay)
             else:
+                self._count(job, "ok")
                 self._completed.append(job.id)  # deleted by the next claim (see run)
                 self._outage_streak = 0
         finally:
             heartbeat.cancel()
+
+    def _count(self, job: Job, outcome: str) -> None:
+        if self.counters is not None:
+            self.counters.inc("trunkline_job_attempts_total", queue=job.queue, outcome=outcome)
+            if outcome == "retry":
+                self.counters.inc("trunkline_job_retries_total", queue=job.queue)
 
     def _outage(self, exc: BaseException) -> Dependency | None:
         """The dependency `exc` says is unreachable (recorded by the monitor), or None."""

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway import db
 from gateway.logs import get_logger
+from gateway.ops.counters import SharedCounters
 from gateway.outage import OutageMonitor, quiet_library_outage_logs
 from gateway.redis import create_redis
 from gateway.settings import Settings
@@ -34,6 +35,8 @@ class Resources:
     outages: OutageMonitor = field(default_factory=OutageMonitor)
     # The API keys this process authenticated (no round trip for a known key; keycache.py)
     keys: KeyCache | None = None
+    # Job attempts and guardrail verdicts, summed across processes in Redis (ops/counters.py)
+    counters: SharedCounters | None = None
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -57,9 +60,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     quiet_library_outage_logs()
     keys = KeyCache(url)
     await keys.start()
+    counters = SharedCounters(redis, outages=outages)
+    counters.start()
     try:
-        yield Resources(settings=settings, db=pool, redis=redis, outages=outages, keys=keys)
+        yield Resources(
+            settings=settings, db=pool, redis=redis, outages=outages, keys=keys, counters=counters
+        )
     finally:
+        await counters.close()
         await keys.close()
         await outages.aclose()
         await redis.aclose()

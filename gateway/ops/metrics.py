@@ -4,7 +4,9 @@ The request counters and histograms live in the process (gateway/http/metrics.py
 true of the whole deployment — queue depth, dead letters, webhook backlog, breakers, pools,
 the event log — is read from PostgreSQL and Redis when Prometheus asks, one query or one
 pipelined read per family (gateway/ops/overview.py), so it is never stale and costs nothing
-between scrapes. Every process reports the same shared figures: aggregate them with max(),
+between scrapes. The counters of things that happen in every process — job attempts and
+retries, guardrail verdicts — are summed in Redis (gateway/ops/counters.py), so they too are
+the deployment's. Every process reports the same shared figures: aggregate them with max(),
 not sum(). What only a process knows (its SSE clients, its AMI sessions and whether it leads
 an Asterisk's tracker) is labelled as that process's own.
 
@@ -19,9 +21,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.http.metrics import Labels, Registry, render_family
+from gateway.events import stats
+from gateway.http.metrics import Labels, render_family
 from gateway.logs import get_logger
 from gateway.ops import overview
+from gateway.ops.counters import FAMILIES as COUNTERS
+from gateway.ops.counters import SharedCounters
 from gateway.resources import RESOURCES
 from guardrails.chain import Decision, GuardrailChain
 
@@ -64,12 +69,6 @@ async def _queues(app: web.Application) -> Lines:
             {_l(queue=q.queue): q.retrying for q in rows},
         ),
         *render_family(
-            "trunkline_queue_attempts",
-            "Attempts spent by the jobs in flight (retries = attempts beyond the first)",
-            "gauge",
-            {_l(queue=q.queue): q.attempts for q in rows},
-        ),
-        *render_family(
             "trunkline_dead_letters",
             "Jobs that spent their retry budget, waiting for an operator (trunkline dlq)",
             "gauge",
@@ -81,8 +80,13 @@ async def _queues(app: web.Application) -> Lines:
 async def _events(app: web.Application) -> Lines:
     from gateway.events.http import HUB
 
-    log = await overview.event_log(app[RESOURCES].db)
+    res = app[RESOURCES]
+    log, stats_seq = await asyncio.gather(
+        overview.event_log(res.db), res.redis.get(stats.CURSOR_KEY)
+    )
     lag = {_l(subscriber=name): log.head - seq for name, seq in log.cursors.items()}
+    # the /v1/stats counters' subscriber (its cursor is in Redis; none yet: all of the log)
+    lag[_l(subscriber="stats")] = max(0, log.head - max(int(stats_seq or 0), log.pruned_through))
     hub = app[HUB].hub if HUB in app else None
     if hub is not None:
         lag[_l(subscriber="sse")] = max(0, log.head - hub.last_seq)
@@ -99,8 +103,8 @@ async def _events(app: web.Application) -> Lines:
         ),
         *render_family(
             "trunkline_event_fanout_lag_events",
-            "Events a subscriber has still to process: the durable ones (webhook fan-out) "
-            "and this process's SSE hub",
+            "Events a subscriber has still to process: the durable ones (webhook fan-out, "
+            "workflows), the /v1/stats counters (stats) and this process's SSE hub (sse)",
             "gauge",
             lag,
         ),
@@ -127,6 +131,16 @@ async def _webhooks(app: web.Application) -> Lines:
             lag,
         ),
     ]
+
+
+async def _counters(app: web.Application) -> Lines:
+    """Job attempts and retries, guardrail verdicts: summed across processes in Redis."""
+    counters = app[RESOURCES].counters
+    totals = await counters.read() if counters is not None else {}
+    lines: Lines = []
+    for family, help_ in COUNTERS.items():
+        lines += render_family(family, help_, "counter", totals.get(family, {}))
+    return lines
 
 
 async def _breakers(app: web.Application) -> Lines:
@@ -208,6 +222,7 @@ FAMILIES: dict[str, Callable[[web.Application], Awaitable[Lines]]] = {
     "queues": _queues,
     "events": _events,
     "webhooks": _webhooks,
+    "counters": _counters,
     "breakers": _breakers,
     "pools": _pools,
     "process": _process,
@@ -237,19 +252,22 @@ async def collect(app: web.Application) -> str:
     return "\n".join(lines) + "\n"
 
 
-def count_verdicts(chain: GuardrailChain, registry: Registry) -> None:
-    """Count every guardrail decision of `chain` by verdict, rule and stage (a counter in the
-    process: verdicts are events too, but counting them from the log at each scrape would
-    read the whole log)."""
-    counter = registry.counter(
-        "trunkline_guardrail_verdicts_total",
-        "Guardrail decisions by verdict (allow, deny, defer), the check and rule that decided "
-        "(none for an allow) and stage (accept, dispatch)",
-    )
+def count_verdicts(chain: GuardrailChain, counters: SharedCounters | None) -> None:
+    """Count every guardrail decision of `chain` by verdict, check, rule and stage, summed
+    across processes (ops/counters.py): verdicts are events too, but counting them from the
+    log at each scrape would read the whole log."""
+    if counters is None:
+        return
 
     def observe(decision: Decision, stage: str) -> None:
         kind = decision.event.type.rpartition(".")[2]  # guardrail.allow|deny|defer
         rule = getattr(decision.verdict, "rule", None) or "none"
-        counter.inc(verdict=kind, check=decision.rule or "none", rule=rule, stage=stage)
+        counters.inc(
+            "trunkline_guardrail_verdicts_total",
+            verdict=kind,
+            check=decision.rule or "none",
+            rule=rule,
+            stage=stage,
+        )
 
     chain.observers.append(observe)

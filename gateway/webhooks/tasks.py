@@ -33,6 +33,7 @@ def webhook_tasks(res: Resources) -> dict[str, TaskFactory]:
                 concurrency=cfg.concurrency,
                 lease=max(30.0, cfg.timeout * 3),
                 on_dead=deliverer.on_dead,
+                counters=res.counters,
             )
             await worker.run(stopping)
 

@@ -57,6 +57,7 @@ def workflow_tasks(app: web.Application) -> dict[str, TaskFactory]:
                 concurrency=cfg.concurrency,
                 lease=cfg.lease,
                 outages=res.outages,
+                counters=res.counters,
             )
             await worker.run(stopping)
 

@@ -7,6 +7,7 @@ AMI families have something to report; calls go to the sandbox.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 import uuid
@@ -20,7 +21,8 @@ FAMILIES = [
     "trunkline_queue_depth",
     "trunkline_queue_oldest_due_seconds",
     "trunkline_queue_retrying_jobs",
-    "trunkline_queue_attempts",
+    "trunkline_job_attempts_total",
+    "trunkline_job_retries_total",
     "trunkline_dead_letters",
     "trunkline_webhook_deliveries",
     "trunkline_webhook_delivery_lag_seconds",
@@ -42,7 +44,12 @@ _SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
 
 @pytest.fixture
 def overrides():
-    return {"providers": {"voice": {"primary": "sandbox"}}}
+    # The log-tailing subscribers' safety timers are slowed down so that an event whose
+    # wake-up was lost stays visibly behind for a moment (test_subscriber_lag_moves).
+    return {
+        "providers": {"voice": {"primary": "sandbox"}},
+        "events": {"subscriber_interval": 2.0, "hub_resync_interval": 2.0},
+    }
 
 
 async def scrape(client) -> dict[tuple[str, frozenset], float]:
@@ -77,7 +84,7 @@ async def test_every_family_appears_and_its_source_answered(client, voice):
     for family in FAMILIES:
         assert f"# TYPE {family} " in text, family
     samples = await scrape(client)
-    for family in ("queues", "events", "webhooks", "breakers", "pools", "process"):
+    for family in ("queues", "events", "webhooks", "counters", "breakers", "pools", "process"):
         assert value(samples, "trunkline_scrape_ok", family=family) == 1.0, family
 
 
@@ -97,7 +104,6 @@ async def test_queue_and_dead_letter_figures_move(client, voice, pg_pool):
     assert value(samples, "trunkline_queue_depth", queue="mq", state="scheduled") == 1
     assert value(samples, "trunkline_queue_oldest_due_seconds", queue="mq") >= 90
     assert value(samples, "trunkline_queue_retrying_jobs", queue="mq") == 1
-    assert value(samples, "trunkline_queue_attempts", queue="mq") == 2
     assert value(samples, "trunkline_dead_letters", queue="mq") == 1
 
 
@@ -188,6 +194,92 @@ async def test_pool_sse_ami_and_guardrail_figures_move(client, voice, ami):
     await ami.drop_connections()
     await ami.refuse_connections()
     await until(client, "trunkline_ami_connected", lambda v: v == 0, asterisk="main")
+
+
+async def test_attempts_and_retries_are_counters_that_only_grow(client, voice):
+    """+1 415 555 0102 fails transiently twice, then is delivered: three attempts of the
+    dispatch job, two of them retries. The counters keep them after the job is gone."""
+    dispatch = {"queue": "dispatch"}
+    seen: list[tuple[float, float]] = []
+
+    async def counts() -> tuple[float, float, float]:
+        samples = await scrape(client)
+        ok = value(samples, "trunkline_job_attempts_total", outcome="ok", **dispatch) or 0
+        retry = value(samples, "trunkline_job_attempts_total", outcome="retry", **dispatch) or 0
+        retries = value(samples, "trunkline_job_retries_total", **dispatch) or 0
+        seen.append((ok + retry, retries))
+        return ok, retry, retries
+
+    ok0, retry0, retries0 = await counts()
+    resp = await client.post(
+        "/v1/messages",
+        json={"to": "+14155550102", "body": "Your code is 1234", "purpose": "transactional"},
+        headers=auth(voice.token),
+    )
+    assert resp.status == 201, await resp.text()
+    deadline = time.monotonic() + 20
+    while (await counts())[0] < ok0 + 1:
+        assert time.monotonic() < deadline, seen[-1]
+        await asyncio.sleep(0.1)
+    ok, retry, retries = await counts()
+    assert (ok - ok0, retry - retry0, retries - retries0) == (1, 2, 2)
+    assert all(a <= b for a, b in itertools.pairwise(seen)), seen  # never down
+
+
+async def test_counters_are_the_deployments_whichever_process_is_scraped(
+    client, voice, settings, aiohttp_client
+):
+    """A verdict made in another process shows on this one's /metrics: the counters are
+    summed in Redis, not kept per process."""
+    from gateway.app import create_app
+
+    other = await aiohttp_client(create_app(settings, role="api"))
+    try:
+        deny = {"verdict": "deny", "check": "suppression", "rule": "dnc.internal.tenant"}
+        before = value(await scrape(client), "trunkline_guardrail_verdicts_total", **deny,
+                       stage="accept") or 0  # fmt: skip
+        headers = auth(voice.token)
+        await other.post("/v1/dnc", json={"number": "+14155550151"}, headers=headers)
+        resp = await other.post(
+            "/v1/calls", json={"to": "+14155550151", "purpose": "transactional"}, headers=headers
+        )
+        assert resp.status == 422
+        await until(
+            client, "trunkline_guardrail_verdicts_total", lambda v: v == before + 1,
+            stage="accept", **deny,
+        )  # fmt: skip
+        assert (
+            value(await scrape(other), "trunkline_guardrail_verdicts_total", stage="accept",
+                  **deny) == before + 1
+        )  # fmt: skip
+    finally:
+        await other.close()
+
+
+async def test_subscriber_lag_moves(client, voice, pg_pool):
+    """An event whose wake-up was lost (sequenced without the NOTIFY and the pub/sub message
+    the sequencer sends) leaves the /v1/stats subscriber and the SSE hub one event behind
+    until their safety timers look at the log again. (The hub starts with its first client.)"""
+    stream = await client.get(
+        "/v1/events", headers=auth(voice.token) | {"Accept": "text/event-stream"}
+    )
+    assert stream.status == 200
+    for subscriber in ("stats", "sse"):
+        await until(client, "trunkline_event_fanout_lag_events", lambda v: v == 0,
+                    subscriber=subscriber)  # fmt: skip
+    tenant = await pg_pool.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
+    await pg_pool.execute(
+        "INSERT INTO events (tenant_id, type, subject, seq) "
+        "VALUES ($1, 'message.sent', 'lost-wakeup', nextval('event_seq'))",
+        tenant,
+    )
+    for subscriber in ("stats", "sse"):
+        await until(client, "trunkline_event_fanout_lag_events", lambda v: v == 1,
+                    subscriber=subscriber, timeout=1.5)  # fmt: skip
+    for subscriber in ("stats", "sse"):
+        await until(client, "trunkline_event_fanout_lag_events", lambda v: v == 0,
+                    subscriber=subscriber)  # fmt: skip
+    stream.close()
 
 
 async def test_the_grafana_dashboard_uses_only_exported_metrics(client, voice):

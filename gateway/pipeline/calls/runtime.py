@@ -223,6 +223,7 @@ def call_tasks(
         concurrency=settings.calls.dispatch_concurrency,
         lease=settings.calls.lease_seconds,
         outages=res.outages,  # our outage waits; it never spends calls.max_attempts
+        counters=res.counters,
     )
     control = queue.Worker(
         db=res.db,
@@ -233,6 +234,7 @@ def call_tasks(
         concurrency=settings.calls.control_concurrency,
         lease=settings.calls.lease_seconds,
         outages=res.outages,
+        counters=res.counters,
     )
     return {
         "call-dispatch": dispatch.run,
