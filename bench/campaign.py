@@ -1,4 +1,5 @@
-"""A campaign on the sandbox: pool utilisation, dials/s beside their ceiling, first-dial latency.
+"""A campaign on the sandbox: pool utilisation, dials/s beside their ceiling, dialer CPU per dial,
+first-dial latency — and where utilisation is lost.
 
 The daemon (`--role all`) runs as its own process with the sandbox voice provider and a
 `campaign` pool of `--channels`; the campaign dials `--prospects` numbers of the sandbox list
@@ -6,22 +7,32 @@ profile (+1 NPA 555 2xyz: answers, no answers, busy, machines…) with max_concu
 pool. While prospects remain to be dialled, this process samples the pool's holders in Redis
 every 50 ms: utilisation is their time-weighted mean over the pool size (aim ≥ 90 %).
 
-Beside each other: dials/s achieved, and the ceiling channels ÷ mean call time (a channel is
-held from the dispatch's permit to the call's end: the mean of ended − created over the calls);
-the first dial's latency after `start`; the daemon's CPU per dial (the whole process: API,
-pipeline, sandbox and dialer — an upper bound of the dialer's own).
+Printed beside each other: utilisation and its aim; dials/s achieved and the ceiling
+channels ÷ mean channel time (a channel is held from the dispatch's permit — the call's
+`attempt_started` — to the call's end); the first dial (its `call.originated`) after `start`;
+CPU per dial — the daemon's (API, pipeline, sandbox and dialer: /proc) and the dialer's own
+share of it (py-spy samples of the daemon, `--nonblocking`, whose stack is in campaigns/; off
+with `--no-profile` or without py-spy). Where utilisation goes: a channel's turnover gap (a
+permit released → the next permit taken, while work remains) and the dial lead time (a
+prospect claimed → its call accepted → its permit taken), means and p90s from the event log.
 
-    python -m bench.campaign [--prospects 10000] [--channels 60] [--hold 1.0]
+    python -m bench.campaign [--prospects 10000] [--channels 60] [--hold 1.0] [--no-profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -128,6 +139,10 @@ async def run(url: str, redis_url: str, campaign_id: uuid.UUID, channels: int, p
                 campaign_id,
             )
         dial_window = last - started
+        cpu_window = cpu_seconds(pid) - cpu0
+        dials_in_window = await conn.fetchval(
+            "SELECT count(*) FROM campaign_attempts WHERE campaign_id = $1", campaign_id
+        )
         deadline = time.monotonic() + 600
         for _ in range(60000):  # the calls in progress end; bounded by `deadline`
             status = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
@@ -135,33 +150,120 @@ async def run(url: str, redis_url: str, campaign_id: uuid.UUID, channels: int, p
                 break
             await asyncio.sleep(0.1)
         finished = time.perf_counter()
-        cpu = cpu_seconds(pid) - cpu0
-        row = await conn.fetchrow(
-            """
-            SELECT count(*) AS dials,
-                   avg(extract(epoch FROM c.ended_at - c.created_at)) AS held_s,
-                   min(c.created_at) - (SELECT started_at FROM campaigns WHERE id = $1) AS first
-              FROM campaign_attempts a JOIN calls c ON c.id = a.call_id
-             WHERE a.campaign_id = $1
-            """,
-            campaign_id,
-        )
+        row = await conn.fetchrow(_FIGURES, campaign_id)
+        losses = await conn.fetchrow(_LOSSES, campaign_id)
     finally:
         await redis.aclose()
         await conn.close()
     dials = int(row["dials"])
     held = float(row["held_s"])
+    ms = _ms
     return {
         "dials": dials,
         "dial_window_s": round(dial_window, 2),
         "total_s": round(finished - started, 2),
         "pool_utilisation": round(busy_area / (channels * dial_window), 3),
+        "pool_utilisation_aim": 0.9,
         "dials_per_s": round(dials / (finished - started), 2),
         "ceiling_dials_per_s": round(channels / held, 2),
-        "mean_call_s": round(held, 3),
-        "first_dial_ms": round(row["first"].total_seconds() * 1000, 1),
-        "daemon_cpu_ms_per_dial": round(cpu / dials * 1000, 2) if dials else None,
+        "mean_channel_s": round(held, 3),
+        "first_dial_ms": ms(row["first"]),
+        "daemon_cpu_ms_per_dial": round(cpu_window / dials_in_window * 1000, 2)
+        if dials_in_window
+        else None,
+        "turnover_gap_ms_mean": ms(losses["gap_mean"]),
+        "turnover_gap_ms_p90": ms(losses["gap_p90"]),
+        "lead_claim_to_accept_ms_mean": ms(losses["accept_mean"]),
+        "lead_accept_to_permit_ms_mean": ms(losses["permit_mean"]),
+        "lead_claim_to_permit_ms_p90": ms(losses["lead_p90"]),
     }
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else round(value.total_seconds() * 1000, 1)
+
+
+# Each attempt's channel: taken at `attempt_started`, given back at the call's end.
+_FIGURES = """
+WITH held AS (
+    SELECT c.id, c.ended_at,
+           (SELECT min(e.created_at) FROM events e
+             WHERE e.subject = c.id::text AND e.type = 'call.attempt_started') AS taken,
+           (SELECT min(e.created_at) FROM events e
+             WHERE e.subject = c.id::text AND e.type = 'call.originated') AS originated
+      FROM campaign_attempts a JOIN calls c ON c.id = a.call_id
+     WHERE a.campaign_id = $1)
+SELECT count(*) AS dials,
+       avg(extract(epoch FROM ended_at - taken)) AS held_s,
+       min(originated) - (SELECT started_at FROM campaigns WHERE id = $1) AS first
+  FROM held
+"""
+
+# Where utilisation goes, while prospects remained (up to the last claim): the gap from a
+# permit given back to the next one taken, and the dial's lead time claim → accept → permit.
+_LOSSES = """
+WITH ev AS (
+    SELECT e.type, e.created_at, e.subject, e.data
+      FROM events e
+     WHERE e.type IN ('call.permit_released', 'call.attempt_started')
+       AND e.subject IN (SELECT call_id::text FROM campaign_attempts WHERE campaign_id = $1)),
+last_claim AS (
+    SELECT max(created_at) AS at FROM events
+     WHERE subject = $1::text AND type = 'campaign.prospect.dialing'),
+marked AS (  -- for each event, the first permit taken at or after it (a suffix minimum)
+    SELECT type, created_at,
+           min(created_at) FILTER (WHERE type = 'call.attempt_started')
+               OVER (ORDER BY created_at DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+               AS next_taken
+      FROM ev),
+releases AS (
+    SELECT created_at AS released, next_taken FROM marked
+     WHERE type = 'call.permit_released' AND created_at < (SELECT at FROM last_claim)),
+claims AS (
+    SELECT (d.data->>'prospect_id')::bigint AS prospect_id, (d.data->>'n')::int AS n,
+           d.created_at AS claimed
+      FROM events d
+     WHERE d.subject = $1::text AND d.type = 'campaign.prospect.dialing'),
+leads AS (
+    SELECT c.claimed, a.created_at AS accepted,
+           (SELECT min(e.created_at) FROM events e
+             WHERE e.subject = a.call_id::text AND e.type = 'call.attempt_started') AS taken
+      FROM claims c
+      JOIN campaign_attempts a ON a.prospect_id = c.prospect_id AND a.n = c.n)
+SELECT (SELECT avg(next_taken - released) FROM releases) AS gap_mean,
+       (SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY next_taken - released)
+          FROM releases) AS gap_p90,
+       (SELECT avg(accepted - claimed) FROM leads) AS accept_mean,
+       (SELECT avg(taken - accepted) FROM leads) AS permit_mean,
+       (SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY taken - claimed) FROM leads)
+           AS lead_p90
+"""
+
+
+def dialer_share(raw: Path) -> float | None:
+    """Of the daemon's on-CPU samples (py-spy raw: "frame;frame;… count"), after start-up
+    imports, the share whose stack is in campaigns/ — the dialer's own work."""
+    total = mine = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or "_find_and_load" in stack:
+            continue
+        total += int(count)
+        if "campaigns/" in stack and "gateway/campaigns/http" not in stack:
+            mine += int(count)
+    return mine / total if total else None
+
+
+def child_pid(pid: int, timeout: float = 10.0) -> int:
+    """The process py-spy started (its only child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("py-spy started no daemon")
 
 
 def main() -> None:
@@ -169,30 +271,46 @@ def main() -> None:
     parser.add_argument("--prospects", type=int, default=10000)
     parser.add_argument("--channels", type=int, default=60)
     parser.add_argument("--hold", type=float, default=1.0, help="seconds an answered call lasts")
+    parser.add_argument("--no-profile", action="store_true", help="no py-spy (no dialer share)")
     args = parser.parse_args()
+    spy = None if args.no_profile else shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    raw = Path(tempfile.mkdtemp(prefix="tl-bench-campaign-")) / "spy.txt"
     with bench_services("trunkline_bench_campaign") as services:
         campaign_id = asyncio.run(provision(services.database_url, args.prospects, args.channels))
         port = free_port()
         env = daemon_env(
             services, port, TRUNKLINE_CONFIG=str(config_file(args.channels, args.hold))
         )
-        daemon = spawn(["-m", "gateway.cli", "run", "--role", "all"], env)
+        command = ["-m", "gateway.cli", "run", "--role", "all"]
+        if spy:
+            argv = [spy, "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(raw)]
+            launched = subprocess.Popen([*argv, "--", sys.executable, *command], env=env)
+            pid = child_pid(launched.pid)
+        else:
+            launched = spawn(command, env)
+            pid = launched.pid
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
             figures = asyncio.run(
-                run(
-                    services.database_url,
-                    services.redis_url,
-                    campaign_id,
-                    args.channels,
-                    daemon.pid,
-                )
+                run(services.database_url, services.redis_url, campaign_id, args.channels, pid)
             )
         finally:
-            daemon.terminate()
-            daemon.wait(30)
+            os.kill(pid, signal.SIGTERM)
+            launched.wait(60)
+    share = dialer_share(raw) if spy and raw.exists() else None
+    cpu = figures["daemon_cpu_ms_per_dial"]
+    figures["dialer_share_of_daemon_cpu"] = None if share is None else round(share, 3)
+    figures["dialer_cpu_ms_per_dial"] = (
+        None if share is None or cpu is None else round(cpu * share, 3)
+    )
     result = Result("campaign dials", figures["dials"], figures["total_s"])
     report(f"campaign: {args.prospects} prospects, {args.channels} channels", [result], **figures)
+    print(
+        f"\nutilisation {figures['pool_utilisation']:.1%} of {args.channels} (aim 90 %) | "
+        f"dials/s {figures['dials_per_s']} (ceiling {figures['ceiling_dials_per_s']}) | "
+        f"dialer CPU {figures['dialer_cpu_ms_per_dial']} ms/dial "
+        f"(daemon {cpu}) | first dial {figures['first_dial_ms']} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -106,6 +107,7 @@ class MessageAcceptor(Protocol):
         trace_id: str,
         idempotency_key: str | None = None,
         request_digest: bytes = b"",
+        attach: Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]] | None = None,
     ) -> Any: ...
 
 
@@ -128,6 +130,8 @@ class Dialer:
     refused_retry: float = 600.0
     batch: int = 500
     max_claim: int = 200
+    pool_size: int = 0  # the campaign pool's channels (0: unknown, no lead)
+    dial_lead: float = 0.0  # share of the pool dialled ahead when the pool bounds a campaign
     caller_ids: CallerIds | None = None  # local presence (campaigns/callerid.py)
     health: didhealth.HealthPolicy | None = None  # DID rests and restores, when set
     health_every: float = 5.0
@@ -252,12 +256,15 @@ class Dialer:
             )
             elapsed = 1.0 if c["pace_at"] is None else (c["now"] - c["pace_at"]).total_seconds()
             tokens = min(max(1.0, cfg.cps), c["pace_tokens"] + max(0.0, elapsed) * cfg.cps)
-            k = min(cfg.max_concurrent - dialing, int(tokens), self.max_claim)
-            if k > 0 and c["config"]["pacing"].get("mode") == "predictive":
+            k = min(self.dial_limit(cfg.max_concurrent) - dialing, int(tokens), self.max_claim)
+            mode = c["config"]["pacing"].get("mode")
+            if k > 0 and mode == "predictive":
                 room, _ratio = await pacing.predictive_room(
                     conn, campaign_id, c["config"]["pacing"]
                 )
                 k = min(k, room)
+            elif k > 0 and c["config"]["pacing"].get("max_agent_sessions"):
+                k = min(k, await pacing.progressive_room(conn, campaign_id, c["config"]["pacing"]))
             if k > 0:
                 claimed = await conn.fetch(_CLAIM, campaign_id, k, cfg.window, self.clock())
                 tokens -= len(claimed)
@@ -284,6 +291,17 @@ class Dialer:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         return len(claimed)
+
+    def dial_limit(self, max_concurrent: int) -> int:
+        """Prospects a campaign may have `dialing` at once. Normally max_concurrent; when the
+        campaign pool is the tighter bound, the pool plus a lead of dials accepted ahead: they
+        wait in the dispatcher for a channel (FIFO, never a 429) and take one the moment it is
+        given back, where a dial claimed only after the call's end is settled would leave the
+        channel idle for a dialer step, an accept and a dispatch. Live calls still never exceed
+        the pool, hence max_concurrent."""
+        if not self.pool_size or not self.dial_lead or max_concurrent < self.pool_size:
+            return max_concurrent
+        return self.pool_size + max(1, math.ceil(self.pool_size * self.dial_lead))
 
     async def _place_attempt(self, campaign: Any, prospect: Any) -> None:
         """One attempt as an ordinary call or message; never raises (an attempt that could
@@ -372,9 +390,9 @@ class Dialer:
         digest: bytes,
         metadata: dict[str, str],
     ) -> None:
-        """An sms campaign's text. The messages pipeline has no `attach`: the attempt row is
-        written just after the accept, and a worker that dies in between leaves an orphan
-        whose re-send replays the same message (same key) and writes the row then."""
+        """An sms campaign's text, its attempt row written by `attach` in the message's own
+        transaction (as a call's): a worker that dies at any moment leaves either both or
+        neither, and an orphan's re-send replays the same message (same key)."""
         if self.messages is None:
             raise RuntimeError("no message pipeline in this process")
         variables = dict(prospect["variables"] or {})
@@ -394,25 +412,26 @@ class Dialer:
         principal = Principal(
             campaign["tenant_id"], campaign["tenant_name"], f"campaign:{campaign['id']}", ("*",)
         )
-        outcome = await self.messages.accept(
+        pid, n, campaign_id = prospect["id"], prospect["attempts"], campaign["id"]
+
+        async def attach(conn: asyncpg.Connection, message_id: uuid.UUID) -> None:
+            # Grouped with other accepts in one transaction: a conflict must not fail theirs.
+            await conn.execute(
+                "INSERT INTO campaign_attempts (prospect_id, n, campaign_id, message_id) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                pid,
+                n,
+                campaign_id,
+                message_id,
+            )
+
+        await self.messages.accept(
             principal,
             SendMessage.model_validate(body),
             trace_id=new_trace_id(),
             idempotency_key=key,
             request_digest=digest,
-        )
-        message_id = outcome.body.get("id") or outcome.body.get("message_id")
-        if message_id is None:
-            raise Problem(f"no message id in {outcome.body}", status=503, code="no_message_id")
-        await self.db.execute(
-            """
-            INSERT INTO campaign_attempts (prospect_id, n, campaign_id, message_id)
-            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
-            """,
-            prospect["id"],
-            prospect["attempts"],
-            campaign["id"],
-            uuid.UUID(str(message_id)),
+            attach=attach,
         )
 
     async def _give_up(

@@ -18,18 +18,22 @@ phonenumbers calls, not 100,000.
 CSV: the number is the column named `number` (case-insensitive), else the first column; a
 first line with no digit in its number column is the header, and every other column becomes a
 template variable named by it (without a header: `c2`, `c3`, …); `state` and `zip` columns
-are also kept as such. A field holding a newline inside quotes is not supported (one row per
-line, so the line numbers in the report are the file's).
+are also kept as such. The csv module reads the file through a text wrapper (newline='', as
+RFC 4180 wants), so a quoted field may hold line breaks; a row is reported by the file line it
+starts on. The parsing runs in a thread, a batch of rows at a time: no read blocks the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import io
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 import phonenumbers
@@ -40,6 +44,7 @@ from gateway.dnc.lines import normalize as dnc_normalize
 from guardrails.policy import MARKETING_ONLY
 
 MAX_REJECTS = 100
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 _UNKNOWN_ZONE = "Etc/Unknown"
 
 _STAGING = "campaign_import"
@@ -197,53 +202,67 @@ async def from_list(items: Iterable[RawProspect]) -> AsyncIterator[RawProspect]:
 
 
 class CsvRows:
-    """Rows of a CSV file arriving in byte chunks (see the module doc for the columns).
+    """Rows of a CSV file (see the module doc for the columns), parsed by the csv module over
+    a UTF-8 text wrapper of the binary file, `batch` rows per trip to a thread.
 
-    `unreadable` is set (and reading stops) at a line that is not UTF-8: raising inside
-    COPY's source would cancel the statement under the caller's transaction.
+    `unreadable` is set (and reading stops) at a line that is not UTF-8 or a row the csv
+    module refuses (an unterminated quote runs past the field size limit): raising inside
+    COPY's source would cancel the statement under the caller's transaction. Bytes that are
+    not UTF-8 are decoded as surrogates and found per row, so the line reported is exact.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self.chunks = chunks
-        self.line_no = 0
+    def __init__(
+        self,
+        fh: IO[bytes],
+        total: int | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
+        *,
+        batch: int = 2000,
+    ) -> None:
+        self.fh = fh
+        self.total = total
+        self.progress = progress
+        self.batch = batch
+        self.line_no = 0  # the line the last row read started on
         self.header: list[str] | None = None
         self.number_col = 0
         self.unreadable: str | None = None
+        self._text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
+        self._reader = csv.reader(self._text)
 
     async def __aiter__(self) -> AsyncIterator[RawProspect]:
-        tail = b""
-        async for chunk in self.chunks:
-            data = tail + chunk
-            cut = data.rfind(b"\n") + 1
-            tail = data[cut:]
-            if cut:
-                for row in self._lines(data[:cut]):
-                    yield row
-                if self.unreadable:
-                    return
-        if tail:
-            for row in self._lines(tail + b"\n"):
+        while self.unreadable is None:
+            rows = await asyncio.to_thread(self._read_batch)
+            if self.progress is not None:
+                self.progress("copy", self.fh.tell(), self.total)
+            if not rows:
+                return
+            for row in rows:
                 yield row
 
-    def _lines(self, block: bytes) -> list[RawProspect]:
+    def _read_batch(self) -> list[RawProspect]:
+        """Up to `batch` rows (in a thread: the file is read here)."""
         out: list[RawProspect] = []
-        raw_lines = block.split(b"\n")[:-1]
-        texts: list[str] = []
-        for raw in raw_lines:
+        while len(out) < self.batch:
+            start = self._reader.line_num + 1
             try:
-                texts.append(raw.rstrip(b"\r").decode("utf-8"))
-            except UnicodeDecodeError:
-                self.unreadable = f"line {self.line_no + len(texts) + 1} is not valid UTF-8 text"
+                fields = next(self._reader)
+            except StopIteration:
                 break
-        for fields in csv.reader(texts):
-            self.line_no += 1
+            except csv.Error as exc:
+                self.unreadable = f"line {start}: {exc}"
+                break
+            self.line_no = start
+            if _NOT_UTF8.search("".join(fields)):
+                self.unreadable = f"line {start} is not valid UTF-8 text"
+                break
             if (
                 not fields
                 or not any(f.strip() for f in fields)
                 or fields[0].lstrip().startswith("#")
             ):
                 continue
-            if self.line_no == 1 and self._is_header(fields):
+            if start == 1 and self._is_header(fields):
                 continue
             out.append(self._row(fields))
         return out

@@ -520,12 +520,53 @@ class DidHealthSettings(_Section):
 
 
 class CampaignsSettings(_Section):
+    """The campaign dialer (campaigns/dialer.py) and the rules campaign calls follow."""
+
     interval: float = Field(default=0.5, gt=0, description="seconds between dialer steps at most")
+    settle_delay: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="seconds a dialer step waits after a NOTIFY, to take a burst of call "
+        "changes in one step",
+    )
     orphan_after: float = Field(
         default=20.0,
         ge=0,
         description="seconds a claimed prospect may go without its call before another worker "
         "sends it (under the same key: it cannot dial twice)",
+    )
+    orphan_every: float = Field(
+        default=2.0, gt=0, description="seconds between the dialer's looks for orphans"
+    )
+    refused_retry: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds before a prospect whose dial the guardrails deferred or refused "
+        "for now (calling hours, rate limits) is tried again",
+    )
+    batch: int = Field(
+        default=500, ge=1, le=10000, description="finished attempts settled per dialer step"
+    )
+    max_claim: int = Field(
+        default=200, ge=1, le=5000, description="prospects one campaign claims per step at most"
+    )
+    dial_lead: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="when the campaign pool, not max_concurrent, bounds a campaign: dials "
+        "accepted ahead, waiting for a channel, as a share of the pool — a channel given back "
+        "is taken at once instead of after the dialer's next step (live calls stay within the "
+        "pool and max_concurrent)",
+    )
+    callerid_ttl: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds local presence keeps a campaign's DIDs before reading them again",
+    )
+    health_every: float = Field(
+        default=5.0, gt=0, description="seconds between DID health reviews (rest / restore)"
     )
     abandon_after: float = Field(
         default=1.5,

@@ -35,7 +35,6 @@ from gateway.core.ids import new_id
 
 # The DNC importer's chunked reader and progress callback: one way to stream a file in.
 from gateway.dnc.importer import Progress
-from gateway.dnc.importer import _chunks as read_chunks
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
 from gateway.http.pagination import decode_cursor, page_of
@@ -95,6 +94,22 @@ def _refuse_unsupported(body: CampaignIn) -> None:
         raise ValidationFailed("on_answer is for voice campaigns")
 
 
+async def _check_caller_id(db: asyncpg.Pool, tenant_id: uuid.UUID, body: CampaignIn) -> None:
+    """The caller id fallback (the number local presence falls back to, and every dial's
+    without it) must be one of the tenant's DIDs: refused now, not at each dial."""
+    fallback = body.caller_id.fallback
+    if fallback is None:
+        return
+    if await db.fetchval(
+        "SELECT 1 FROM dids WHERE number = $1 AND tenant_id = $2", str(fallback), tenant_id
+    ):
+        return
+    raise ValidationFailed(
+        f"caller_id.fallback {fallback} is not one of your numbers (GET /v1/dids)",
+        code="unknown_caller_id",
+    )
+
+
 # Run `work` in a transaction that also claims and answers the Idempotency-Key.
 _idempotent = idempotency.in_transaction
 
@@ -108,6 +123,7 @@ async def create(
     digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
     _refuse_unsupported(body)
+    await _check_caller_id(db, tenant_id, body)
     config = body.model_dump(mode="json", exclude={"name", "channel", "purpose"})
 
     async def work(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -271,7 +287,7 @@ async def import_file(
     fh = await asyncio.to_thread(open, path, "rb")
     try:
         total = os.fstat(fh.fileno()).st_size
-        rows = CsvRows(read_chunks(fh, total, progress))
+        rows = CsvRows(fh, total, progress)
         async with db.acquire() as conn, conn.transaction():
             campaign = await conn.fetchrow(
                 "SELECT * FROM campaigns WHERE id = $1 FOR SHARE", campaign_id

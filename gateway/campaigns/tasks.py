@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from campaigns.callerid import CallerIds
-from campaigns.dialer import Dialer
+from campaigns.dialer import POOL, Dialer
 from campaigns.didhealth import HealthPolicy
 from gateway.pipeline.calls import VOICE
 from gateway.pipeline.wiring import CHAIN, PIPELINE
@@ -25,17 +25,26 @@ def campaign_tasks(app: web.Application) -> dict[str, TaskFactory]:
     The window is read on the guardrail chain's clock (looked up at each use, so a clock a
     test injects into the chain governs both)."""
     res = app[RESOURCES]
-    health = res.settings.campaigns.did_health
+    cfg = res.settings.campaigns
+    health = cfg.did_health
     dialer = Dialer(
         db=res.db,
         database_url=res.settings.database_url(),
         calls=app[VOICE].pipeline,
         messages=app[PIPELINE],
         clock=lambda: app[CHAIN].clock(),
-        interval=res.settings.campaigns.interval,
-        orphan_after=res.settings.campaigns.orphan_after,
-        caller_ids=CallerIds(res.db, rules=lambda: _rules(app)),
+        interval=cfg.interval,
+        settle_delay=cfg.settle_delay,
+        orphan_after=cfg.orphan_after,
+        orphan_every=cfg.orphan_every,
+        refused_retry=cfg.refused_retry,
+        batch=cfg.batch,
+        max_claim=cfg.max_claim,
+        pool_size=res.settings.pools.sizes.get(POOL, 0),
+        dial_lead=cfg.dial_lead,
+        caller_ids=CallerIds(res.db, rules=lambda: _rules(app), ttl=cfg.callerid_ttl),
         health=HealthPolicy.from_settings(health),
+        health_every=cfg.health_every,
         lookup=_lookup(res.settings),
         lookup_max_age=health.lookup_max_age,
     )

@@ -9,7 +9,10 @@ of it is durable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +92,7 @@ class MessagePipeline:
         trace_id: str,
         idempotency_key: str | None = None,
         request_digest: bytes = b"",
+        attach: Attach | None = None,
     ) -> Outcome:
         """Decide outside any transaction, then commit with the other accepts in flight.
 
@@ -99,11 +103,16 @@ class MessagePipeline:
         chain (and its rate-limit tokens) runs once per key, and the answer is the one
         that was counted.
         """
+
+        async def plan() -> _Plan:
+            made = await self._plan(principal, req, trace_id)
+            return made if attach is None else dataclasses.replace(made, attach=attach)
+
         if idempotency_key is None:
-            return await self.committer.submit(await self._plan(principal, req, trace_id))
+            return await self.committer.submit(await plan())
 
         async def work(claim: idempotency.Claim) -> Outcome:
-            return await self.committer.submit(await self._plan(principal, req, trace_id), claim)
+            return await self.committer.submit(await plan(), claim)
 
         return await self.gate.run(
             idempotency.Claim(
@@ -190,6 +199,9 @@ class MessagePipeline:
         """Every plan's rows in set-based statements: messages, events, dispatch jobs."""
         stamps = await repo.insert_messages(conn, [p.row for p in plans])
         await emit(conn, *(e for p in plans for e in p.events))
+        for p in plans:
+            if p.attach is not None:
+                await p.attach(conn, p.row["id"])
         await queue.enqueue_many(
             conn,
             [
@@ -221,6 +233,11 @@ class MessagePipeline:
         return Outcome(201, body.model_dump(mode="json", by_alias=True), {})
 
 
+# A row of the caller's written in the accepted message's own transaction (campaigns: the
+# attempt row), so the two commit together or not at all.
+Attach = Callable[[asyncpg.Connection, uuid.UUID], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything decided before the transaction: the row, its events, the verdict."""
@@ -229,3 +246,4 @@ class _Plan:
     events: list[NewEvent]
     verdict: Verdict
     delay: float | None = None  # a deferral's wait in seconds (None: due now)
+    attach: Attach | None = None  # a row of the caller's, written in the message's transaction

@@ -33,8 +33,8 @@ async def test_abandoned_calls_get_the_message_and_the_ratio_goes_down(campaigns
         abandon_message={"say": MESSAGE},
         pacing={
             "mode": "predictive",
-            "max_concurrent": 60,
-            "max_agent_sessions": 40,
+            "max_concurrent": 30,
+            "max_agent_sessions": 20,
             "cps": 100,
             "max_abandon_rate": 0.03,
         },

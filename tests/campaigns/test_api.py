@@ -13,6 +13,15 @@ async def events_of(db, campaign_id: str) -> list[str]:
 
 
 async def test_create_get_list_and_validation(campaigns, make_key, client):
+    # The caller id fallback must be one of the tenant's numbers, in E.164: refused at once.
+    bad = await campaigns.create(expect=422, caller_id={"fallback": "+14155550100"})
+    assert bad["code"] == "unknown_caller_id" and "+14155550100" in bad["detail"]
+    bad = await campaigns.create(expect=422, caller_id={"local_presence": True, "fallback": "42"})
+    assert bad["code"] == "invalid_phone_number" and "fallback" in str(bad)
+    await campaigns.db.execute(
+        "INSERT INTO dids (number, tenant_id, provider, capabilities) "
+        "SELECT '+14155550100', id, 'sandbox', '{voice}' FROM tenants WHERE name = 'acme'"
+    )
     c = await campaigns.create(
         name="spring-renewals",
         caller_id={"fallback": "+14155550100"},

@@ -65,3 +65,49 @@ async def test_csv_import_counts_rejects_and_suppression(campaigns, daemon_env, 
     again = trunkline("campaigns", "import", c["id"], str(path), "--quiet", env=daemon_env)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[0].startswith("imported 99800 rows: 0 added, 99500 dup")
+
+
+async def test_quoted_fields_may_hold_line_breaks(campaigns, tmp_path):
+    """RFC 4180: a quoted field spans lines; rows are reported by the line they start on."""
+    from gateway.campaigns.service import ImportFailed, import_file
+
+    c = await campaigns.create(name="multiline")
+    text = (
+        "number,note,first_name\r\n"
+        '+12125552001,"Call after 5pm,\r\nask for ""Bo""\r\nthen Cy",Bo\r\n'  # lines 2-4
+        "+12125552002,plain,Cy\r\n"  # line 5
+        'not a number,"two\nlines",Di\r\n'  # lines 6-7
+        "+12125552003,,Ed\r\n"  # line 8
+    )
+    path = tmp_path / "multi.csv"
+    path.write_bytes(text.encode())
+    report = await import_file(campaigns.db, c["id"], str(path))
+    assert (report.received, report.added, report.rejected) == (4, 3, 1)
+    assert [(line, value) for line, value, _ in report.rejects] == [(6, "not a number")]
+    row = await campaigns.db.fetchrow(
+        "SELECT variables FROM campaign_prospects WHERE number = '+12125552001'"
+    )
+    assert row["variables"] == {
+        "note": 'Call after 5pm,\r\nask for "Bo"\r\nthen Cy',
+        "first_name": "Bo",
+    }
+
+    # Across the reader's batches, and bytes that are not UTF-8 named by their line.
+    many = ["number,first_name"] + [f"+1212555{3000 + i:04d},N{i}" for i in range(2500)]
+    many[1200] = '+12125557777,"A\nB"'
+    bad = "\n".join(many).encode() + b"\n+12125559999,\xff\xfe\n"
+    path.write_bytes(bad)
+    other = await campaigns.create(name="bytes")
+    try:
+        await import_file(campaigns.db, other["id"], str(path))
+    except ImportFailed as exc:
+        assert "line 2503 is not valid UTF-8" in str(exc), exc
+    else:
+        raise AssertionError("a line that is not UTF-8 was imported")
+    path.write_bytes(bad[: bad.rindex(b"+1212555999")])
+    report = await import_file(campaigns.db, other["id"], str(path))
+    assert (report.received, report.added) == (2500, 2500)
+    got = await campaigns.db.fetchval(
+        "SELECT variables FROM campaign_prospects WHERE number = '+12125557777'"
+    )
+    assert got == {"first_name": "A\nB"}

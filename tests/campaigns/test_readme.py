@@ -70,6 +70,12 @@ async def test_predictive_and_dids_block_answers_as_printed(campaigns):
     text = section()
     sh = re.findall(r"```sh\n(.*?)```", text, re.S)[1]
     (predictive, refused) = bodies(sh)
+    tenant_id = await campaigns.db.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
+    await campaigns.db.execute(  # the caller id fallback must be one of the tenant's numbers
+        "INSERT INTO dids (number, tenant_id, provider, capabilities) "
+        "VALUES ('+14155550100', $1, 'sandbox', '{voice}')",
+        tenant_id,
+    )
     made = await campaigns.request("POST", predictive[0], predictive[2], predictive[1])
     assert made["status"] == "draft" and made["config"]["pacing"]["mode"] == "predictive"
     bad = await campaigns.request("POST", refused[0], refused[2], refused[1])
@@ -77,12 +83,6 @@ async def test_predictive_and_dids_block_answers_as_printed(campaigns):
     got = await campaigns.get(made["id"])
     assert got["stats"]["dial_ratio"] == 1.0 and got["stats"]["abandon_rate_30d"] is None
 
-    tenant_id = await campaigns.db.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
-    await campaigns.db.execute(
-        "INSERT INTO dids (number, tenant_id, provider, capabilities) "
-        "VALUES ('+14155550100', $1, 'sandbox', '{voice}')",
-        tenant_id,
-    )
     dids = await campaigns.request("GET", "/v1/dids", 200)
     printed = sh[sh.index("# 200 {") :]
     (did,) = dids["data"]

@@ -96,6 +96,10 @@ class Script:
     statuses: list[str] | None = None  # callback sequence as sent: reorder/duplicate freely
     callback_error_code: int | None = None  # ErrorCode on failed/undelivered callbacks
     call_outcome: CallOutcome = "completed"
+    # What answering-machine detection concludes when the create asked MachineDetection (with
+    # DetectMessageEnd, after the greeting: human, machine_end_beep, machine_end_silence,
+    # machine_end_other, fax, unknown); with Enable a machine is machine_start, told at once.
+    answered_by: str = "human"
     # Statuses whose callback is lost on the way (we were down, answered 503, Twilio does not
     # retry): the resource still moves to them, so a fetch tells what the callback would have.
     lost_callbacks: frozenset[str] = frozenset()
@@ -437,7 +441,8 @@ class FakeTwilio:
         self.calls[sid] = call
         call["_callback"] = form.get("StatusCallback") if script.callbacks else None
         call["_events"] = set(form.getall("StatusCallbackEvent", [])) or {"completed"}
-        call["_amd"] = bool(form.get("MachineDetection"))
+        call["_amd"] = form.get("MachineDetection") or None
+        call["_answered_by"] = script.answered_by
         call["_lost"] = script.lost_callbacks
         statuses = script.statuses or _CALL_PROGRESS[script.call_outcome]
         self._call_tasks[sid] = self._spawn(self._call_progress(call, statuses))
@@ -454,7 +459,7 @@ class FakeTwilio:
         call["date_updated"] = _now()
         if status == "in-progress":
             call["start_time"] = _now()
-            call["answered_by"] = "human" if call["_amd"] else None
+            call["answered_by"] = _answered_by(call["_amd"], call["_answered_by"])
         if status in _CALL_TERMINAL:
             call["end_time"] = _now()
             call["duration"] = "0"
@@ -487,7 +492,16 @@ class FakeTwilio:
         call = self.calls.get(request.match_info["sid"])
         if call is None:
             return self._error(20404, path=request.path)
-        wanted = (await _form(request)).get("Status")
+        form = await _form(request)
+        wanted = form.get("Status")
+        twiml = form.get("Twiml") or ""
+        if call["status"] == "in-progress" and twiml.rstrip().endswith("<Hangup/></Response>"):
+            # Twilio runs the new TwiML: what it says, then the hang-up ends the call.
+            task = self._call_tasks.pop(call["sid"], None)
+            if task is not None and not task.done():
+                task.cancel()
+            self._call_tasks[call["sid"]] = self._spawn(self._call_status(call, "completed"))
+            return web.json_response(_public(call))
         if wanted in ("completed", "canceled"):
             if call["status"] in _CALL_TERMINAL:
                 return self._error(21220)
@@ -563,6 +577,15 @@ class FakeTwilio:
                 sent.status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             sent.error = repr(exc)
+
+
+def _answered_by(machine_detection: str | None, concluded: str) -> str | None:
+    """AnsweredBy as Twilio reports it for the MachineDetection asked (none: no AMD)."""
+    if machine_detection is None:
+        return None
+    if machine_detection == "Enable" and concluded.startswith("machine_end"):
+        return "machine_start"  # Enable answers at the start of the greeting
+    return concluded
 
 
 def _public(call: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,15 @@ dies mid-action loses nothing.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
+from campaigns import pacing
 from gateway import queue
 from gateway.calls import repo
 from gateway.calls.service import (
@@ -38,6 +41,8 @@ from sip import calls as sip_calls
 from sip.asterisk import AsteriskVoice
 
 log = get_logger(__name__)
+
+SEAT_RETRY = 0.2  # seconds between tries for a free agent session (campaigns)
 
 # Providers whose own events say when two legs are bridged (AMI BridgeEnter, the sandbox).
 _REPORTS_BRIDGES = (AsteriskVoice, SandboxVoice)
@@ -152,7 +157,9 @@ class CallController:
         agent: dict[str, Any] = dict(call["agent"] or {})
         if agent and agent.get("state") != "requested":
             return  # dialled already
-        if not agent:
+        if not agent and not await self._take_seat(call):
+            return
+        if not agent or agent.get("seat"):
             agent = await self._new_agent_leg(call)
             if not agent:
                 return
@@ -169,6 +176,33 @@ class CallController:
         )
         if result.joined:
             await self._joined(call, voice, "agent")
+
+    async def _take_seat(self, call: asyncpg.Record) -> bool:
+        """A campaign with `max_agent_sessions`: the answered call takes one of its agent
+        sessions (campaigns/pacing.py take_seat) or waits for one — tried again every
+        `SEAT_RETRY` s until `campaigns.abandon_after`, when the abandon check plays the
+        message. Any other call: always."""
+        campaign_id = (call["metadata"] or {}).get("campaign_id")
+        if campaign_id is None:
+            return True
+        async with self.db.acquire() as conn, conn.transaction():
+            config = await self._campaign_config(conn, call)
+            seats = ((config or {}).get("pacing") or {}).get("max_agent_sessions")
+            if not seats:
+                return True
+            taken = await pacing.take_seat(conn, uuid.UUID(campaign_id), call["id"], int(seats))
+            if taken is not False:
+                return bool(taken)  # None: not answered any more, or seated by another run
+            waited, now = await conn.fetchrow(
+                "SELECT extract(epoch FROM now() - $1::timestamptz)::float8, now()",
+                call["answered_at"],
+            )
+            if waited + SEAT_RETRY < self.settings.campaigns.abandon_after:
+                raise queue.Reschedule(
+                    now + timedelta(seconds=SEAT_RETRY), "no free agent session yet"
+                )
+            await emit(conn, event(call, "no_agent_session", {"max_agent_sessions": seats}))
+        return False
 
     async def _new_agent_leg(self, call: asyncpg.Record) -> dict[str, Any] | None:
         """Create the agent session (if asked for one) and record the leg about to be dialled."""
@@ -198,7 +232,8 @@ class CallController:
             agent["sip_uri"] = on_answer["bridge_to"]
         async with self.db.acquire() as conn, conn.transaction():
             fresh = await repo.get_call(conn, call["id"], lock=True)
-            if fresh is None or fresh["agent"] or fresh["status"] != "answered":
+            held = fresh["agent"] if fresh is not None else None
+            if fresh is None or (held and not held.get("seat")) or fresh["status"] != "answered":
                 return None
             await repo.update_call(conn, call["id"], agent=agent)
             events.append(event(call, "agent_dialing", {"sip_uri": agent["sip_uri"]}))
@@ -218,11 +253,12 @@ class CallController:
             if config is None:
                 return
             message = (config.get("abandon_message") or {}).get("say")
+            since = await _since_answer(conn, fresh)
             detail = "answered by a person, not connected to its target within 2 s"
             await repo.update_call(conn, call["id"], error_code="abandoned", error_detail=detail)
             campaign_id = fresh["metadata"]["campaign_id"]
             await emit(conn, event(fresh, "abandoned", {"campaign_id": campaign_id}))
-        await self._say_then_end(fresh, message, "abandon_message", reason="abandoned")
+        await self._say_then_end(fresh, message, "abandon_message", since, reason="abandoned")
 
     async def _op_voicemail_drop(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         """A campaign call (on_machine voicemail_drop) an answering machine took: its
@@ -239,6 +275,7 @@ class CallController:
                 "SELECT variables FROM campaign_prospects WHERE id = $1",
                 int(fresh["metadata"].get("prospect_id") or 0),
             )
+            since = await _since_answer(conn, fresh)
             template = (config.get("voicemail") or {}).get("say") or ""
             try:
                 message = render("voicemail", template, dict(variables or {}))
@@ -250,7 +287,12 @@ class CallController:
                 conn, call["id"], error_code="voicemail_dropped", error_detail=detail
             )
         await self._say_then_end(
-            fresh, message, "voicemail_drop", reason="voicemail_dropped", after_greeting=True
+            fresh,
+            message,
+            "voicemail_drop",
+            since,
+            reason="voicemail_dropped",
+            after_greeting=True,
         )
 
     async def _campaign_config(
@@ -273,12 +315,15 @@ class CallController:
         call: asyncpg.Record,
         message: str | None,
         kind: str,
+        since: tuple[float, float],
         *,
         reason: str,
         after_greeting: bool = False,
     ) -> None:
         """Play `message` and let the provider end the call; one that cannot play (or no
-        message) gets an ordinary hangup. `call.<kind>` says which, and when after the answer."""
+        message) gets an ordinary hangup. `call.<kind>` says which, and when after the answer
+        the provider had it (`since`: seconds after the answer on the database's clock, at
+        this process's monotonic instant — not later, when the event is written)."""
         played, why = False, "no message"
         if message:
             try:
@@ -288,14 +333,11 @@ class CallController:
                 played, why = True, None
             except ProviderError as exc:  # cannot play (say_unsupported) or the call is gone
                 why = exc.code or str(exc)
+        after_ms = round((since[0] + time.monotonic() - since[1]) * 1000)
         async with self.db.acquire() as conn, conn.transaction():
             fresh = await repo.get_call(conn, call["id"], lock=True)
             if fresh is None:
                 return
-            after_ms = await conn.fetchval(
-                "SELECT round(extract(epoch FROM now() - $1::timestamptz) * 1000)::int",
-                fresh["answered_at"],
-            )
             data: dict[str, Any] = {"played": played, "after_answer_ms": after_ms, "say": message}
             if why is not None:
                 data["not_played"] = why
@@ -339,3 +381,11 @@ class CallController:
         call = await repo.get_call(self.db, uuid.UUID(job.payload["call_id"]))
         if call is not None:
             await self._failed(call, job.payload.get("op", "?"), RuntimeError(reason))
+
+
+async def _since_answer(conn: asyncpg.Connection, call: asyncpg.Record) -> tuple[float, float]:
+    """(seconds since the call's answer on the database's clock, monotonic now)."""
+    seconds = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", call["answered_at"]
+    )
+    return seconds, time.monotonic()
