@@ -153,10 +153,10 @@ class WorkflowEngine:
                 assert isinstance(req, SendMessage)
                 outcome = await self._message(conn, run, req, i, key, digest)
                 kind, ref = "message", "message_id"
-        except ValidationFailed:
-            raise
-        except Problem as exc:  # not stored under the key (pool full, 503, key in flight)
-            raise queue.RetryableError(f"{exc.code}: {exc.detail}") from exc
+        except Problem as exc:  # stored nowhere: the key is free for the next try
+            if exc.status in (409, 429) or exc.status >= 500:  # key in flight, pool full, 503
+                raise queue.RetryableError(f"{exc.code}: {exc.detail}") from exc
+            raise ValidationFailed(exc.detail, code=exc.code) from exc  # retrying cannot help
         body = outcome.body if isinstance(outcome.body, dict) else {}
         subject = body.get("id") or body.get(ref)
         if 200 <= outcome.status < 300:  # 201: stored, the send or dial follows

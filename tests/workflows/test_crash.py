@@ -71,11 +71,11 @@ def worker(env: dict[str, str], config: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def until(check, timeout: float) -> None:
+async def until(check, timeout: float, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(every)
 
 
 async def test_kill_9_mid_run(pg_pool, make_key, daemon_env, redis_url, tmp_path):
@@ -96,28 +96,39 @@ async def test_kill_9_mid_run(pg_pool, make_key, daemon_env, redis_url, tmp_path
             trace_id=f"{n:032x}",
         )
 
-    async def messages() -> int:
-        return await pg_pool.fetchval("SELECT count(*) FROM messages")
-
-    first = worker(daemon_env, str(config))
-    try:
-        await until(lambda: _at_least(messages, RUNS), timeout=60)
-    finally:
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
-    at_kill = await messages()
+    # Kill a worker while a step has sent (its message is committed) and not yet recorded
+    # itself done: the state a crash must not turn into a second send. Seen from outside, it
+    # is a run still at a step whose message exists; after the kill it stays that way.
+    cut: set[tuple[str, str]] = set()
+    for _ in range(5):
+        first = worker(daemon_env, str(config))
+        try:
+            # mid-run: once every run has sent its first text
+            await until(lambda: _mid_step(pg_pool, after=RUNS), timeout=60, every=0.002)
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+        cut = await _mid_step(pg_pool)
+        if cut:
+            break
+    assert cut, "no worker was killed between a send and its step's record"
+    at_kill = await pg_pool.fetchval("SELECT count(*) FROM messages")
     second = worker(daemon_env, str(config))
     try:
         await until(lambda: _all_completed(pg_pool), timeout=90)
     finally:
         second.terminate()
         second.wait(30)
-    replayed = await pg_pool.fetchval(
-        "SELECT count(*) FROM workflow_steps WHERE (detail->>'replayed')::boolean"
-    )
-    print(f"killed at {at_kill} of {RUNS * 3} messages; {replayed} steps replayed their send")
-    assert at_kill < RUNS * 3, "the worker finished before it was killed: nothing was tested"
+    print(f"killed at {at_kill} of {RUNS * 3} messages, {len(cut)} step(s) cut after the send")
 
+    # The cut steps were taken again, and their send replayed (the same message).
+    for run, step in cut:
+        detail = await pg_pool.fetchval(
+            "SELECT detail FROM workflow_steps WHERE run_id = $1::uuid AND step = $2",
+            run,
+            int(step),
+        )
+        assert detail.get("replayed") is True, (run, step, detail)
     rows = await pg_pool.fetch(
         """
         SELECT metadata->>'workflow_run_id' AS run, metadata->>'workflow_step' AS step, body
@@ -138,8 +149,20 @@ async def test_kill_9_mid_run(pg_pool, make_key, daemon_env, redis_url, tmp_path
     assert {r["outcome"]: r["n"] for r in steps} == {"accepted": RUNS * 3, "elapsed": RUNS * 2}
 
 
-async def _at_least(count, n: int) -> bool:
-    return await count() >= n
+async def _mid_step(pool, after: int = 0) -> set[tuple[str, str]]:
+    """(run, step) of runs still at a step whose message has been created (once there are
+    `after` messages)."""
+    if after and await pool.fetchval("SELECT count(*) FROM messages") < after:
+        return set()
+    rows = await pool.fetch(
+        """
+        SELECT m.metadata->>'workflow_run_id' AS run, m.metadata->>'workflow_step' AS step
+          FROM messages m
+          JOIN workflow_runs r ON r.id = (m.metadata->>'workflow_run_id')::uuid
+         WHERE r.status = 'running' AND r.step = (m.metadata->>'workflow_step')::int
+        """
+    )
+    return {(r["run"], r["step"]) for r in rows}
 
 
 async def _all_completed(pool) -> bool:

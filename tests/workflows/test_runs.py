@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+from aiohttp import web
+
+from tests.helpers import eventually
 from tests.workflows.conftest import CUSTOMER
 
 REMINDER = [
@@ -129,22 +132,42 @@ async def test_cancel_stops_a_waiting_run(flows):
     assert len(await flows.sent(run["id"])) == 1
 
 
-async def test_workflow_events(flows):
+async def test_workflow_events_reach_the_log_and_webhook_endpoints(flows, aiohttp_server):
+    got: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/events", hook)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}/events"
+    await flows.post("/v1/webhook-endpoints", {"url": url, "event_types": ["workflow.*"]}, 201)
     wf = await flows.define([REMINDER[0]])
     run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
     await flows.status(run["id"], "completed")
-
-    async def types() -> list[str]:
-        rows = await flows.db.fetch(
-            "SELECT type FROM events WHERE subject = $1 ORDER BY id", run["id"]
-        )
-        return [r["type"] for r in rows]
-
-    assert await types() == [
+    want = [
         "workflow.run.started",
         "workflow.step.started",
         "workflow.step.completed",
         "workflow.run.completed",
     ]
+
+    async def page() -> list[dict]:
+        out = await flows.get("/v1/events/page?types=workflow.*")
+        return out["data"] if len(out["data"]) == len(want) else []
+
+    events = await eventually(page)
+    assert [e["type"] for e in events] == want
+    assert {e["subject"] for e in events} == {run["id"]}
+    assert {e["trace_id"] for e in events} == {run["trace_id"]}
+    assert events[2]["data"]["outcome"] == "accepted"
+    await eventually(lambda: _enough(got, len(want)))
+    assert sorted(e["type"] for e in got) == sorted(want)
     trace = await flows.get(f"/v1/traces/{run['trace_id']}")
     assert len(trace["messages"]) == 1
+
+
+async def _enough(got: list, n: int) -> bool:
+    return len(got) >= n
