@@ -33,6 +33,9 @@ class MeterEventSender:
     def __init__(self, cfg: StripeBillingSettings) -> None:
         if cfg.api_key is None:
             raise ValueError("billing.stripe.api_key is required")
+        # The SDK's telemetry reads (and first writes) ~/.config/stripe/telemetry_id inside a
+        # request: file I/O on the event loop, in a daemon's home. Off, process-wide.
+        stripe.enable_telemetry = False
         self.timeout = cfg.timeout
         self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=cfg.timeout))
         self.client = stripe.StripeClient(
