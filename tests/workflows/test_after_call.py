@@ -128,3 +128,41 @@ async def test_a_call_step_waits_for_its_end_and_branches_on_the_outcome(flows):
     done = await flows.status(engaged["id"], "completed")
     assert [s["outcome"] for s in done["timeline"]] == ["accepted", "busy", "then", "accepted"]
     assert [m["body"] for m in await flows.sent(engaged["id"])] == ["We tried to call you."]
+
+
+async def test_an_inbound_message_starts_a_run_that_answers_the_sender(flows):
+    wf = await flows.post(
+        "/v1/workflows",
+        {
+            "name": "auto-reply",
+            "trigger": {"event": "message.received"},
+            "steps": [
+                {
+                    "send": {
+                        "channel": "sms",
+                        "to": "{{to}}",
+                        "body": "We got '{{body}}' and will answer soon.",
+                        "purpose": "transactional",
+                    }
+                }
+            ],
+        },
+        201,
+    )
+    await flows.reply("Can I move my appointment?")
+
+    async def answered() -> list[dict]:
+        page = await flows.get(f"/v1/workflows/{wf['id']}/runs?status=completed")
+        return page["data"]
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (runs := await answered()):
+        assert asyncio.get_running_loop().time() < deadline, "no run answered the message"
+        await asyncio.sleep(0.05)
+    [run] = runs
+    [sent] = await flows.sent(run["id"])
+    assert sent["to_number"] == CUSTOMER
+    assert sent["body"] == "We got 'Can I move my appointment?' and will answer soon."
+    # its own answer is outbound: it starts nothing more
+    await asyncio.sleep(0.5)
+    assert len((await flows.get(f"/v1/workflows/{wf['id']}/runs"))["data"]) == 1

@@ -3,7 +3,6 @@ webhook step's signed POST, variable branches, lists and tenants."""
 
 from __future__ import annotations
 
-import pytest
 from aiohttp import web
 
 from gateway.webhooks import signing
@@ -13,25 +12,25 @@ from tests.workflows.conftest import CUSTOMER
 SMS = {"channel": "sms", "to": "{{to}}", "body": "Hi {{name}}", "purpose": "transactional"}
 
 
-@pytest.mark.parametrize(
-    ("steps", "step", "says"),
-    [
-        ([{"send": {**SMS, "purpose": "sales"}}], 0, "purpose"),
-        ([{"send": {"channel": "sms", "to": "{{to}}"}}], 0, "body or template"),
-        ([{"send": SMS}, {"send": {**SMS, "to": "12"}}], 1, "to"),
-        ([{"send": {"channel": "call", "to": "{{to}}", "ring_timeout": 1}}], 0, "ring_timeout"),
-        ([{"wait": {"until": "message.inbound", "timeout": "1d"}}], 0, "earlier message send"),
-        ([{"send": SMS}, {"wait": {"until": "message.inbound"}}], 1, "timeout"),
-        ([{"send": SMS}, {"branch": {"if": "refused", "then": "nowhere"}}], 1, "no step"),
-        ([{"id": "a", "send": SMS}, {"branch": {"if": "refused", "then": "a"}}], 1, "later"),
-        ([{"id": "a", "send": SMS}, {"id": "a", "send": SMS}], 1, "taken"),
-    ],
-)
-async def test_a_bad_step_is_a_422_naming_it(flows, steps, step, says):
-    problem = await flows.post("/v1/workflows", {"name": "bad", "steps": steps}, 422)
-    assert problem["code"] == "workflow_invalid_step", problem
-    assert problem["step"] == step
-    assert f"steps[{step}]" in problem["detail"] and says in problem["detail"], problem
+BAD = [
+    ([{"send": {**SMS, "purpose": "sales"}}], 0, "purpose"),
+    ([{"send": {"channel": "sms", "to": "{{to}}"}}], 0, "body or template"),
+    ([{"send": SMS}, {"send": {**SMS, "to": "12"}}], 1, "to"),
+    ([{"send": {"channel": "call", "to": "{{to}}", "ring_timeout": 1}}], 0, "ring_timeout"),
+    ([{"wait": {"until": "message.inbound", "timeout": "1d"}}], 0, "earlier message send"),
+    ([{"send": SMS}, {"wait": {"until": "message.inbound"}}], 1, "timeout"),
+    ([{"send": SMS}, {"branch": {"if": "refused", "then": "nowhere"}}], 1, "no step"),
+    ([{"id": "a", "send": SMS}, {"branch": {"if": "refused", "then": "a"}}], 1, "later"),
+    ([{"id": "a", "send": SMS}, {"id": "a", "send": SMS}], 1, "taken"),
+]
+
+
+async def test_a_bad_step_is_a_422_naming_it(flows):
+    for steps, step, says in BAD:
+        problem = await flows.post("/v1/workflows", {"name": "bad", "steps": steps}, 422)
+        assert problem["code"] == "workflow_invalid_step", problem
+        assert problem["step"] == step
+        assert f"steps[{step}]" in problem["detail"] and says in problem["detail"], problem
 
 
 async def test_structural_errors_name_the_step(flows):
