@@ -54,7 +54,9 @@ def workflow_tasks(app: web.Application) -> dict[str, TaskFactory]:
                 QUEUE,
                 engine.handle,
                 on_bury=engine.on_bury,
-                concurrency=cfg.concurrency,
+                # A step holds its run's row lock (a pooled connection) while the pipeline
+                # uses others: never more steps at once than a third of the pool.
+                concurrency=min(cfg.concurrency, max(1, res.settings.database.max_size // 3)),
                 lease=cfg.lease,
                 outages=res.outages,
                 counters=res.counters,

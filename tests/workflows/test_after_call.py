@@ -166,3 +166,14 @@ async def test_an_inbound_message_starts_a_run_that_answers_the_sender(flows):
     # its own answer is outbound: it starts nothing more
     await asyncio.sleep(0.5)
     assert len((await flows.get(f"/v1/workflows/{wf['id']}/runs"))["data"]) == 1
+
+
+async def test_a_triggered_run_missing_a_variable_fails_at_that_step(flows):
+    wf = await flows.post("/v1/workflows", AFTER_CALL, 201)
+    call_id = await place_agent_call(flows, metadata={})  # no name for {{name}}
+    run = await triggered_run(flows, wf["id"], call_id)
+    failed = await flows.status(run["id"], "failed")
+    [step] = failed["timeline"]
+    assert (step["status"], step["outcome"]) == ("failed", "missing_template_variable")
+    assert "name" in failed["error"]
+    assert await flows.sent(run["id"]) == []
