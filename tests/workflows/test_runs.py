@@ -171,3 +171,23 @@ async def test_workflow_events_reach_the_log_and_webhook_endpoints(flows, aiohtt
 
 async def _enough(got: list, n: int) -> bool:
     return len(got) >= n
+
+
+async def test_once_a_cancel_has_answered_nothing_more_is_sent(flows):
+    """Cancel a run in the middle of its sends: the step being taken finishes (the cancel
+    waits for the run's lock), and after the answer no message is added."""
+    texts = [
+        {"send": {"channel": "sms", "to": "{{to}}", "body": f"{n}", "purpose": "transactional"}}
+        for n in range(20)
+    ]
+    wf = await flows.define(texts)
+    run = await flows.start(wf["id"], to=CUSTOMER)
+    await flows.until(run["id"], lambda r: len(r["timeline"]) >= 2)
+    canceled = await flows.post(f"/v1/workflow-runs/{run['id']}/cancel", {}, 200)
+    assert canceled["status"] == "canceled"
+    at_cancel = len(await flows.sent(run["id"]))
+    assert at_cancel < len(texts)
+    await asyncio.sleep(0.5)
+    assert len(await flows.sent(run["id"])) == at_cancel
+    done = [s for s in canceled["timeline"] if s["status"] == "done"]
+    assert len(done) == at_cancel  # every message sent is a step recorded before the cancel
