@@ -77,7 +77,7 @@ async def accept_load_n(base: str, token: str, concurrency: int, total: int) -> 
                 key = {"Idempotency-Key": uuid.uuid4().hex}
                 async with session.post("/v1/messages", json=body, headers=headers | key) as r:
                     await r.read()
-                    if r.status != 202:
+                    if r.status not in (201, 202):  # created (202 before 201s came)
                         raise RuntimeError(f"accept answered {r.status}: {await r.text()}")
 
         start = time.perf_counter()

@@ -72,3 +72,33 @@ class LuaScript:
         exists = await client.script_exists(self.sha)
         if not exists[0]:
             await client.script_load(self.source)
+
+    async def run_many(
+        self,
+        client: aioredis.Redis,
+        calls: Sequence[tuple[Sequence[EncodableT], Sequence[EncodableT]]],
+    ) -> list[Any]:
+        """Many runs (keys, args) in one round trip: a pipeline, not a transaction, so each
+        run is atomic on its own exactly as separate calls would be. A run that met NOSCRIPT
+        did nothing; only those are sent again once the script is loaded."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    results[i] = answer
+            if not missing:
+                break
+            await client.script_load(self.source)
+            todo = missing
+        return results

@@ -37,7 +37,14 @@ from gateway.messages.batch_repo import AttemptOutcome
 from gateway.messages.service import StatusMove, apply_status, apply_statuses
 from gateway.messages.states import FINAL
 from gateway.outage import unavailable
-from gateway.providers.breaker import AllProvidersOpen, Outcome, Permit, choose
+from gateway.providers.breaker import (
+    Admission,
+    AllProvidersOpen,
+    CircuitBreaker,
+    Outcome,
+    Permit,
+    choose,
+)
 from gateway.providers.contracts import PermanentProviderError, ProviderError, SendResult
 from gateway.providers.health import ProviderHealth
 from gateway.providers.registry import ProviderRegistry
@@ -75,6 +82,11 @@ class MessageDispatcher:
     _loads: Coalescer[uuid.UUID, asyncpg.Record | None] = field(init=False, repr=False)
     _opens: Coalescer[_Opening, dict] = field(init=False, repr=False)
     _outcomes: Coalescer[_Sent, None] = field(init=False, repr=False)
+    # per breaker: the admissions and outcomes of the sends in flight, one Redis round trip
+    _admits: dict[str, Coalescer[None, Admission]] = field(init=False, default_factory=dict)
+    _records: dict[str, Coalescer[tuple[Permit, Outcome, float], bool]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self._loads = Coalescer(self._load_many, name="dispatch-load", max_batch=self.max_batch)
@@ -84,8 +96,25 @@ class MessageDispatcher:
         )
 
     async def aclose(self) -> None:
-        for batcher in (self._loads, self._opens, self._outcomes):
+        batchers = [self._loads, self._opens, self._outcomes]
+        for batcher in [*batchers, *self._admits.values(), *self._records.values()]:
             await batcher.aclose()
+
+    async def _admit_shared(self, breaker: CircuitBreaker) -> Admission:
+        batcher = self._admits.get(breaker.name)
+        if batcher is None:
+            batcher = self._admits[breaker.name] = Coalescer(
+                lambda items: breaker.admit_many(len(items)), name=f"admit:{breaker.name}"
+            )
+        return await batcher.submit(None)
+
+    def _recorder(self, breaker: CircuitBreaker) -> Coalescer[tuple[Permit, Outcome, float], bool]:
+        batcher = self._records.get(breaker.name)
+        if batcher is None:
+            batcher = self._records[breaker.name] = Coalescer(
+                breaker.record_many, name=f"record:{breaker.name}"
+            )
+        return batcher
 
     async def __call__(self, job: queue.Job) -> None:
         message_id = uuid.UUID(job.payload["message_id"])
@@ -317,7 +346,8 @@ class MessageDispatcher:
         """Feed the breaker; with Redis away the provider's answer matters more than one
         sample of its health, so the outcome is dropped and the dispatch goes on."""
         try:
-            await self.health.breaker(provider).record(permit, outcome, latency_s)
+            breaker = self.health.breaker(provider)
+            await self._recorder(breaker).submit((permit, outcome, latency_s))
         except Exception as exc:
             if unavailable(exc) is None:
                 raise
@@ -369,7 +399,7 @@ class MessageDispatcher:
             if failed_here:
                 first, second = second, first
         try:
-            breaker, permit = await choose(first, second)
+            breaker, permit = await choose(first, second, admit=self._admit_shared)
         except AllProvidersOpen as exc:
             now = datetime.now(UTC)
             until = now + timedelta(seconds=max(1.0, exc.retry_after_s))

@@ -353,6 +353,16 @@ class CircuitBreaker:
         """Like `allow`, also saying the state and how long until a permit may be granted."""
         permit_id = uuid.uuid4().hex
         raw = await allow_script(self.redis, self.keys, [*self.config.argv(), permit_id])
+        return await self._admission(permit_id, raw)
+
+    async def admit_many(self, n: int) -> list[Admission]:
+        """`n` admissions in one round trip, decided one by one as `n` calls of `admit`."""
+        argv = self.config.argv()
+        ids = [uuid.uuid4().hex for _ in range(n)]
+        raws = await allow_script.run_many(self.redis, [(self.keys, [*argv, i]) for i in ids])
+        return [await self._admission(i, raw) for i, raw in zip(ids, raws, strict=True)]
+
+    async def _admission(self, permit_id: str, raw: list[Any]) -> Admission:
         granted, gen, state, retry, out = raw
         await self._report(out)
         permit = None
@@ -368,6 +378,24 @@ class CircuitBreaker:
         `latency_s` defaults to the time since the permit was issued. With
         `slow_call_seconds` set, a slower call counts as an error even if it succeeded.
         """
+        counted, out = await record_script(
+            self.redis, self.keys, self._record_args(permit, outcome, latency_s)
+        )
+        await self._report(out)
+        return bool(counted)
+
+    async def record_many(self, outcomes: list[tuple[Permit, Outcome, float | None]]) -> list[bool]:
+        """Several `record`s in one round trip, applied one by one in this order."""
+        calls = [(self.keys, self._record_args(*o)) for o in outcomes]
+        counted = []
+        for raw in await record_script.run_many(self.redis, calls):
+            await self._report(raw[1])
+            counted.append(bool(raw[0]))
+        return counted
+
+    def _record_args(
+        self, permit: Permit, outcome: Outcome, latency_s: float | None
+    ) -> list[EncodableT]:
         if permit.breaker != self.name:
             raise ValueError(f"permit of breaker {permit.breaker!r} recorded on {self.name!r}")
         code = _OUTCOME_CODES[outcome]
@@ -376,7 +404,7 @@ class CircuitBreaker:
         limit = self.config.slow_call_seconds
         slow = limit is not None and latency_s >= limit
         error = outcome != "success" or slow
-        args: list[EncodableT] = [
+        return [
             *self.config.argv(),
             permit.generation,
             int(permit.trial),
@@ -386,9 +414,6 @@ class CircuitBreaker:
             int(slow),
             max(0, round(latency_s * 1000)),
         ]
-        counted, out = await record_script(self.redis, self.keys, args)
-        await self._report(out)
-        return bool(counted)
 
     async def state(self) -> State:
         return (await self.snapshot()).state
@@ -448,21 +473,26 @@ class CircuitBreaker:
                 log.exception("breaker_transition_hook_failed", breaker=self.name)
 
 
+Admit = Callable[[CircuitBreaker], Awaitable[Admission]]
+
+
 async def choose(
-    primary: CircuitBreaker, fallback: CircuitBreaker | None = None
+    primary: CircuitBreaker, fallback: CircuitBreaker | None = None, *, admit: Admit | None = None
 ) -> tuple[CircuitBreaker, Permit]:
     """The breaker (provider) to call and its permit: the primary while it admits calls.
 
     Raises AllProvidersOpen, with the soonest time either may admit a call again, so the
-    caller reschedules the work instead of dropping it.
+    caller reschedules the work instead of dropping it. `admit` asks a breaker (default:
+    its `admit()`; a dispatcher may share one round trip among its calls in flight).
     """
-    first = await primary.admit()
+    ask = admit or (lambda breaker: breaker.admit())
+    first = await ask(primary)
     if first.permit is not None:
         return primary, first.permit
     states = {primary.name: first.state}
     retry = first.retry_after_s
     if fallback is not None:
-        second = await fallback.admit()
+        second = await ask(fallback)
         if second.permit is not None:
             return fallback, second.permit
         states[fallback.name] = second.state

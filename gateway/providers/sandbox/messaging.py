@@ -25,9 +25,11 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.batching import Coalescer
 from gateway.core.actions import OutboundAction
 from gateway.logs import get_logger
 from gateway.outage import unavailable
@@ -90,6 +92,10 @@ class SandboxMessaging(MessagingProvider):
         self.sink = sink
         self.receipt_delay = receipt_delay
         self._tasks: set[asyncio.Task[None]] = set()
+        # Concurrent sends share a round trip (each still its own atomic script run).
+        self._sends: Coalescer[tuple[list[str], list[str]], list[Any]] = Coalescer(
+            lambda calls: _SEND.run_many(self.redis, calls), name=f"sandbox-send:{name}"
+        )
 
     def _key(self, *parts: str) -> str:
         return ":".join(("tl:sandbox", self.name, *parts))
@@ -120,8 +126,8 @@ class SandboxMessaging(MessagingProvider):
                     ambiguous=False,
                 )
         new_id = "SB" + secrets.token_hex(16)
-        fresh, stored = await _SEND(
-            self.redis, [self._key("idem", attempt_key), self._key("sent", attempt_key)], [new_id]
+        fresh, stored = await self._sends.submit(
+            ([self._key("idem", attempt_key), self._key("sent", attempt_key)], [new_id])
         )
         if not fresh:
             # The same attempt key was sent before: the same message, not a new one.
@@ -154,6 +160,7 @@ class SandboxMessaging(MessagingProvider):
                 break
 
     async def close(self) -> None:
+        await self._sends.aclose()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
