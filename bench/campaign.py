@@ -16,7 +16,8 @@ with `--no-profile` or without py-spy). Where utilisation goes: a channel's turn
 permit released → the next permit taken, while work remains) and the dial lead time (a
 prospect claimed → its call accepted → its permit taken), means and p90s from the event log.
 
-    python -m bench.campaign [--prospects 10000] [--channels 60] [--hold 1.0] [--no-profile]
+    python -m bench.campaign [--prospects 10000] [--channels 60] [--hold 1.0] [--lead 0.25]
+                             [--no-profile]
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from gateway.tenants.service import create_tenant
 NPAS = ["212", "312", "415", "617", "713", "305", "206", "303", "404", "503"]
 
 
-def config_file(channels: int, hold: float) -> Path:
-    text = f"""
+def config_file(channels: int, hold: float, lead: float | None = None) -> Path:
+    text = "" if lead is None else f"[campaigns]\ndial_lead = {lead}\n"
+    text += f"""
 [providers.sandbox]
 receipt_delay = 0.02
 
@@ -271,6 +273,9 @@ def main() -> None:
     parser.add_argument("--prospects", type=int, default=10000)
     parser.add_argument("--channels", type=int, default=60)
     parser.add_argument("--hold", type=float, default=1.0, help="seconds an answered call lasts")
+    parser.add_argument(
+        "--lead", type=float, default=None, help="campaigns.dial_lead (default: the setting's)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="no py-spy (no dialer share)")
     args = parser.parse_args()
     spy = None if args.no_profile else shutil.which("py-spy", path=str(Path(sys.executable).parent))
@@ -279,7 +284,9 @@ def main() -> None:
         campaign_id = asyncio.run(provision(services.database_url, args.prospects, args.channels))
         port = free_port()
         env = daemon_env(
-            services, port, TRUNKLINE_CONFIG=str(config_file(args.channels, args.hold))
+            services,
+            port,
+            TRUNKLINE_CONFIG=str(config_file(args.channels, args.hold, args.lead)),
         )
         command = ["-m", "gateway.cli", "run", "--role", "all"]
         if spy:

@@ -9,7 +9,8 @@ Each step, on a NOTIFY of the event log (every call or message change emits one)
 2. **Orphans.** A prospect claimed by a worker that died before its call committed is still
    `dialing` with no attempt row for its n: it is dialled again, under the SAME
    Idempotency-Key — which cannot create a second call (DESIGN principle 4).
-3. **Claims.** Per running campaign, under its row lock (FOR UPDATE SKIP LOCKED: another worker
+3. **Claims** (done right after the outcomes, before the orphans and the DID reviews, so
+   that upkeep never sits between a call's end and the next dial). Per running campaign, under its row lock (FOR UPDATE SKIP LOCKED: another worker
    takes another campaign meanwhile): free = max_concurrent − prospects `dialing`; tokens from
    the campaign's `cps` bucket; claim min(free, tokens) due prospects inside the campaign window
    in their own zones (FOR UPDATE SKIP LOCKED), `attempts + 1`. Commit; then each is an
@@ -174,14 +175,16 @@ class Dialer:
         """One pass; returns how many prospects it moved (settled + dialled)."""
         moved = await self.settle_outcomes()
         await self.complete_finished()
+        # Dials first: what the settling freed is claimed before the upkeep below (orphans,
+        # DID reviews), which would otherwise sit between a call's end and the next dial.
+        for campaign in await repo.running_campaigns(self.db):
+            moved += await self.dial_campaign(campaign["id"])
         if time.monotonic() - self._orphans_at >= self.orphan_every:
             self._orphans_at = time.monotonic()
             moved += await self.redial_orphans()
         if self.health is not None and time.monotonic() - self._health_at >= self.health_every:
             self._health_at = time.monotonic()
             await self.review_dids()
-        for campaign in await repo.running_campaigns(self.db):
-            moved += await self.dial_campaign(campaign["id"])
         return moved
 
     # --- 1. outcomes -------------------------------------------------------------------

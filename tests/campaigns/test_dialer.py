@@ -20,6 +20,7 @@ from gateway.providers.sandbox.voice import (
     NO_ANSWER,
     behaves_as,
 )
+from gateway.resources import RESOURCES
 from tests.helpers import eventually
 
 POOL = 64  # the campaign pool here (the trunk default is 60)
@@ -142,6 +143,11 @@ async def test_list_campaign_runs_to_the_end(campaigns, client, n):
     keys = [(a["metadata"]["prospect_id"], a["metadata"]["attempt"]) for a in attempts]
     assert len(set(keys)) == len(keys)
     assert all(str(a["prospect_id"]) == a["metadata"]["prospect_id"] for a in attempts)
+    # … and the 'network' was asked to ring each attempt exactly once.
+    redis = client.app[RESOURCES].redis
+    keys = [k async for k in redis.scan_iter(match="tl:sandbox:sandbox:voice:sent:*")]
+    sent = [int(v) for v in await redis.mget(keys)] if keys else []
+    assert len(sent) == len(attempts) and set(sent) == {1}, Counter(sent)
     # Retries waited for the policy's delay after the first attempt ended.
     by_prospect: dict[int, list] = {}
     for a in attempts:
