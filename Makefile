@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	@for b in bench/http.py bench/pools.py bench/accept.py bench/dispatch.py bench/guardrails.py bench/sse.py bench/originate.py bench/resp.py bench/campaign.py; do \
+	@for b in bench/http.py bench/pools.py bench/accept.py bench/dispatch.py bench/guardrails.py bench/sse.py bench/originate.py bench/resp.py bench/campaign.py bench/ivr.py; do \
 		if [ -f $$b ]; then echo "### $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; fi; \
 	done
 

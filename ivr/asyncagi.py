@@ -103,6 +103,8 @@ class CallLease(Protocol):
 
     async def live(self) -> list[Any]: ...  # LiveCall: uniqueid, channel, session_id
 
+    async def holders(self, uniqueids: list[str]) -> list[str | None]: ...
+
     async def session_of(self, uniqueid: str) -> str | None: ...
 
 
@@ -155,6 +157,7 @@ class AsyncAgiTransport:
         self.takeovers = 0
         self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._maintainer: asyncio.Task[None] | None = None
+        self._closing: set[str] = set()  # calls this worker is giving back: not orphans
         self._dead = False  # tests: a process killed with -9 runs no cleanup
         self._ids = itertools.count(1)
         self._prefix = f"ivr-{uuid.uuid4().hex[:8]}"
@@ -221,7 +224,37 @@ class AsyncAgiTransport:
                 log.exception("ivr.lease_maintenance_failed")
 
     async def _maintain_once(self) -> None:
-        for call in list(self.calls.values()):
+        # Every call at once (a pass must take far less than a lease, with hundreds of calls).
+        await asyncio.gather(*(self._keep(call) for call in list(self.calls.values())))
+        if self.lease is None:
+            return
+        # Calls whose worker died: the ones this connection saw start, and the ones any worker
+        # listed (a worker that was not up when the call arrived finds them there). Only those
+        # whose lease is gone are claimed (one MGET for them all).
+        orphans = {uid: channel for channel, (uid, _) in self.seen.items()}
+        orphans |= {c.uniqueid: c.channel for c in await self.lease.live()}
+        candidates = [
+            (uid, ch)
+            for uid, ch in orphans.items()
+            if ch not in self.calls and uid not in self._closing
+        ]
+        if not candidates:
+            return
+        held = await self.lease.holders([uid for uid, _ in candidates])
+        for (uniqueid, channel), holder in zip(candidates, held, strict=True):
+            if holder is not None or channel in self.calls:
+                continue
+            if not await self.lease.claim(uniqueid):
+                continue
+            self.takeovers += 1
+            log.warning("ivr.call_taken_over", channel=channel, worker=self.worker)
+            call = _Call(channel, uniqueid, owned=True)
+            self.calls[channel] = call
+            call.task = asyncio.ensure_future(self._run(call, {}, takeover=True))
+
+    async def _keep(self, call: _Call) -> None:
+        """Renew one call's lease (and its listing, if Redis lost it) and its permit."""
+        try:
             # Only a call this worker has claimed: one whose claim is still on its way would
             # read as lost here, and be dropped the moment the claim lands.
             if self.lease is not None and call.owned:
@@ -231,28 +264,14 @@ class AsyncAgiTransport:
                         log.warning("ivr.call_lease_lost", channel=call.channel)
                         call.lost = True
                         call.task.cancel()
-                    continue
+                    return
                 if renewed == 2 or call.relist:  # Redis lost the list: put the call back
-                    with contextlib.suppress(Exception):
-                        await self.lease.remember(call.uniqueid, call.channel, call.session_id)
-                        call.relist = False
+                    await self.lease.remember(call.uniqueid, call.channel, call.session_id)
+                    call.relist = False
             if call.admitted and self.pool is not None:
-                with contextlib.suppress(Exception):
-                    await self.pool.renew(call.uniqueid)
-        if self.lease is None:
-            return
-        # Calls whose worker died: the ones this connection saw start, and the ones any worker
-        # listed (a worker that was not up when the call arrived finds them there).
-        orphans = {uid: channel for channel, (uid, _) in self.seen.items()}
-        orphans |= {c.uniqueid: c.channel for c in await self.lease.live()}
-        for uniqueid, channel in orphans.items():
-            if channel in self.calls or not await self.lease.claim(uniqueid):
-                continue
-            self.takeovers += 1
-            log.warning("ivr.call_taken_over", channel=channel, worker=self.worker)
-            call = _Call(channel, uniqueid, owned=True)
-            self.calls[channel] = call
-            call.task = asyncio.ensure_future(self._run(call, {}, takeover=True))
+                await self.pool.renew(call.uniqueid)
+        except Exception:
+            log.warning("ivr.call_renewal_failed", channel=call.channel, exc_info=True)
 
     # --- one call ----------------------------------------------------------------------------
 
@@ -302,17 +321,19 @@ class AsyncAgiTransport:
                 for future in call.results.values():
                     future.cancel()
             if not self._dead and not call.lost:
+                self._closing.add(call.uniqueid)
                 if call.owned:
                     self.seen.pop(call.channel, None)  # over (or nothing to carry on): done
+                if call.admitted or call.owned:  # off the rebuild list, then the permit back
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(repo.end_live(self.runner.db, call.uniqueid))
                 if call.admitted and self.pool is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.pool.release(call.uniqueid))
-                if call.admitted or call.owned:  # the permit is back: off the rebuild list
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(repo.end_live(self.runner.db, call.uniqueid))
                 if call.owned and self.lease is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.lease.release(call.uniqueid))
+                self._closing.discard(call.uniqueid)
 
     async def _resume(self, call: _Call) -> None:
         """Carry on a call whose worker died: its session, from the node it waits at."""

@@ -75,6 +75,13 @@ class RedisCallLease:
     async def renew(self, uniqueid: str) -> bool:
         return bool(await _RENEW(self.redis, [self.key(uniqueid)], [self.token, self._ms()]))
 
+    async def holders(self, uniqueids: list[str]) -> list[str | None]:
+        """Who holds each call's lease (None: nobody), in one MGET."""
+        if not uniqueids:
+            return []
+        got = await self.redis.mget([self.key(u) for u in uniqueids])
+        return [None if v is None else _text(v) for v in got]
+
     async def release(self, uniqueid: str) -> None:
         await _RELEASE(self.redis, [self.key(uniqueid), LIVE_KEY], [self.token, uniqueid])
 
