@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,7 @@ from ivr.engine import (
 from ivr.flow import bridge_allowed
 from ivr.runner import FlowRunner, Stepped
 from sip import calls as sip_calls
+from sip.pools import PermitLost
 
 log = get_logger(__name__)
 
@@ -157,7 +159,9 @@ class AsyncAgiTransport:
         self.takeovers = 0
         self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._maintainer: asyncio.Task[None] | None = None
-        self._closing: set[str] = set()  # calls this worker is giving back: not orphans
+        # Calls this worker gave back (uniqueid → when): not orphans, though a listing read
+        # before the release may still show them. Kept for one lease.
+        self._closing: dict[str, float] = {}
         self._dead = False  # tests: a process killed with -9 runs no cleanup
         self._ids = itertools.count(1)
         self._prefix = f"ivr-{uuid.uuid4().hex[:8]}"
@@ -231,6 +235,10 @@ class AsyncAgiTransport:
         # Calls whose worker died: the ones this connection saw start, and the ones any worker
         # listed (a worker that was not up when the call arrived finds them there). Only those
         # whose lease is gone are claimed (one MGET for them all).
+        now = asyncio.get_running_loop().time()
+        for uid, at in list(self._closing.items()):
+            if at < now - 2 * self.lease.seconds:
+                del self._closing[uid]
         orphans = {uid: channel for channel, (uid, _) in self.seen.items()}
         orphans |= {c.uniqueid: c.channel for c in await self.lease.live()}
         candidates = [
@@ -270,6 +278,8 @@ class AsyncAgiTransport:
                     call.relist = False
             if call.admitted and self.pool is not None:
                 await self.pool.renew(call.uniqueid)
+        except PermitLost:
+            pass  # given back by the call that just ended (or lapsed: its next renewal says)
         except Exception:
             log.warning("ivr.call_renewal_failed", channel=call.channel, exc_info=True)
 
@@ -321,7 +331,7 @@ class AsyncAgiTransport:
                 for future in call.results.values():
                     future.cancel()
             if not self._dead and not call.lost:
-                self._closing.add(call.uniqueid)
+                self._closing[call.uniqueid] = math.inf  # until released
                 if call.owned:
                     self.seen.pop(call.channel, None)  # over (or nothing to carry on): done
                 if call.admitted or call.owned:  # off the rebuild list, then the permit back
@@ -333,7 +343,7 @@ class AsyncAgiTransport:
                 if call.owned and self.lease is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self.lease.release(call.uniqueid))
-                self._closing.discard(call.uniqueid)
+                self._closing[call.uniqueid] = asyncio.get_running_loop().time()
 
     async def _resume(self, call: _Call) -> None:
         """Carry on a call whose worker died: its session, from the node it waits at."""
