@@ -39,9 +39,11 @@ return 0
 """,
     name="ivr_lease_renew",
 )
+# The call is over: off the list whoever holds the lease now (it may have lapsed under load),
+# and the lease deleted if it is still ours.
 _RELEASE = LuaScript(
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "redis.call('HDEL', KEYS[2], ARGV[2]) return redis.call('DEL', KEYS[1]) "
+    "redis.call('HDEL', KEYS[2], ARGV[2]) "
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
     "else return 0 end",
     name="ivr_lease_release",
 )

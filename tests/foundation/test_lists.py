@@ -170,6 +170,23 @@ async def add_workflow_runs(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> 
     return {r[0] for r in rows}
 
 
+async def add_ivr_flows(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[str]:
+    """New names at version 1, and a second version of each: a name is listed once, at its
+    latest version."""
+    flow = '{"name": "x", "start": "bye", "nodes": {"bye": {"hangup": true}}}'
+    rows = await db.fetch(
+        """
+        INSERT INTO ivr_flows (id, tenant_id, name, version, document, signing_secret)
+        SELECT gen_random_uuid(), $1, 'f-' || md5(n::text), v, $3::jsonb, 'whsec'
+        FROM unnest($2::int[]) n, generate_series(1, 2) v RETURNING name
+        """,
+        tenant,
+        _ids(count),
+        flow,
+    )
+    return {r[0] for r in rows}
+
+
 @dataclass(frozen=True)
 class Listing:
     path: str
@@ -188,6 +205,7 @@ LISTINGS = [
     Listing("/v1/campaigns", "id", add_campaigns),
     Listing("/v1/workflows", "id", add_workflows),
     Listing("/v1/workflow-runs", "id", add_workflow_runs),
+    Listing("/v1/ivr/flows", "name", add_ivr_flows),
 ]
 
 
