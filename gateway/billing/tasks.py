@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.billing.exporter import UsageExporter
 from gateway.resources import Resources
 from gateway.supervisor import TaskFactory
 
@@ -12,5 +11,9 @@ def billing_tasks(res: Resources) -> dict[str, TaskFactory]:
     cfg = res.settings.billing.stripe
     if cfg.api_key is None:
         return {}
+    # Imported here: the stripe SDK takes a second to import, which every `trunkline`
+    # command (they all load the app) would pay with the export off.
+    from gateway.billing.exporter import UsageExporter
+
     exporter = UsageExporter(res.settings.database_url(), cfg)
     return {"stripe-usage-export": exporter.run}

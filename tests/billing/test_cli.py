@@ -75,3 +75,13 @@ async def test_status_shows_the_export_backlog(daemon_env, pg_pool, monkeypatch,
     line = await status()
     assert line.startswith("stripe      1 batches waiting, last sent never, 4 failed sends")
     assert line.endswith("last error: APIConnectionError (no response, code None): refused")
+
+
+def test_the_cli_does_not_import_the_stripe_sdk_while_the_export_is_off():
+    """The SDK takes about a second to import; every `trunkline` command loads the app."""
+    import sys
+
+    probe = "import sys, gateway.cli, gateway.app; print('stripe' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
