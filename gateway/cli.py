@@ -6,77 +6,20 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-from pydantic import SecretStr
-
-from gateway import db, devstate, opscli
-from gateway.app import Role, create_app
+from gateway import db, devcli, opscli
 from gateway.core.errors import Problem
-from gateway.devservices import DevServiceError, PrivatePostgres, PrivateRedis
-from gateway.http.server import AppRunner
+from gateway.daemon import run_daemon, serve
+from gateway.devservices import DevServiceError
 from gateway.logs import configure_logging, get_logger
 from gateway.ops import reach
 from gateway.settings import ConfigError, Settings, _mask_password, load_settings
 
 log = get_logger("trunkline")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-
-async def serve(
-    settings: Settings, role: Role, app: web.Application | None = None, *, dev: bool = False
-) -> None:
-    """Run until SIGTERM/SIGINT, then drain: stop accepting, finish in-flight work, close.
-
-    `dev` (only `trunkline dev`) lets `guardrails.checks` leave checks out."""
-    app = app if app is not None else create_app(settings, role=role, allow_reduced_chain=dev)
-    runner = AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.http.shutdown_timeout, access_log=None
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await runner.setup()
-    try:
-        if role != "worker":
-            site = web.TCPSite(
-                runner, settings.http.host, settings.http.port, reuse_port=settings.http.reuse_port
-            )
-            await site.start()
-            log.info("listening", url=site.name, role=role)
-        else:
-            log.info("worker started", role=role)
-        await stop.wait()
-        log.info("shutting down", deadline_s=settings.http.shutdown_timeout)
-    finally:
-        await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("stopped")
-
-
-async def _with_pool(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    pool = await reach.open_pool(settings)  # an unreachable server: an error naming the fix
-    try:
-        return await work(pool)
-    finally:
-        await pool.close()
-
-
-def run_daemon(main: Coroutine[Any, Any, Any]) -> Any:
-    """Run the daemon's event loop: uvloop when installed (a faster loop: its transports,
-    DNS and timers are libuv's), asyncio's own otherwise. Only `run` and `dev`: the short
-    operator commands gain nothing from it."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a platform without uvloop wheels
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -111,7 +54,7 @@ def _cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
                 await set_stripe_customer(conn, args.name, args.stripe_customer)
             return tenant_id
 
-    tenant_id = asyncio.run(_with_pool(settings, work))
+    tenant_id = reach.run(settings, work)
     billed = f", billed to Stripe customer {args.stripe_customer}" if args.stripe_customer else ""
     print(f"created tenant {args.name} ({tenant_id}){billed}")
     return EXIT_OK
@@ -126,7 +69,7 @@ def _cmd_tenants_update(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_USAGE
     customer = None if args.no_stripe_customer else args.stripe_customer
-    asyncio.run(_with_pool(settings, lambda pool: set_stripe_customer(pool, args.name, customer)))
+    reach.run(settings, lambda pool: set_stripe_customer(pool, args.name, customer))
     if customer is None:
         print(f"tenant {args.name}: usage no longer exported to Stripe")
     else:
@@ -145,9 +88,7 @@ def _cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
     scopes = [s for s in (args.scopes or "").replace(",", " ").split() if s] or None
     try:
-        issued = asyncio.run(
-            _with_pool(settings, lambda pool: create_key(pool, args.tenant, scopes, args.name))
-        )
+        issued = reach.run(settings, lambda pool: create_key(pool, args.tenant, scopes, args.name))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -158,7 +99,7 @@ def _cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.tenants.service import revoke_key
 
-    asyncio.run(_with_pool(settings, lambda pool: revoke_key(pool, args.key_id)))
+    reach.run(settings, lambda pool: revoke_key(pool, args.key_id))
     print(f"revoked {args.key_id}")
     return EXIT_OK
 
@@ -186,19 +127,17 @@ def _cmd_dnc_import(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: no such file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        report = asyncio.run(
-            _with_pool(
-                settings,
-                lambda pool: import_file(
-                    pool,
-                    args.file,
-                    source=args.source,
-                    tenant=args.tenant,
-                    expires_at=expires_at,
-                    note=args.note,
-                    progress=None if args.quiet else ProgressBar(sys.stderr),
-                ),
-            )
+        report = reach.run(
+            settings,
+            lambda pool: import_file(
+                pool,
+                args.file,
+                source=args.source,
+                tenant=args.tenant,
+                expires_at=expires_at,
+                note=args.note,
+                progress=None if args.quiet else ProgressBar(sys.stderr),
+            ),
         )
     except ImportRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -231,10 +170,8 @@ def _cmd_campaigns_import(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     bar = None if args.quiet else ProgressBar(sys.stderr)
     try:
-        report = asyncio.run(
-            _with_pool(
-                settings, lambda pool: import_file(pool, campaign_id, args.file, progress=bar)
-            )
+        report = reach.run(
+            settings, lambda pool: import_file(pool, campaign_id, args.file, progress=bar)
         )
     except ImportFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -255,79 +192,6 @@ def _cmd_campaigns_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2))
-    return EXIT_OK
-
-
-def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    """Zero-setup: private PostgreSQL/Redis when no URL is given, a dev tenant and key, then serve."""
-    from gateway.core.scopes import SCOPES
-    from gateway.tenants.service import authenticate_token, create_key, create_tenant
-
-    data_dir = settings.dev.data_dir.resolve()
-    started: list[PrivatePostgres | PrivateRedis] = []
-    try:
-        if settings.database.url is None:
-            pg = PrivatePostgres(data_dir / "pg")
-            print(f"starting private PostgreSQL in {pg.data_dir} …", flush=True)
-            url = pg.start()
-            started.append(pg)
-            settings.database = settings.database.model_copy(update={"url": SecretStr(url)})
-        if settings.redis.url is None:
-            rd = PrivateRedis(data_dir / "redis")
-            print(f"starting private Redis in {rd.data_dir} …", flush=True)
-            url = rd.start()
-            started.append(rd)
-            settings.redis = settings.redis.model_copy(update={"url": SecretStr(url)})
-
-        base = f"http://{settings.http.host}:{settings.http.port}"
-        local = base.replace("://0.0.0.0:", "://127.0.0.1:")
-        if started:  # for the CLI beside us; URLs given in the environment are there already
-            devstate.write_services(
-                data_dir,
-                database_url=settings.database_url(),
-                redis_url=settings.redis_url(),
-                http_url=local,
-            )
-
-        async def main() -> None:
-            await db.migrate(settings.database_url())
-
-            async def provision(pool: Any) -> tuple[str, bool]:
-                try:
-                    await create_tenant(pool, settings.dev.tenant)
-                except Problem as exc:
-                    if exc.code != "tenant_exists":
-                        raise
-                kept = devstate.read_dev_key(data_dir)
-                if kept is not None and await authenticate_token(pool, kept) is not None:
-                    return kept, False
-                # The dev box's one tenant is its operator too: ops:read for the dashboard's
-                # trunk-wide panels (keys made without --scopes do not get it).
-                issued = await create_key(pool, settings.dev.tenant, sorted(SCOPES), "dev")
-                devstate.write_dev_key(data_dir, issued.token)
-                return issued.token, True
-
-            token, minted = await _with_pool(settings, provision)
-            print()
-            key_file = data_dir / devstate.DEV_KEY
-            if minted:
-                print(f"Dev API key for tenant {settings.dev.tenant} (kept in {key_file}):")
-            else:
-                print(f"Dev API key for tenant {settings.dev.tenant} (the one in {key_file}):")
-            print(f"  {token}")
-            print(f'  try: curl -H "Authorization: Bearer {token}" {base}/v1/whoami')
-            print(f"       curl {base}/readyz      docs: {base}/docs")
-            print(f"       dashboard: {local}/dashboard (paste the key once)")
-            print("       trunkline status    (the CLI finds this database and Redis by itself)")
-            print(flush=True)
-            await serve(settings, args.role, dev=True)
-
-        run_daemon(main())
-    finally:
-        if started:
-            devstate.forget_services(data_dir)
-        for server in reversed(started):
-            server.stop()
     return EXIT_OK
 
 
@@ -368,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "dev",
         "Zero-setup mode: private PostgreSQL/Redis when no URL is set, a dev key, then serve.",
-        _cmd_dev,
+        devcli.cmd_dev,
     )
     p.add_argument("--role", choices=roles, default="all", help="as for run (default: all)")
 

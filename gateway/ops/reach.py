@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from gateway import db, devstate
 from gateway.settings import Settings, _mask_password
 
+T = TypeVar("T")
 _DEV_TAKEN: dict[str, str] = {}  # the URLs use_dev_services took from services.json
 
 
@@ -65,15 +66,20 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
         ) from None
 
 
-def run(settings: Settings, work: Callable[[asyncpg.Pool], Coroutine[Any, Any, int]]) -> int:
-    async def main() -> int:
-        pool = await open_pool(settings)
-        try:
-            return await work(pool)
-        finally:
-            await pool.close()
+async def with_pool(
+    settings: Settings, work: Callable[[asyncpg.Pool], Coroutine[Any, Any, T]]
+) -> T:
+    """Run `work` with a small pool on the configured PostgreSQL, closed after it."""
+    pool = await open_pool(settings)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
 
-    return asyncio.run(main())
+
+def run(settings: Settings, work: Callable[[asyncpg.Pool], Coroutine[Any, Any, T]]) -> T:
+    """A command's one way to PostgreSQL: `work` with a pool, in a loop of its own."""
+    return asyncio.run(with_pool(settings, work))
 
 
 def use_dev_services(settings: Settings) -> None:

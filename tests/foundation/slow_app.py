@@ -6,7 +6,7 @@ import sys
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.cli import serve
+from gateway.daemon import serve
 from gateway.logs import configure_logging
 from gateway.settings import load_settings
 
