@@ -26,6 +26,7 @@ from gateway.dashboard.http import routes as dashboard_routes
 from gateway.deadletters.http import routes as dead_letter_routes
 from gateway.dnc import inbound as dnc_inbound
 from gateway.dnc.http import routes as dnc_routes
+from gateway.emails.http import routes as email_routes
 from gateway.events.http import routes as event_routes
 from gateway.events.tasks import event_tasks
 from gateway.http import idempotency
@@ -84,6 +85,7 @@ ROUTE_TABLES: list[RouteTable] = [
     dashboard_routes,
     ivr_routes,
     workflow_routes,
+    email_routes,
 ]
 
 
@@ -128,7 +130,9 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
     res = app[RESOURCES]
     settings = res.settings
     health = ProviderHealth(res.redis, res.db, settings.providers.breaker)
-    dispatcher = MessageDispatcher(res.db, app[CHAIN], app[PROVIDERS], health)
+    dispatcher = MessageDispatcher(
+        res.db, app[CHAIN], app[PROVIDERS], health, links=app[PIPELINE].links
+    )
     dispatch = queue.Worker(
         db=res.db,
         database_url=settings.database_url(),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AwareDatetime, BaseModel, Field, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -110,6 +110,67 @@ class TwilioSettings(_Section):
     timeout: float = Field(default=10.0, gt=0)
 
 
+class SmtpSettings(_Section):
+    """The SMTP email adapter (provider `smtp`): any relay, over STARTTLS, TLS or plain."""
+
+    enabled: bool = False
+    host: str | None = Field(default=None, description="the relay's host name (required)")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="default: 587 starttls, 465 tls, 25 none"
+    )
+    security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="starttls: upgrade after EHLO (required, not opportunistic); tls: TLS from "
+        "the first byte (SMTPS); none: plain text (a local relay only)",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    validate_certs: bool = True
+    ca_file: Path | None = Field(
+        default=None, description="PEM bundle of the CAs to trust (a relay with a private CA)"
+    )
+    timeout: float = Field(default=30.0, gt=0, description="seconds per SMTP command")
+    message_id_domain: str | None = Field(
+        default=None, description="right-hand side of our Message-IDs (default: the From domain)"
+    )
+    bounce_address: str | None = Field(
+        default=None,
+        description="envelope sender (MAIL FROM) that bounces (DSNs) go to; default: the From",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> SmtpSettings:
+        if self.enabled and not self.host:
+            raise ValueError("providers.smtp.host is required when providers.smtp.enabled")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both providers.smtp.username and providers.smtp.password")
+        if self.username is not None and self.security == "none":
+            raise ValueError("SMTP AUTH needs security starttls or tls (no password in clear)")
+        return self
+
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
+class EmailSettings(_Section):
+    """The email channel: unsubscribe links and the bounce/complaint webhook."""
+
+    unsubscribe_secret: SecretStr | None = Field(
+        default=None,
+        description="key the unsubscribe links are signed with (default: one generated and kept "
+        "in PostgreSQL, shared by every process)",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="shared secret of POST /webhooks/email/events and /webhooks/email/dsn "
+        "(Trunkline-Signature: t=…,v1=HMAC-SHA256); unset: those webhooks answer 404",
+    )
+    unsubscribe_mailto: str | None = Field(
+        default=None,
+        description="an address also offered in List-Unsubscribe (mailto:), besides our link",
+    )
+
+
 class BreakerSettings(_Section):
     window_seconds: float = Field(
         default=30.0, gt=0, description="sliding window for the error rate"
@@ -131,8 +192,21 @@ class ProvidersSettings(_Section):
     sms: ChannelRoute = ChannelRoute()
     whatsapp: ChannelRoute = ChannelRoute()
     voice: ChannelRoute = ChannelRoute()
+    email: ChannelRoute = ChannelRoute(default_from="noreply@example.com")
     sandbox: SandboxSettings = SandboxSettings()
     twilio: TwilioSettings = TwilioSettings()
+    smtp: SmtpSettings = SmtpSettings()
+
+    @model_validator(mode="after")
+    def _email_sender(self) -> ProvidersSettings:
+        from gateway.core.email import normalize_mailbox  # email-validator, no DNS lookups
+
+        if self.email.default_from is not None:
+            try:
+                self.email.default_from = normalize_mailbox(self.email.default_from)
+            except ValueError as exc:
+                raise ValueError(f"providers.email.default_from: {exc}") from None
+        return self
 
 
 class MessagingSettings(_Section):
@@ -305,6 +379,40 @@ class TenantPolicy(_Section):
     )
 
 
+class EmailGuardrailSettings(_Section):
+    """CAN-SPAM's content requirements for marketing email (guardrails/email_content.py)."""
+
+    unsubscribe_words: list[str] = Field(
+        default_factory=lambda: [
+            r"unsubscribe",
+            r"opt[\s-]?out",
+            r"manage\s+(?:your\s+)?(?:email\s+)?preferences",
+            r"abbestellen",
+            r"d[ée]sinscri",
+            r"darse\s+de\s+baja",
+        ],
+        min_length=1,
+        description="regular expressions: a link whose address or text matches one is an "
+        "unsubscribe link (besides our own {{ unsubscribe_url }})",
+    )
+    postal_patterns: list[str] = Field(
+        default_factory=lambda: [
+            # 123 Main St, Springfield, IL 62701 (one line or several)
+            r"\b\d{1,6}\s+[^\n]{2,80}?(?:\n[^\n]{0,80}?)?,\s*(?-i:[A-Z]{2})\.?\s+\d{5}(?:-\d{4})?\b",
+            r"\bP\.?\s*O\.?\s*Box\s+\d+",
+            # 10 Downing Street, London SW1A 2AA
+            r"\b\d{1,6}\s+[^\n]{2,80}?\b(?-i:[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2})\b",
+            # 290 Bremner Blvd, Toronto, ON M5V 3L9
+            r"\b\d{1,6}\s+[^\n]{2,80}?\b(?-i:[A-Z]\d[A-Z]\s?\d[A-Z]\d)\b",
+            # Hauptstraße 5, 10115 Berlin
+            r"\b[^\W\d]{3,}\.?\s+\d{1,5}[a-z]?,\s*(?:[A-Z]{1,2}-)?\d{4,5}\s+[^\W\d]{2,}",
+        ],
+        min_length=1,
+        description="regular expressions (case-insensitive), any of which matching the visible "
+        "text of a part counts as a postal address",
+    )
+
+
 class GuardrailSettings(_Section):
     rules_file: Path | None = Field(
         default=None,
@@ -329,6 +437,7 @@ class GuardrailSettings(_Section):
         description="per-tenant policy by tenant name; keys given here override `policy`",
     )
     rate_limits: RateLimitSettings = RateLimitSettings()
+    email: EmailGuardrailSettings = EmailGuardrailSettings()
 
 
 class AsteriskSettings(_Section):
@@ -705,6 +814,7 @@ class Settings(BaseSettings):
     receipts: ReceiptsSettings = ReceiptsSettings()
     events: EventsSettings = EventsSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    email: EmailSettings = EmailSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
     asterisk: dict[str, AsteriskSettings] = Field(
         default_factory=dict,

@@ -1,10 +1,16 @@
 """The chain's checks, in the order they decide:
 
-1. `suppression` (PostgreSQL) — DNC lists and consumer opt-outs: `dnc_listed`, `opted_out`.
-2. `content` (pure) — SMS/WhatsApp bodies against the content rules: `content_blocked`.
+1. `suppression` (PostgreSQL) — DNC lists and consumer opt-outs: `dnc_listed`, `opted_out`;
+   for email the tenant's email suppression list: `email_suppressed` (a hard bounce or a
+   complaint: every purpose), `opted_out` (an unsubscribe: marketing).
+2. `content` (pure) — SMS/WhatsApp bodies against the content rules: `content_blocked`;
+   marketing email against CAN-SPAM: `unsubscribe_link_required`, `postal_address_required`.
 3. `rate_limits` (Redis) — tenant, API key, sender, destination and provider buckets plus the
-   rules' frequency caps: `rate_limited`, `frequency_cap`. Accept stage only.
+   rules' frequency caps: `rate_limited`, `frequency_cap`. Accept stage only. (Email: no
+   sender bucket — a sending number's carrier limit is not an address's — and no caps, which
+   the rules define per telephone number.)
 4. `calling_hours` (pure) — the recipient's local time: `outside_calling_hours` or a Defer.
+   Not for email: calling-hour laws govern telephone calls and texts.
 
 Round trips: everything the database knows about one action — its DNC and
 opt-out rows (tenant and global), the tenant's name (for its policy) and
@@ -54,6 +60,7 @@ from guardrails import ratelimit
 from guardrails.calling_hours import check_calling_hours, frequency_caps_for, is_parsed
 from guardrails.chain import Check, CheckContext
 from guardrails.content import check_content
+from guardrails.email_content import check_email_content
 from guardrails.lease import LeasedConnection
 from guardrails.policy import GuardrailPolicy, blocks
 from guardrails.resp import ScriptPipe, Started
@@ -76,7 +83,11 @@ SELECT
          WHERE m.tenant_id = $2 AND m.to_number = $1
            AND m.direction = 'outbound' AND m.purpose = 'marketing'
            AND m.status IN ('sent', 'delivered', 'undelivered')
-           AND m.id::text <> $5) END AS prior_marketing
+           AND m.id::text <> $5) END AS prior_marketing,
+    (SELECT json_agg(json_build_object(
+                'source', 'email_' || s.reason, 'age_s', extract(epoch FROM now() - s.created_at)))
+       FROM email_suppressions s
+      WHERE s.tenant_id = $2 AND s.address = lower($1)) AS email_entries
 """
 
 # The same facts for many actions at once: one row per action, in the order given.
@@ -95,7 +106,11 @@ SELECT
          WHERE m.tenant_id = a.tenant AND m.to_number = a.num
            AND m.direction = 'outbound' AND m.purpose = 'marketing'
            AND m.status IN ('sent', 'delivered', 'undelivered')
-           AND m.id::text <> a.subject) END AS prior_marketing
+           AND m.id::text <> a.subject) END AS prior_marketing,
+    (SELECT json_agg(json_build_object(
+                'source', 'email_' || s.reason, 'age_s', extract(epoch FROM now() - s.created_at)))
+       FROM email_suppressions s
+      WHERE s.tenant_id = a.tenant AND s.address = lower(a.num)) AS email_entries
 FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::bool[], $5::text[])
      WITH ORDINALITY AS a(num, tenant, at, wants, subject, i)
 ORDER BY a.i
@@ -244,6 +259,15 @@ class SuppressionFacts:
                 confirmation_message_id=e["confirmation_message_id"],
             )
             for e in (row["entries"] or ())
+        ) + tuple(
+            Entry(
+                source=e["source"],
+                scope="tenant",
+                expires_at=None,
+                age_s=float(e["age_s"]),
+                confirmation_message_id=None,
+            )
+            for e in (row["email_entries"] or ())
         )
         facts = Facts(row["tenant"], entries, row["prior_marketing"])
         if len(self.tenant_names) > 100_000:
@@ -284,6 +308,8 @@ class SuppressionCheck:
         if not blocking:
             return Allow(inputs=inputs)
         inputs["blocked_by"] = [e.as_dict() for e in blocking]
+        if action.channel == "email":
+            return _email_denial(action, blocking, inputs)
         opted_out = [e for e in blocking if e.source == "consumer_opt_out"]
         if opted_out:
             return Deny(
@@ -301,8 +327,32 @@ class SuppressionCheck:
         )
 
 
+def _email_denial(action: OutboundAction, blocking: list[Entry], inputs: dict[str, Any]) -> Deny:
+    """An address on the tenant's email suppression list: what put it there decides the code."""
+    hard = [e for e in blocking if e.source in ("email_bounce", "email_complaint", "email_manual")]
+    if hard:
+        why = {
+            "email_bounce": "bounced (hard bounce)",
+            "email_complaint": "complained (marked as spam)",
+            "email_manual": "was suppressed by you",
+        }[hard[0].source]
+        return Deny(
+            code=DenyCode.EMAIL_SUPPRESSED,
+            reason=f"{action.to} is on your email suppression list: it {why}",
+            rule=f"email_suppression.{hard[0].source.removeprefix('email_')}",
+            inputs=inputs,
+        )
+    return Deny(
+        code=DenyCode.OPTED_OUT,
+        reason=f"{action.to} has unsubscribed from your marketing email",
+        rule="email_suppression.unsubscribe",
+        inputs=inputs,
+    )
+
+
 class ContentCheck:
-    """SMS/WhatsApp bodies against `[content]`; the first marketing message needs opt-out text."""
+    """SMS/WhatsApp bodies against `[content]`; the first marketing message needs opt-out text.
+    Marketing email against CAN-SPAM (guardrails/email_content.py)."""
 
     name = "content"
 
@@ -315,6 +365,14 @@ class ContentCheck:
 
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
         rules = self.policy.rules
+        if action.email is not None:
+            return check_email_content(
+                text=action.email.text,
+                html=action.email.html,
+                purpose=action.purpose,
+                unsubscribe_url=action.email.unsubscribe_url,
+                rules=self.policy.email,
+            )
         if action.channel not in rules.content.channels or action.body is None:
             return Allow(
                 inputs={"check": "content", "skipped": f"no body to scan on {action.channel}"}
@@ -351,6 +409,10 @@ class CallingHoursCheck:
         await self.facts.aclose()
 
     async def __call__(self, action: OutboundAction, ctx: CheckContext) -> Verdict:
+        if action.channel == "email":
+            return Allow(
+                inputs={"check": "calling_hours", "skipped": "calling hours do not apply to email"}
+            )
         facts = await self.facts.get(action, ctx)
         if facts.confirmation_entry(action, self.policy.confirmation_window):
             return Allow(
@@ -446,14 +508,14 @@ class RateLimitCheck:
                     **_rb(p.tenant_limit(tenant, "api_key")),
                 )
             )
-        if action.from_:
+        if action.from_ and action.channel != "email":
             before.append(
                 ratelimit.Bucket(
                     "sender", f"tl:rl:sender:{action.from_}", **_rb(p.sender_limit(action.from_))
                 )
             )
         # Calls and messages of one provider account have separate throughput limits.
-        kind = "voice" if action.channel == "voice" else "messaging"
+        kind = action.channel if action.channel in ("voice", "email") else "messaging"
         cps = p.limits.provider_cps.get(provider) if provider else None
         after = []
         if cps:
@@ -468,6 +530,8 @@ class RateLimitCheck:
         return before, after
 
     def caps(self, action: OutboundAction, ctx: CheckContext) -> list[ratelimit.Cap]:
+        if action.channel == "email":
+            return []  # the rules' caps are per telephone number and state
         found = frequency_caps_for(
             action.to, action.address_state, action.channel, action.purpose, self.policy.rules
         )
@@ -495,7 +559,7 @@ class RateLimitCheck:
             or action.tenant_id not in self.facts.tenant_names
             # A number not parsed yet costs ~0.4 ms (guardrails/calling_hours.py): that is
             # better spent in `prepare`, while the query is on its way.
-            or not is_parsed(action.to)
+            or (action.channel != "email" and not is_parsed(action.to))
         ):
             return False
         tenant = self.facts.tenant_names[action.tenant_id]

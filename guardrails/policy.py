@@ -7,6 +7,7 @@ would block stops the daemon at start-up instead of failing a send later.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,12 +15,14 @@ from types import MappingProxyType
 from gateway.settings import (
     GUARDRAIL_CHECKS,
     ConfigError,
+    GuardrailSettings,
     RateLimit,
     RateLimitSettings,
     Settings,
     TenantPolicy,
 )
 from guardrails.content import check_content
+from guardrails.email_content import EmailContentRules
 from guardrails.rules import DEFAULT_RULES_PATH, Rules, RulesError, load_rules
 from guardrails.verdicts import Deny
 
@@ -32,7 +35,11 @@ SOURCES: tuple[str, ...] = (
     "litigator",
     "consumer_opt_out",
 )
-MARKETING_ONLY: frozenset[str] = frozenset({"national_registry", "state_registry"})
+# An email unsubscribe (List-Unsubscribe, the link in the body) withdraws marketing consent;
+# receipts and account notices still go (CAN-SPAM covers commercial messages).
+MARKETING_ONLY: frozenset[str] = frozenset(
+    {"national_registry", "state_registry", "email_unsubscribe"}
+)
 
 
 def blocks(source: str, purpose: str) -> bool:
@@ -49,6 +56,9 @@ class GuardrailPolicy:
     limits: RateLimitSettings
     confirmation_window: float
     channel_providers: Mapping[str, str] = field(default_factory=dict)
+    email: EmailContentRules = field(
+        default_factory=lambda: _email_rules(Settings().guardrails)  # the defaults
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings, rules: Rules | None = None) -> GuardrailPolicy:
@@ -76,8 +86,10 @@ class GuardrailPolicy:
                 {
                     "sms": settings.providers.sms.primary,
                     "whatsapp": settings.providers.whatsapp.primary,
+                    "email": settings.providers.email.primary,
                 }
             ),
+            email=_email_rules(cfg),
         )
         policy._validate_reply_texts()
         return policy
@@ -108,3 +120,15 @@ class GuardrailPolicy:
                     raise ConfigError(
                         f"{where}.{key}", text, f"blocked by the content rules: {verdict.reason}"
                     )
+
+
+def _email_rules(cfg: GuardrailSettings) -> EmailContentRules:
+    """The email content rules, each regular expression compiled once here: a bad one stops
+    start-up with the key that holds it."""
+    for key in ("unsubscribe_words", "postal_patterns"):
+        for i, pattern in enumerate(getattr(cfg.email, key)):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"guardrails.email.{key}.{i}", pattern, str(exc)) from None
+    return EmailContentRules(tuple(cfg.email.unsubscribe_words), tuple(cfg.email.postal_patterns))

@@ -23,6 +23,9 @@ class DenyCode(StrEnum):
     CONTENT_BLOCKED = "content_blocked"
     OPTED_OUT = "opted_out"
     FREQUENCY_CAP = "frequency_cap"
+    EMAIL_SUPPRESSED = "email_suppressed"
+    UNSUBSCRIBE_LINK_REQUIRED = "unsubscribe_link_required"
+    POSTAL_ADDRESS_REQUIRED = "postal_address_required"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from gateway.http.auth import authenticate
 
 Handler = Callable[..., Awaitable[Any]]
 # pydantic custom error types that are also stable API error codes.
-CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number", "flow_node_kind"})
+CUSTOM_ERROR_CODES = frozenset({"invalid_phone_number", "invalid_email_address", "flow_node_kind"})
 # A JSON \u0000 escape (preceded by an even number of backslashes, so not "\\u0000"):
 # PostgreSQL text and jsonb cannot hold U+0000, so it is refused here, not at an INSERT.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")

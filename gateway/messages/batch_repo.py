@@ -19,6 +19,7 @@ from gateway.messages.states import forward_pairs
 _LOAD = """
 SELECT m.id, m.tenant_id, m.channel, m.to_number, m.from_number, m.body, m.purpose, m.status,
        m.provider, m.trace_id, m.segments, m.encoding, m.metadata, m.recipient_state,
+       m.subject, m.html,
        last.n AS last_n, last.provider AS last_provider, last.outcome AS last_outcome,
        last.attempt_key AS last_key,
        EXISTS (SELECT 1 FROM message_attempts x

@@ -40,8 +40,8 @@ def _uuid(raw: str, what: str) -> uuid.UUID:
 
 @routes.post(
     "/v1/messages",
-    summary="Send an SMS or WhatsApp message (201: stored and queued; the send follows, see its "
-    "status; send Idempotency-Key to retry safely)",
+    summary="Send an SMS, WhatsApp message or email (201: stored and queued; the send follows, "
+    "see its status; send Idempotency-Key to retry safely)",
     scope="messages:write",
     body=SendMessage,
     response=Message,
@@ -123,7 +123,12 @@ async def get_trace(request: web.Request) -> Trace:
 )
 async def put_template(request: web.Request, body: TemplateIn) -> web.Response:
     row = await repo.upsert_template(
-        request.app[RESOURCES].db, principal_of(request).tenant_id, body.name, body.body
+        request.app[RESOURCES].db,
+        principal_of(request).tenant_id,
+        body.name,
+        body.body or body.text or "",
+        body.subject,
+        body.html,
     )
     return json_response(service.template_from_row(row), 201 if row["inserted"] else 200)
 
@@ -162,8 +167,8 @@ async def get_template(request: web.Request) -> Template:
 
 @routes.get(
     "/v1/usage",
-    summary="Metered usage (SMS segments, WhatsApp messages, voice calls and seconds) in "
-    "[from, to), and what of it was exported to Stripe",
+    summary="Metered usage (SMS segments, WhatsApp messages, emails, voice calls and seconds) "
+    "in [from, to), and what of it was exported to Stripe",
     scope="usage:read",
     query=UsageQuery,
     response=Usage,

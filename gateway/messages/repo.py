@@ -15,7 +15,7 @@ MESSAGE_COLUMNS = """
     m.id, m.trace_id, m.direction, m.channel, m.to_number AS "to", m.from_number AS "from", m.body,
     m.template, m.purpose, m.status, m.provider, m.provider_message_id, m.encoding, m.segments,
     m.error_code, m.error_detail, m.send_at, m.metadata, m.created_at, m.updated_at,
-    m.recipient_state AS state
+    m.recipient_state AS state, m.subject, m.html
 """
 
 _TIMELINE = """
@@ -46,13 +46,16 @@ _INSERT_COLUMNS = (
     ("error_code", "text"),
     ("error_detail", "text"),
     ("state", "text"),  # column recipient_state
+    ("subject", "text"),
+    ("html", "text"),
 )
 _DEFAULTS: dict[str, Any] = {"metadata": {}}
 
 _INSERT_MANY = f"""
 INSERT INTO messages (id, tenant_id, direction, channel, to_number, from_number, body, template,
                       purpose, status, provider, provider_message_id, encoding, segments,
-                      send_at, trace_id, metadata, error_code, error_detail, recipient_state)
+                      send_at, trace_id, metadata, error_code, error_detail, recipient_state,
+                      subject, html)
 SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_INSERT_COLUMNS, 1))})
 RETURNING id, created_at, updated_at
 """
@@ -110,7 +113,7 @@ async def message_for_dispatch(conn: Conn, message_id: uuid.UUID) -> asyncpg.Rec
     return await conn.fetchrow(
         """
         SELECT id, tenant_id, channel, to_number, from_number, body, purpose, status, provider, trace_id,
-               segments, encoding, metadata, recipient_state
+               segments, encoding, metadata, recipient_state, subject, html
         FROM messages WHERE id = $1
         """,
         message_id,
@@ -150,7 +153,8 @@ async def message_by_provider_ref(
     conn: Conn, provider: str, provider_message_id: str
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT id, tenant_id, status, trace_id FROM messages WHERE provider = $1 AND provider_message_id = $2",
+        "SELECT id, tenant_id, status, trace_id, channel, to_number FROM messages"
+        " WHERE provider = $1 AND provider_message_id = $2",
         provider,
         provider_message_id,
     )
@@ -247,22 +251,34 @@ async def usage(conn: Conn, tenant_id: uuid.UUID, start: Any, end: Any) -> list[
     )
 
 
-async def upsert_template(conn: Conn, tenant_id: uuid.UUID, name: str, body: str) -> asyncpg.Record:
+async def upsert_template(
+    conn: Conn,
+    tenant_id: uuid.UUID,
+    name: str,
+    body: str,
+    subject: str | None = None,
+    html: str | None = None,
+) -> asyncpg.Record:
+    """`body` is the SMS text or an email's text part ('' for an HTML-only email)."""
     return await conn.fetchrow(
         """
-        INSERT INTO message_templates (tenant_id, name, body) VALUES ($1, $2, $3)
-        ON CONFLICT (tenant_id, name) DO UPDATE SET body = EXCLUDED.body, updated_at = now()
-        RETURNING name, body, created_at, updated_at, (xmax = 0) AS inserted
+        INSERT INTO message_templates (tenant_id, name, body, subject, html) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (tenant_id, name) DO UPDATE SET body = EXCLUDED.body, subject = EXCLUDED.subject,
+            html = EXCLUDED.html, updated_at = now()
+        RETURNING name, body, subject, html, created_at, updated_at, (xmax = 0) AS inserted
         """,
         tenant_id,
         name,
         body,
+        subject,
+        html,
     )
 
 
 async def get_template(conn: Conn, tenant_id: uuid.UUID, name: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT name, body, created_at, updated_at FROM message_templates WHERE tenant_id = $1 AND name = $2",
+        "SELECT name, body, subject, html, created_at, updated_at FROM message_templates"
+        " WHERE tenant_id = $1 AND name = $2",
         tenant_id,
         name,
     )
@@ -372,7 +388,7 @@ async def list_templates(
     """One page of templates by name (their key), `limit` rows plus one."""
     return await conn.fetch(
         """
-        SELECT name, body, created_at, updated_at FROM message_templates
+        SELECT name, body, subject, html, created_at, updated_at FROM message_templates
         WHERE tenant_id = $1 AND ($3::text IS NULL OR name > $3)
         ORDER BY name LIMIT $2
         """,

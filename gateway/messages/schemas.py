@@ -4,16 +4,60 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from gateway.billing.schemas import StripeExport
+from gateway.core.email import normalize_address, normalize_mailbox
 from gateway.core.instants import Instant
-from gateway.core.phone import E164
+from gateway.core.phone import PHONE_PATTERN, normalize_e164
 from gateway.core.usstates import USState
 from gateway.http.pagination import ListQuery, Page
 from gateway.messages.states import Status
+
+_EMAIL_SCHEMA = {"type": "string", "format": "email", "maxLength": 254}
+Recipient = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": PHONE_PATTERN, "maxLength": 49},
+                _EMAIL_SCHEMA,
+            ],
+            "description": "sms/whatsapp: a phone number, E.164 (+14155550100) or national (US "
+            "default), stored and answered in E.164; email: an address (validated, its domain "
+            "lower-cased)",
+            "examples": ["+14155550100", "ana@example.com"],
+        }
+    ),
+]
+Sender = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 320,
+            "description": "sms/whatsapp: one of your numbers; email: an address, optionally "
+            "with a display name (`Acme <billing@acme.com>`)",
+        }
+    ),
+]
+EMAIL_PART_MAX = 500_000  # characters of a text or HTML part
+
+
+def normalize_recipient(channel: str | None, raw: str) -> str:
+    """A recipient as its channel writes it: an address for email, E.164 otherwise."""
+    return normalize_address(raw) if channel == "email" else normalize_e164(raw)
 
 
 class SendMessage(BaseModel):
@@ -27,19 +71,39 @@ class SendMessage(BaseModel):
                     "to": "+14155550100",
                     "body": "Your code is 1234",
                     "purpose": "transactional",
-                }
+                },
+                {
+                    "channel": "email",
+                    "to": "ana@example.com",
+                    "subject": "Your receipt",
+                    "text": "Thanks for your order.",
+                    "html": "<p>Thanks for your order.</p>",
+                    "purpose": "transactional",
+                },
             ]
         },
     )
 
-    channel: Literal["sms", "whatsapp"] = "sms"
-    to: E164
-    from_: E164 | None = Field(
+    channel: Literal["sms", "whatsapp", "email"] = "sms"
+    to: Recipient
+    from_: Sender | None = Field(
         default=None, alias="from", description="sender; chosen by the router when omitted"
     )
-    body: str | None = Field(default=None, min_length=1, max_length=1600)
+    body: str | None = Field(
+        default=None, min_length=1, max_length=1600, description="sms/whatsapp text"
+    )
+    subject: str | None = Field(
+        default=None, min_length=1, max_length=998, description="email: the Subject line"
+    )
+    text: str | None = Field(
+        default=None, min_length=1, max_length=EMAIL_PART_MAX, description="email: the text part"
+    )
+    html: str | None = Field(
+        default=None, min_length=1, max_length=EMAIL_PART_MAX, description="email: the HTML part"
+    )
     template: str | None = Field(
-        default=None, description="name of a stored template, instead of body"
+        default=None,
+        description="name of a stored template, instead of body (or subject/text/html)",
     )
     variables: dict[str, str | int | float] = Field(default_factory=dict)
     purpose: Literal["marketing", "transactional"] = "marketing"
@@ -54,8 +118,34 @@ class SendMessage(BaseModel):
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=20)
 
+    @field_validator("to")
+    @classmethod
+    def _recipient(cls, value: str, info: ValidationInfo) -> str:
+        return normalize_recipient(info.data.get("channel"), value)
+
+    @field_validator("from_")
+    @classmethod
+    def _sender(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("channel") == "email":
+            return normalize_mailbox(value)
+        return normalize_e164(value)
+
     @model_validator(mode="after")
     def _body_or_template(self) -> SendMessage:
+        if self.channel == "email":
+            if self.body is not None:
+                raise ValueError("an email has subject, text and html, not body")
+            parts = (self.subject, self.text, self.html)
+            if self.template is not None:
+                if any(p is not None for p in parts):
+                    raise ValueError("give a template or subject/text/html, not both")
+            elif self.subject is None or (self.text is None and self.html is None):
+                raise ValueError("an email needs a subject and a text or html part (or a template)")
+            return self
+        if any(p is not None for p in (self.subject, self.text, self.html)):
+            raise ValueError("subject, text and html are for channel email")
         if (self.body is None) == (self.template is None):
             raise ValueError("give exactly one of body or template")
         return self
@@ -90,6 +180,8 @@ class Message(BaseModel):
     to: str
     from_: str | None = Field(alias="from")
     body: str
+    subject: str | None = None
+    html: str | None = None
     template: str | None
     purpose: str
     state: str | None = None
@@ -118,19 +210,48 @@ class Trace(BaseModel):
 
 
 class TemplateIn(BaseModel):
+    """An SMS/WhatsApp template (`body`) or an email template (`subject` with `text` and/or
+    `html`; `body` is taken as the text part too)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"name": "otp", "body": "Hi {{ name }}, your code is {{ code }}"}]
+            "examples": [
+                {"name": "otp", "body": "Hi {{ name }}, your code is {{ code }}"},
+                {
+                    "name": "receipt",
+                    "subject": "Receipt {{ order }}",
+                    "text": "Hi {{ name }}, order {{ order }} is paid.",
+                    "html": "<p>Hi {{ name }}, order <b>{{ order }}</b> is paid.</p>",
+                },
+            ]
         },
     )
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    body: str = Field(min_length=1, max_length=1600)
+    body: str | None = Field(default=None, min_length=1, max_length=1600)
+    subject: str | None = Field(default=None, min_length=1, max_length=998)
+    text: str | None = Field(default=None, min_length=1, max_length=EMAIL_PART_MAX)
+    html: str | None = Field(default=None, min_length=1, max_length=EMAIL_PART_MAX)
+
+    @model_validator(mode="after")
+    def _parts(self) -> TemplateIn:
+        if self.body is not None and self.text is not None:
+            raise ValueError("give body or text, not both (they are the same part)")
+        if self.subject is None:
+            if self.text is not None or self.html is not None:
+                raise ValueError("an email template needs a subject")
+            if self.body is None:
+                raise ValueError("give a body (or an email's subject with text and/or html)")
+        elif self.body is None and self.text is None and self.html is None:
+            raise ValueError("an email template needs a text or html part")
+        return self
 
 
 class Template(BaseModel):
     name: str
     body: str
+    subject: str | None = None
+    html: str | None = None
     variables: list[str]
     created_at: datetime
     updated_at: datetime
@@ -142,13 +263,22 @@ class MessageList(Page[Message]):
 
 class MessageQuery(ListQuery):
     status: Status | None = Field(default=None, description="only messages in this status")
-    to: E164 | None = Field(default=None, description="only messages to this number")
+    to: Recipient | None = Field(
+        default=None, description="only messages to this number (or email address)"
+    )
     created_after: AwareDatetime | None = Field(
         default=None, description="only messages created after this instant (exclusive)"
     )
     created_before: AwareDatetime | None = Field(
         default=None, description="only messages created before this instant (exclusive)"
     )
+
+    @field_validator("to")
+    @classmethod
+    def _recipient(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return normalize_recipient("email" if "@" in value else None, value)
 
 
 class TemplateList(Page[Template]):

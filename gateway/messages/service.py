@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.billing.service import tenant_export
 from gateway.core.errors import NotFound
+from gateway.emails import repo as email_repo
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import get_logger
 from gateway.messages import batch_repo, repo
@@ -72,6 +73,8 @@ async def apply_status(
     moved = await repo.move_status(
         conn, message["id"], new, error_code=error_code, error_detail=error_detail
     )
+    if new in SUPPRESSING:  # moved or not: the address bounced or complained all the same
+        await suppress_address(conn, message, new, source=source, detail=error_detail or error_code)
     current = None
     if moved is None:
         current = await conn.fetchval("SELECT status FROM messages WHERE id = $1", message["id"])
@@ -88,6 +91,48 @@ async def apply_status(
         ),
     )
     return moved is not None
+
+
+# An email outcome that puts the address on the tenant's suppression list, and why.
+SUPPRESSING = {"bounced": "bounce", "complained": "complaint"}
+
+
+async def suppress_address(
+    conn: asyncpg.Connection,
+    message: asyncpg.Record | dict[str, Any],
+    outcome: str,
+    *,
+    source: str,
+    detail: str | None = None,
+) -> None:
+    """A bounce or complaint suppresses later email to the address (guardrails/checks.py),
+    recorded as `email.suppressed` on the message that bounced."""
+    row = await conn.fetchrow(
+        "SELECT channel, to_number FROM messages WHERE id = $1", message["id"]
+    )
+    if row is None or row["channel"] != "email":
+        return
+    reason = SUPPRESSING[outcome]
+    added = await email_repo.add_suppression(
+        conn,
+        message["tenant_id"],
+        row["to_number"],
+        reason,
+        origin=source,
+        message_id=message["id"],
+        detail=detail,
+    )
+    if added:
+        await emit(
+            conn,
+            NewEvent(
+                message["tenant_id"],
+                "email.suppressed",
+                str(message["id"]),
+                message["trace_id"],
+                {"address": row["to_number"], "reason": reason, "source": source},
+            ),
+        )
 
 
 async def apply_report(db: asyncpg.Pool, report: StatusReport) -> bool | None:
@@ -185,6 +230,15 @@ async def apply_statuses(conn: asyncpg.Connection, moves: list[StatusMove]) -> l
             )
         left = later
     await emit(conn, *(e for e in events if e is not None))
+    for move in moves:  # rare (an email's bounce or complaint): one by one
+        if move.new in SUPPRESSING:
+            await suppress_address(
+                conn,
+                move.message,
+                move.new,
+                source=move.source,
+                detail=move.error_detail or move.error_code,
+            )
     return answers
 
 
@@ -229,7 +283,8 @@ async def apply_orphans(
 
 
 def template_from_row(row: asyncpg.Record) -> Template:
-    return Template(variables=variables_of(row["body"]), **dict(row))
+    parts = " ".join(p for p in (row["subject"], row["body"], row["html"]) if p)
+    return Template(variables=variables_of(parts), **dict(row))
 
 
 async def usage(

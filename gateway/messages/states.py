@@ -8,6 +8,10 @@ It is not final — a receipt for an attempt that did reach the provider still m
 it forward — and a dead-letter replay is the one way back to `queued`: an explicit
 operator action, recorded as `message.requeued` when the replayed job runs, never a
 receipt (so it is not a transition listed here).
+
+Email adds two outcomes: `bounced` (the receiving side refused it for good: a hard bounce)
+and `complained` (the recipient marked it as spam). A complaint comes after delivery, so
+`delivered → complained` is the one move out of a final state; nothing leaves `complained`.
 """
 
 from __future__ import annotations
@@ -24,19 +28,21 @@ Status = Literal[
     "failed",
     "rejected",
     "received",
+    "bounced",
+    "complained",
 ]
 
-FINAL: frozenset[str] = frozenset({"delivered", "undelivered", "failed", "rejected", "received"})
+FINAL: frozenset[str] = frozenset(
+    {"delivered", "undelivered", "failed", "rejected", "received", "bounced", "complained"}
+)
 
+_OUTCOMES = frozenset({"delivered", "undelivered", "failed", "bounced", "complained"})
 _FORWARD: dict[str, frozenset[str]] = {
-    "scheduled": frozenset(
-        {"queued", "dead_lettered", "sent", "delivered", "undelivered", "failed", "rejected"}
-    ),
-    "queued": frozenset(
-        {"dead_lettered", "sent", "delivered", "undelivered", "failed", "rejected"}
-    ),
-    "dead_lettered": frozenset({"sent", "delivered", "undelivered", "failed", "rejected"}),
-    "sent": frozenset({"delivered", "undelivered", "failed"}),
+    "scheduled": frozenset({"queued", "dead_lettered", "sent", "rejected"} | _OUTCOMES),
+    "queued": frozenset({"dead_lettered", "sent", "rejected"} | _OUTCOMES),
+    "dead_lettered": frozenset({"sent", "rejected"} | _OUTCOMES),
+    "sent": _OUTCOMES,
+    "delivered": frozenset({"complained"}),
 }
 
 

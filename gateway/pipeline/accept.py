@@ -19,10 +19,12 @@ from typing import Any
 import asyncpg
 
 from gateway import queue
-from gateway.core.actions import OutboundAction
+from gateway.core.actions import EmailContent, OutboundAction
 from gateway.core.errors import Problem, ValidationFailed
 from gateway.core.ids import new_id
 from gateway.core.segments import count_segments
+from gateway.emails.compose import compose
+from gateway.emails.unsubscribe import UnsubscribeLinks
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
 from gateway.http.metrics import Registry
@@ -40,6 +42,7 @@ from guardrails.chain import GuardrailChain
 from guardrails.verdicts import Defer, Deny, Verdict
 
 DISPATCH_QUEUE = "dispatch"
+EMAIL_ENCODING = "utf-8"  # an email's `encoding`; it is one unit (`segments` 1) whatever its size
 _DENY_STATUS = {"rate_limited": 429, "frequency_cap": 429}
 
 
@@ -70,6 +73,7 @@ class MessagePipeline:
     metrics: Registry | None = None
     committer: GroupCommitter[_Plan] = field(init=False)
     gate: KeyGate = field(init=False)
+    links: UnsubscribeLinks = field(init=False)
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(
@@ -77,6 +81,7 @@ class MessagePipeline:
         )
         http = self.settings.http
         self.gate = KeyGate(self.db, lease=http.idempotency_lease, wait=http.idempotency_wait)
+        self.links = UnsubscribeLinks(self.db, self.settings)
 
     async def start(self) -> None:
         await self.committer.start()
@@ -122,22 +127,19 @@ class MessagePipeline:
         )
 
     async def _plan(self, principal: Principal, req: SendMessage, trace_id: str) -> _Plan:
-        text = req.body
-        if req.template is not None:
-            tpl = await repo.get_template(self.db, principal.tenant_id, req.template)
-            if tpl is None:
-                raise ValidationFailed(
-                    f"no template named {req.template!r}", code="unknown_template"
-                )
-            text = render(req.template, tpl["body"], req.variables)
-        assert text is not None
-        if not text.strip():
-            raise ValidationFailed("the message body is empty", code="empty_body")
-        segments = count_segments(text)
+        message_id = new_id()
+        email: EmailContent | None = None
+        if req.channel == "email":
+            email = await compose(self.db, self.links, principal.tenant_id, req, message_id)
+            text = email.text or ""
+            encoding, n_segments = EMAIL_ENCODING, 1
+        else:
+            text = await self._body(principal, req)
+            segments = count_segments(text)
+            encoding, n_segments = segments.encoding, segments.segments
         route = await route_message(
             self.db, self.registry, principal.tenant_id, req.channel, req.from_
         )
-        message_id = new_id()
         action = OutboundAction(
             tenant_id=principal.tenant_id,
             subject=str(message_id),
@@ -150,6 +152,7 @@ class MessagePipeline:
             address_state=req.state,
             key_id=principal.key_id,
             extra={"provider": route.provider},  # the provider-CPS bucket of the routed provider
+            email=email,
         )
         decision = await self.chain.evaluate(action, stage="accept", when_closed=req.when_closed)
         verdict = decision.verdict
@@ -171,14 +174,16 @@ class MessagePipeline:
             "status": status,
             "provider": route.provider,
             "provider_message_id": None,
-            "encoding": segments.encoding,
-            "segments": segments.segments,
+            "encoding": encoding,
+            "segments": n_segments,
             "send_at": send_at,
             "trace_id": trace_id,
             "metadata": req.metadata,
             "state": req.state,
             "error_code": error_code,
             "error_detail": error_detail,
+            "subject": email.subject if email else None,
+            "html": email.html if email else None,
         }
         accepted = NewEvent(
             principal.tenant_id,
@@ -189,7 +194,7 @@ class MessagePipeline:
                 "channel": req.channel,
                 "to": req.to,
                 "provider": route.provider,
-                "segments": segments.segments,
+                "segments": n_segments,
                 "key_id": principal.key_id,
             },
         )
@@ -219,6 +224,21 @@ class MessagePipeline:
             ],
         )
         return [self._outcome(p, stamps[p.row["id"]]) for p in plans]
+
+    async def _body(self, principal: Principal, req: SendMessage) -> str:
+        """An SMS/WhatsApp body: the request's own, or its template rendered."""
+        text = req.body
+        if req.template is not None:
+            tpl = await repo.get_template(self.db, principal.tenant_id, req.template)
+            if tpl is None:
+                raise ValidationFailed(
+                    f"no template named {req.template!r}", code="unknown_template"
+                )
+            text = render(req.template, tpl["body"], req.variables)
+        assert text is not None
+        if not text.strip():
+            raise ValidationFailed("the message body is empty", code="empty_body")
+        return text
 
     @staticmethod
     def _outcome(plan: _Plan, stamps: asyncpg.Record) -> Outcome:

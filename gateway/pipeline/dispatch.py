@@ -29,7 +29,8 @@ import asyncpg
 
 from gateway import queue
 from gateway.batching import Coalescer
-from gateway.core.actions import OutboundAction
+from gateway.core.actions import EmailContent, OutboundAction
+from gateway.emails.unsubscribe import UnsubscribeLinks
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import bind, get_logger
 from gateway.messages import batch_repo, repo
@@ -52,7 +53,7 @@ from guardrails.chain import GuardrailChain
 from guardrails.verdicts import Defer, Deny
 
 log = get_logger(__name__)
-USAGE_UNIT = {"sms": "sms_segment", "whatsapp": "whatsapp_message"}
+USAGE_UNIT = {"sms": "sms_segment", "whatsapp": "whatsapp_message", "email": "email"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class MessageDispatcher:
     registry: ProviderRegistry
     health: ProviderHealth
     max_batch: int = 256
+    links: UnsubscribeLinks | None = None  # email: the List-Unsubscribe link of each message
     _loads: Coalescer[uuid.UUID, asyncpg.Record | None] = field(init=False, repr=False)
     _opens: Coalescer[_Opening, dict] = field(init=False, repr=False)
     _outcomes: Coalescer[_Sent, None] = field(init=False, repr=False)
@@ -93,6 +95,17 @@ class MessageDispatcher:
         self._opens = Coalescer(self._open_many, name="dispatch-open", max_batch=self.max_batch)
         self._outcomes = Coalescer(
             self._record_many, name="dispatch-outcome", max_batch=self.max_batch
+        )
+
+    async def _email(self, msg: asyncpg.Record) -> EmailContent | None:
+        if msg["channel"] != "email":
+            return None
+        url = await self.links.url(msg["id"]) if self.links is not None else None
+        return EmailContent(
+            subject=msg["subject"] or "",
+            text=msg["body"] or None,
+            html=msg["html"],
+            unsubscribe_url=url,
         )
 
     async def aclose(self) -> None:
@@ -136,6 +149,7 @@ class MessageDispatcher:
             trace_id=msg["trace_id"],
             body=msg["body"],
             address_state=msg["recipient_state"],
+            email=await self._email(msg),
         )
         decision = await self.chain.evaluate(action, stage="dispatch")
         if isinstance(decision.verdict, Deny):
@@ -273,7 +287,7 @@ class MessageDispatcher:
                             msg["tenant_id"],
                             msg["channel"],
                             USAGE_UNIT[msg["channel"]],
-                            msg["segments"] if msg["channel"] == "sms" else 1,
+                            msg["segments"] if msg["channel"] == "sms" else 1,  # an email: 1
                         ),
                     )
                 )
@@ -317,7 +331,7 @@ class MessageDispatcher:
                     moves.append(
                         StatusMove(
                             sent.msg,
-                            "failed",
+                            sent.error.outcome,  # failed, or an email's hard bounce
                             source=f"send:{sent.provider}",
                             error_code=sent.error.code,
                             error_detail=sent.error.detail,

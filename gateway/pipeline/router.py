@@ -26,8 +26,13 @@ async def route_message(
     channel: str,
     from_number: str | None,
 ) -> Route:
-    """A sender the tenant owns decides the provider (the `dids` table); otherwise config does."""
+    """A sender the tenant owns decides the provider (the `dids` table); otherwise config does.
+
+    Email has no DIDs: the channel's configured provider carries it, from the address given
+    or the channel's `default_from`."""
     cfg = registry.route(channel)
+    if channel == "email":
+        return _route_email(registry, cfg.primary, cfg.fallback, from_number or cfg.default_from)
     did = await repo.did_for_sending(conn, tenant_id, channel, from_number)
     if from_number is not None and did is None:
         raise ValidationFailed(
@@ -44,3 +49,23 @@ async def route_message(
         else None
     )
     return Route(provider, sender, fallback)
+
+
+def _route_email(
+    registry: ProviderRegistry, primary: str, fallback: str | None, sender: str | None
+) -> Route:
+    if sender is None:
+        raise ValidationFailed(
+            "no sender: give `from` or set providers.email.default_from", code="missing_sender"
+        )
+    if not registry.has(primary) or "email" not in registry.messaging(primary).channels:
+        raise ProviderUnavailable(f"provider {primary!r} for email is not configured")
+    usable = (
+        fallback
+        if fallback
+        and fallback != primary
+        and registry.has(fallback)
+        and "email" in registry.messaging(fallback).channels
+        else None
+    )
+    return Route(primary, sender, usable)

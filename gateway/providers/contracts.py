@@ -15,7 +15,9 @@ from typing import Any, Literal
 from gateway.core.actions import OutboundAction
 from guardrails.cleared import ClearedAction
 
-MessageStatus = Literal["queued", "sent", "delivered", "undelivered", "failed", "received"]
+MessageStatus = Literal[
+    "queued", "sent", "delivered", "undelivered", "failed", "received", "bounced", "complained"
+]
 
 
 class ProviderError(Exception):
@@ -23,12 +25,22 @@ class ProviderError(Exception):
 
     transient = False
 
-    def __init__(self, detail: str, *, code: str | None = None, ambiguous: bool = True) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        ambiguous: bool = True,
+        outcome: Literal["failed", "bounced"] = "failed",
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.code = code
         # ambiguous: the provider may have acted (timeout after sending) — retry with the same key.
         self.ambiguous = ambiguous
+        # The status a permanent error ends the message in: an email address the receiving
+        # server says does not exist (SMTP 550 5.1.1 at RCPT) is a hard bounce, not a failure.
+        self.outcome = outcome
 
 
 class TransientProviderError(ProviderError):
@@ -59,7 +71,7 @@ class StatusReport:
 
 
 class MessagingProvider(ABC):
-    """SMS/WhatsApp: `send`. Status arrives later as StatusReports.
+    """SMS/WhatsApp/email: `send`. Status arrives later as StatusReports.
 
     `fetch_status` is optional: a provider that can be asked about a message (Twilio's
     Message resource) sets `fetches_status` and overrides it, so a receipt we failed to

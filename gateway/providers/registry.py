@@ -45,7 +45,14 @@ class ProviderRegistry:
             from gateway.providers.twilio.adapter import TwilioMessaging
 
             adapters["twilio"] = TwilioMessaging.from_settings(settings)
-        return cls(adapters, {"sms": cfg.sms, "whatsapp": cfg.whatsapp, "voice": cfg.voice})
+        if cfg.smtp.enabled:
+            from gateway.providers.smtp.adapter import SmtpEmail
+
+            adapters["smtp"] = SmtpEmail.from_settings(settings)
+        return cls(
+            adapters,
+            {"sms": cfg.sms, "whatsapp": cfg.whatsapp, "voice": cfg.voice, "email": cfg.email},
+        )
 
     def add(self, provider: MessagingProvider) -> None:
         self._messaging[provider.name] = provider

@@ -14,6 +14,9 @@ State lives in Redis, not in the process (workers are stateless): the
 per-attempt idempotency key maps to one provider message id, so a retried
 attempt with the same key is never sent twice.
 
+Email goes to the same provider (`sandbox` carries every messaging channel); its addresses
+are in gateway/providers/sandbox/email.py.
+
 Receipts behave like those of a provider that retries its callbacks: one that
 meets our outage (PostgreSQL unreachable, the gateway answering 503) is sent
 again with backoff for up to `RECEIPT_RETRY_FOR` seconds, in order.
@@ -41,6 +44,7 @@ from gateway.providers.contracts import (
     StatusReport,
     TransientProviderError,
 )
+from gateway.providers.sandbox import email as sandbox_email
 from gateway.redis import LuaScript
 
 log = get_logger(__name__)
@@ -77,7 +81,7 @@ RECEIPT_RETRY_FOR = 120.0  # seconds a receipt is retried while the gateway is u
 
 
 class SandboxMessaging(MessagingProvider):
-    channels = frozenset({"sms", "whatsapp"})
+    channels = frozenset({"sms", "whatsapp", "email"})
 
     def __init__(
         self,
@@ -105,6 +109,8 @@ class SandboxMessaging(MessagingProvider):
         return int(await self.redis.get(self._key("sent", attempt_key)) or 0)
 
     async def _send(self, action: OutboundAction, attempt_key: str) -> SendResult:
+        if action.channel == "email":
+            return await self._send_email(action, attempt_key)
         to = action.to
         if to == FAILS_PERMANENTLY:
             raise PermanentProviderError(
@@ -125,6 +131,20 @@ class SandboxMessaging(MessagingProvider):
                     code="upstream_unavailable",
                     ambiguous=False,
                 )
+        return await self._accept(attempt_key, _RECEIPTS.get(to, _DEFAULT_RECEIPTS))
+
+    async def _send_email(self, action: OutboundAction, attempt_key: str) -> SendResult:
+        tries = await self.redis.incr(self._key("tries", action.subject))
+        await self.redis.expire(self._key("tries", action.subject), 86400)
+        refused = sandbox_email.refusal(action.to, tries)
+        if refused is not None:
+            raise refused
+        return await self._accept(attempt_key, sandbox_email.receipts_for(action.to))
+
+    async def _accept(
+        self, attempt_key: str, receipts: list[tuple[MessageStatus, str | None]]
+    ) -> SendResult:
+        """Taken: one provider id per attempt key, the receipts on their way."""
         new_id = "SB" + secrets.token_hex(16)
         fresh, stored = await self._sends.submit(
             ([self._key("idem", attempt_key), self._key("sent", attempt_key)], [new_id])
@@ -132,9 +152,7 @@ class SandboxMessaging(MessagingProvider):
         if not fresh:
             # The same attempt key was sent before: the same message, not a new one.
             return SendResult(stored.decode() if isinstance(stored, bytes) else stored, "queued")
-        task = asyncio.create_task(
-            self._deliver_receipts(new_id, _RECEIPTS.get(to, _DEFAULT_RECEIPTS))
-        )
+        task = asyncio.create_task(self._deliver_receipts(new_id, receipts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return SendResult(new_id, "queued")

@@ -1,0 +1,1 @@
+"""The email channel: suppression list, unsubscribe links, bounce and complaint webhooks."""

@@ -1,0 +1,1 @@
+"""The SMTP email adapter (aiosmtplib): MIME building, sending, DSN parsing."""
