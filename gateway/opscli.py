@@ -101,7 +101,10 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
             if tenant_id is None:
                 print(f"error: no tenant named {args.tenant!r}", file=sys.stderr)
                 return EXIT_USAGE
-        await tail_events(pool, types=types, tenant_id=tenant_id, after=args.after, emit=emit)
+        after = args.after if args.after is not None else (await overview.event_log(pool)).head
+        # on stderr, so stdout stays one JSON event a line: where it starts, once it listens
+        print(f"following the event log after id {after}", file=sys.stderr, flush=True)
+        await tail_events(pool, types=types, tenant_id=tenant_id, after=after, emit=emit)
         return EXIT_OK
 
     return run(settings, work)

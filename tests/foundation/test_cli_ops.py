@@ -116,7 +116,9 @@ async def test_tail_follows_the_log_with_type_and_tenant_filters(daemon, make_ke
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await asyncio.sleep(1.5)  # it starts at the head: only what happens from now on
+        # it starts at the head, only what happens from now on: wait until it says where
+        started = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert started.startswith(b"following the event log after id "), started
         async with aiohttp.ClientSession() as http:
             ids = []
             for key in (token, other):
