@@ -194,3 +194,32 @@ def _now():
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+async def test_two_workers_export_through_one_leader(pg_pool, database_url, fake_stripe):
+    """Every worker runs the exporter; the advisory lock lets one work, so nothing goes twice
+    (not even to be dropped by Stripe)."""
+    from gateway.billing.exporter import UsageExporter
+
+    for name in ("acme", "globex"):
+        tenant = await add_tenant(pg_pool, name, f"cus_{name}")
+        await add_usage(pg_pool, tenant, "sms_segment", [1] * 120, spread=timedelta(minutes=1))
+    cfg = stripe_cfg_with(fake_stripe, batch_size=50)
+    stopping = asyncio.Event()
+    exporters = [UsageExporter(database_url, cfg) for _ in range(2)]
+    tasks = [asyncio.create_task(e.run(stopping)) for e in exporters]
+    try:
+        await eventually(lambda: _all_sent(pg_pool), timeout=30)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert sorted(e.batches_sent for e in exporters) == [0, 5]  # 240 rows, 50 a batch
+    assert fake_stripe.totals() == await billed_in_db(pg_pool)
+    assert fake_stripe.duplicates == 0
+
+
+async def _all_sent(pg_pool) -> bool:
+    return not await pg_pool.fetchval(
+        "SELECT count(*) FROM usage_records u "
+        "LEFT JOIN billing_export_batches b ON b.id = u.export_batch WHERE b.sent_at IS NULL"
+    )
