@@ -45,8 +45,9 @@ class Coalescer(Generic[T, R]):
         answer: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, answer))
         self._kick(loop)
-        # Shielded: a caller cancelled (its worker stopping) leaves the batch to finish.
-        return await asyncio.shield(answer)
+        # A caller cancelled (its worker stopping) cancels only its own answer: the batch,
+        # a task of its own, finishes for the others (and skips an answer already done).
+        return await answer
 
     def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._starting or len(self._running) >= self.max_in_flight or not self._queue:

@@ -214,7 +214,7 @@ class MessagingSettings(_Section):
         default=6, ge=1, description="provider tries before a message is dead-lettered"
     )
     dispatch_concurrency: int = Field(
-        default=32, ge=1, description="sends in flight per worker process"
+        default=128, ge=1, description="sends in flight per worker process"
     )
     lease_seconds: float = Field(
         default=30.0, gt=0, description="a claimed job returns to the queue after this"
