@@ -130,6 +130,11 @@ class SmtpSettings(_Section):
         default=None, description="PEM bundle of the CAs to trust (a relay with a private CA)"
     )
     timeout: float = Field(default=30.0, gt=0, description="seconds per SMTP command")
+    max_connections: int = Field(
+        default=4,
+        ge=1,
+        description="SMTP connections per worker process, kept open between emails",
+    )
     message_id_domain: str | None = Field(
         default=None, description="right-hand side of our Message-IDs (default: the From domain)"
     )

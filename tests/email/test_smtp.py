@@ -142,12 +142,33 @@ async def test_server_refusals_bounce_fail_or_retry(client, token, smtp_server, 
     assert [r.rcpt_tos for r in smtp_server.received] == [["greylist@example.com"]]
 
 
+async def test_connections_are_kept_between_emails_and_replaced_when_dropped(
+    client, token, smtp_server, wait_status
+):
+    for n in range(3):
+        msg = await (await send_email(client, token, to=f"user{n}@example.com")).json()
+        await wait_status(msg["id"], "sent")
+    assert len(smtp_server.received) == 3
+    assert smtp_server.recorder.sessions == 1  # one EHLO: one connection for the three
+    # the relay restarts: the kept connection is dead; the next email still goes out
+    smtp_server.stop()
+    restarted = SmtpServer(port=smtp_server.port).start()
+    try:
+        msg = await (await send_email(client, token, to="after@example.com")).json()
+        done = await wait_status(msg["id"], "sent", timeout=15)
+        assert [r.rcpt_tos for r in restarted.received] == [["after@example.com"]]
+        assert done["attempts"][-1]["outcome"] == "accepted"
+    finally:
+        restarted.stop()
+
+
 @pytest.mark.parametrize("mode", ["starttls", "tls"])
 async def test_tls_and_auth(aiohttp_client, database_url, redis_url, make_key, tmp_path, mode):
     from gateway.app import create_app
 
     cert = self_signed(tmp_path)
-    server = SmtpServer(cert=cert, mode=mode, users={"mailer": "s3cret"}).start()
+    # (the SMTPS relay offers no DSN: nothing is asked of it that it did not offer)
+    server = SmtpServer(cert=cert, mode=mode, users={"mailer": "s3cret"}, dsn=mode != "tls").start()
     try:
         settings = email_settings(
             database_url,
@@ -171,6 +192,9 @@ async def test_tls_and_auth(aiohttp_client, database_url, redis_url, make_key, t
         assert resp.status == 201, await resp.text()
         received = await eventually(lambda: _received(server))
         assert received[0].tls and received[0].auth == "mailer"
+        dsn_options = [o for o in received[0].mail_options if o.startswith(("RET=", "ENVID="))]
+        assert bool(dsn_options) == (mode != "tls"), received[0].mail_options
+        assert (received[0].rcpt_options == []) == (mode == "tls")
         await client.close()
     finally:
         server.stop()

@@ -44,9 +44,12 @@ class Recorder:
     received: list[Received] = field(default_factory=list)
     tries: dict[str, int] = field(default_factory=dict)
     dsn: bool = True
+    sessions: int = 0  # EHLOs: one per connection (two with STARTTLS)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        with self.lock:
+            self.sessions += 1
         session.host_name = hostname
         if self.dsn:
             responses.insert(-1, "250-DSN")
@@ -137,9 +140,11 @@ class SmtpServer:
         mode: str = "none",  # none | starttls | tls
         users: dict[str, str] | None = None,
         dsn: bool = True,
+        port: int | None = None,
     ) -> None:
         self.recorder = Recorder(dsn=dsn)
-        self.port = free_port()
+        self.port = port or free_port()
+        self.running = False
         self.users = users or {}
         kwargs: dict[str, Any] = {}
         if cert is not None:
@@ -170,7 +175,10 @@ class SmtpServer:
 
     def start(self) -> SmtpServer:
         self.controller.start()
+        self.running = True
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.running:
+            self.running = False
+            self.controller.stop()

@@ -9,13 +9,16 @@ What the relay answers decides the outcome:
   with backoff under the same Message-ID); an authentication failure too, since it is our
   configuration, not the message, that is wrong (the breaker then opens for the relay).
 
+Connections are kept between emails (pool.py, `max_connections` at once).
 Where the relay offers DSN (RFC 3461) we ask for failure and delay notices, with our message
 id as the envelope id, so a later bounce names the message whatever it quotes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from email.message import EmailMessage
 
 import aiosmtplib
 
@@ -29,6 +32,7 @@ from gateway.providers.contracts import (
     TransientProviderError,
 )
 from gateway.providers.smtp.mime import build, message_id_for
+from gateway.providers.smtp.pool import SmtpPool
 from gateway.settings import Settings, SmtpSettings
 
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -67,6 +71,7 @@ class SmtpEmail(MessagingProvider):
         self.name = name
         self.cfg = cfg
         self.unsubscribe_mailto = unsubscribe_mailto
+        self.pool = SmtpPool(self._client, size=cfg.max_connections)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpEmail:
@@ -91,26 +96,9 @@ class SmtpEmail(MessagingProvider):
         msg = build(action, message_id=message_id, unsubscribe_mailto=self.unsubscribe_mailto)
         sender = address_of(self.cfg.bounce_address or action.from_ or "")
         recipient = address_of(action.to)
-        client = self._client()
         try:
-            await client.connect()
-            if client.is_ehlo_or_helo_needed:  # connect() greets only when it had to (TLS, AUTH)
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()
-            mail_options: list[str] = []
-            rcpt_options: list[str] = []
-            if client.supports_extension("dsn"):
-                mail_options = ["RET=HDRS", f"ENVID={action.subject}"]
-                rcpt_options = ["NOTIFY=FAILURE,DELAY"]
-            await client.send_message(
-                msg,
-                sender=sender,
-                recipients=[recipient],
-                mail_options=mail_options,
-                rcpt_options=rcpt_options,
-            )
+            async with asyncio.timeout(self.cfg.timeout * 3), self.pool.connection() as client:
+                await self._transaction(client, action, msg, sender, recipient)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             raise classify(first.code, first.message, at_rcpt=True) from exc
@@ -135,10 +123,29 @@ class SmtpEmail(MessagingProvider):
             raise TransientProviderError(
                 f"SMTP conversation failed: {type(exc).__name__}: {exc}", code="timeout"
             ) from exc
-        finally:
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                    client.close()
         return SendResult(message_id, "sent")
+
+    @staticmethod
+    async def _transaction(
+        client: aiosmtplib.SMTP,
+        action: OutboundAction,
+        msg: EmailMessage,
+        sender: str,
+        recipient: str,
+    ) -> None:
+        """MAIL, RCPT and DATA for one email on a connected client."""
+        mail_options: list[str] = []
+        rcpt_options: list[str] = []
+        if client.supports_extension("dsn"):
+            mail_options = ["RET=HDRS", f"ENVID={action.subject}"]
+            rcpt_options = ["NOTIFY=FAILURE,DELAY"]
+        await client.send_message(
+            msg,
+            sender=sender,
+            recipients=[recipient],
+            mail_options=mail_options,
+            rcpt_options=rcpt_options,
+        )
+
+    async def close(self) -> None:
+        await self.pool.close()
