@@ -4,13 +4,22 @@ the session exchange (an API key for a short-lived cookie) and the trunk-wide vi
 from __future__ import annotations
 
 import asyncio
+import uuid
 from importlib import resources as pkg_resources
+from typing import Any
 
 from aiohttp import web
 
 from gateway.core.errors import NotFound, Unauthorized
 from gateway.dashboard import sessions
-from gateway.dashboard.schemas import Breaker, DashboardSession, Queue, TrunkPool, TrunkView
+from gateway.dashboard.schemas import (
+    Breaker,
+    DashboardSession,
+    Queue,
+    Queues,
+    TrunkPool,
+    TrunkView,
+)
 from gateway.http.auth import SESSION_TOKEN, principal_of
 from gateway.http.routing import RouteTable, json_response
 from gateway.ops import overview
@@ -158,7 +167,6 @@ async def trunk_view(request: web.Request) -> TrunkView:
     )
     health = ProviderHealth(res.redis, res.db, res.settings.providers.breaker)
     snaps = await asyncio.gather(*(health.breaker(n).snapshot() for n in names))
-    queues = await overview.queues(res.db)
     return TrunkView(
         pools=[
             TrunkPool(
@@ -181,15 +189,32 @@ async def trunk_view(request: web.Request) -> TrunkView:
             )
             for s in snaps
         ],
-        queues=[
-            Queue(
-                queue=q.queue,
-                ready=q.ready,
-                due=q.due,
-                running=q.running,
-                dead=q.dead,
-                oldest_due_s=q.oldest_due_s,
-            )
-            for q in queues
-        ],
+        queues=await _queues(res.db, None),
     )
+
+
+async def _queues(db: Any, tenant_id: uuid.UUID | None) -> list[Queue]:
+    return [
+        Queue(
+            queue=q.queue,
+            ready=q.ready,
+            due=q.due,
+            running=q.running,
+            dead=q.dead,
+            oldest_due_s=q.oldest_due_s,
+        )
+        for q in await overview.queues(db, tenant_id)
+    ]
+
+
+@routes.get(
+    "/v1/queues",
+    summary="Your jobs in the work queues (sends, dials, webhook deliveries, ...): how many "
+    "wait (due now or scheduled), run and are dead letters, and the oldest due; other "
+    "tenants' jobs are not counted (ops:read sees every tenant's in GET /v1/ops/trunk)",
+    scope="events:read",
+    response=Queues,
+)
+async def tenant_queues(request: web.Request) -> Queues:
+    res = request.app[RESOURCES]
+    return Queues(queues=await _queues(res.db, principal_of(request).tenant_id))

@@ -39,8 +39,12 @@ class Queue(BaseModel):
     )
     due: int = Field(description="ready and due now: what workers should be taking")
     running: int
-    dead: int = Field(description="dead letters of every tenant")
+    dead: int = Field(description="dead letters (trunkline dlq, GET /v1/dead-letters)")
     oldest_due_s: float = Field(description="how long the oldest due job has waited")
+
+
+class Queues(BaseModel):
+    queues: list[Queue] = Field(description="your jobs in the durable work queues")
 
 
 class TrunkView(BaseModel):

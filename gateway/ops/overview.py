@@ -11,6 +11,7 @@ script, which may move it from open to half-open and would have to record that t
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,7 +33,10 @@ class QueueFigures:
     oldest_due_s: float  # how long the oldest due job has waited (0 when none)
 
 
-async def queues(db: asyncpg.Pool | asyncpg.Connection) -> list[QueueFigures]:
+async def queues(
+    db: asyncpg.Pool | asyncpg.Connection, tenant_id: uuid.UUID | None = None
+) -> list[QueueFigures]:
+    """Each queue's figures: every tenant's jobs, or only `tenant_id`'s."""
     rows = await db.fetch(
         """
         SELECT queue,
@@ -45,8 +49,10 @@ async def queues(db: asyncpg.Pool | asyncpg.Connection) -> list[QueueFigures]:
                coalesce(extract(epoch FROM now() - min(run_at)
                         FILTER (WHERE state = 'ready' AND run_at <= now())), 0)::float8
                    AS oldest_due_s
-        FROM jobs GROUP BY queue ORDER BY queue
-        """
+        FROM jobs WHERE ($1::uuid IS NULL OR tenant_id = $1)
+        GROUP BY queue ORDER BY queue
+        """,
+        tenant_id,
     )
     return [QueueFigures(**dict(r)) for r in rows]
 

@@ -188,3 +188,28 @@ async def test_the_dashboard_is_live_resumes_without_a_gap_and_refuses_strangers
     )
     await client.post(f"/v1/calls/{held['id']}/hangup", headers=auth(token))
     await context.close()
+
+
+async def test_a_tenant_key_sees_its_own_queue_depth_not_the_trunks(
+    client, make_key, pg_pool, browser
+):
+    token = await make_key("acme")  # default scopes: no ops:read
+    await make_key("globex")
+    await pg_pool.execute(
+        """
+        INSERT INTO jobs (queue, tenant_id, payload, max_attempts, run_at)
+        SELECT q, (SELECT id FROM tenants WHERE name = t), '{}', 3, now() + interval '1 hour'
+        FROM (VALUES ('q-acme', 'acme'), ('q-globex', 'globex')) AS v (q, t)
+        """
+    )
+    base = str(client.make_url("")).rstrip("/")
+    context = await browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = await context.new_page()
+    await page.goto(base + "/dashboard")
+    await page.fill("#key", token)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#queue-depth h3:has-text('your jobs')", timeout=WAIT_MS)
+    await page.wait_for_selector("#queues tr[data-queue='q-acme']", timeout=WAIT_MS)
+    assert await page.locator("#queues tr[data-queue='q-globex']").count() == 0
+    assert "needs the ops:read scope" in await page.inner_text("#breakers")
+    await context.close()

@@ -138,6 +138,38 @@ async def test_trunk_wide_view_needs_ops_read_which_no_default_key_has(client, m
     assert "dispatch" in {q["queue"] for q in body["queues"]}, body  # every tenant's jobs
 
 
+async def test_a_tenant_sees_its_own_queue_depth_and_no_one_elses(client, make_key, pg_pool):
+    acme, globex = await make_key("acme"), await make_key("globex")
+    ids = {
+        name: await pg_pool.fetchval("SELECT id FROM tenants WHERE name = $1", name)
+        for name in ("acme", "globex")
+    }
+    await pg_pool.execute(
+        """
+        INSERT INTO jobs (queue, tenant_id, payload, max_attempts, run_at, state, dead_at)
+        VALUES ('q-test', $1, '{}', 3, now() - interval '30 s', 'ready', NULL),
+               ('q-test', $1, '{}', 3, now() + interval '1 hour', 'ready', NULL),
+               ('q-test', $1, '{}', 3, now(), 'dead', now()),
+               ('q-test', $2, '{}', 3, now(), 'ready', NULL),
+               ('q-other', $2, '{}', 3, now(), 'ready', NULL)
+        """,
+        ids["acme"],
+        ids["globex"],
+    )
+    _, cookie = await _exchange(client, acme)  # what the dashboard uses: the session cookie
+    resp = await client.get("/v1/queues", headers=_with(cookie))
+    body = await resp.json()
+    assert resp.status == 200, body
+    (mine,) = body["queues"]
+    assert mine["queue"] == "q-test"
+    assert (mine["ready"], mine["due"], mine["running"], mine["dead"]) == (2, 1, 0, 1)
+    assert mine["oldest_due_s"] >= 29
+    theirs = await (await client.get("/v1/queues", headers=auth(globex))).json()
+    assert {q["queue"]: q["ready"] for q in theirs["queues"]} == {"q-test": 1, "q-other": 1}
+    client.session.cookie_jar.clear()  # the test client kept the session cookie
+    assert (await client.get("/v1/queues")).status == 401
+
+
 async def test_the_page_and_its_assets_are_served_from_the_package(client):
     page = await client.get("/dashboard")
     assert page.status == 200 and "text/html" in page.headers["Content-Type"]

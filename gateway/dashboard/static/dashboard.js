@@ -381,10 +381,23 @@ async function refreshPools() {
   $("pools-note").textContent = "your calls' channels in the trunk's pools (ops:read shows every tenant's)";
 }
 
+function queueTable(title, rows) {
+  const queues = el("table", { id: "queues" },
+    el("tr", {}, el("th", {}, "queue"), el("th", {}, "ready (due)"), el("th", {}, "running"), el("th", {}, "dead"), el("th", {}, "oldest due")));
+  for (const q of rows) {
+    queues.append(el("tr", { "data-queue": q.queue }, el("td", {}, q.queue), el("td", {}, `${q.ready} (${q.due})`),
+      el("td", {}, q.running), el("td", {}, q.dead), el("td", {}, `${q.oldest_due_s.toFixed(1)} s`)));
+  }
+  if (!rows.length) queues.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "no jobs in flight")));
+  $("queue-depth").replaceChildren(el("h3", {}, title), queues);
+}
+
 async function refreshOps() {
   if (!can("ops:read")) {
+    // A tenant sees its own jobs' depth (GET /v1/queues); the trunk's breakers are the operator's.
     $("breakers").replaceChildren(el("p", { class: "muted small" }, "provider breakers: needs the ops:read scope"));
-    $("queue-depth").replaceChildren(el("p", { class: "muted small" }, "queue depth: needs the ops:read scope"));
+    const resp = await api("/v1/queues");
+    if (resp.ok) queueTable("work queues (your jobs)", (await resp.json()).queues);
     return;
   }
   const resp = await api("/v1/ops/trunk");
@@ -392,14 +405,7 @@ async function refreshOps() {
   const t = await resp.json();
   $("pools").replaceChildren(...t.pools.map((p) => gauge(`${p.trunk}/${p.name}`, p.in_use, p.size, p.waiting)));
   $("pools-note").textContent = "trunk-wide: every tenant's calls (ops:read)";
-  const queues = el("table", { id: "queues" },
-    el("tr", {}, el("th", {}, "queue"), el("th", {}, "ready (due)"), el("th", {}, "running"), el("th", {}, "dead"), el("th", {}, "oldest due")));
-  for (const q of t.queues) {
-    queues.append(el("tr", { "data-queue": q.queue }, el("td", {}, q.queue), el("td", {}, `${q.ready} (${q.due})`),
-      el("td", {}, q.running), el("td", {}, q.dead), el("td", {}, `${q.oldest_due_s.toFixed(1)} s`)));
-  }
-  if (!t.queues.length) queues.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "no jobs in flight")));
-  $("queue-depth").replaceChildren(el("h3", {}, "work queues (trunk-wide)"), queues);
+  queueTable("work queues (trunk-wide)", t.queues);
   $("breakers").replaceChildren(
     el("h3", {}, "circuit breakers"),
     ...t.breakers.map((b) =>
