@@ -29,6 +29,12 @@ BODIES: dict[tuple[str, str], dict] = {
     },
     ("POST", "/v1/ivr/simulate"): {"flow": "b-secret-flow", "from": "+14155550123"},
     ("PUT", "/v1/dids/{number}"): {"ivr_flow": "b-secret-flow"},
+    ("POST", "/v1/workflows"): {
+        "name": "a-workflow",
+        "steps": [{"wait": {"duration": "1h"}}],
+    },
+    ("POST", "/v1/workflows/{workflow_id}/runs"): {"variables": {}},
+    ("POST", "/v1/email/suppressions"): {"address": "someone@example.com"},
 }
 # Query parameters a route requires.
 QUERIES: dict[tuple[str, str], dict] = {
@@ -171,8 +177,55 @@ async def seed_ivr(client, token_b: str, pg_pool) -> dict[str, str]:
     }
 
 
+async def seed_workflows(client, token_b: str, pg_pool) -> dict[str, str]:
+    """A workflow of B's and a run of it (waiting): A can neither read them, start the
+    workflow nor cancel the run."""
+    resp = await client.post(
+        "/v1/workflows",
+        json={
+            "name": "b-secret-workflow",
+            "steps": [{"wait": {"duration": "1h"}}],
+        },
+        headers=auth(token_b),
+    )
+    assert resp.status == 201, await resp.text()
+    workflow_id = (await resp.json())["id"]
+    resp = await client.post(
+        f"/v1/workflows/{workflow_id}/runs",
+        json={"variables": {"x": "b-secret-variable"}},
+        headers=auth(token_b),
+    )
+    assert resp.status == 201, await resp.text()
+    return {
+        "workflow_id": workflow_id,
+        "run_id": (await resp.json())["id"],
+        "workflow_marker": "b-secret-workflow",
+        "run_marker": "b-secret-variable",
+    }
+
+
+async def seed_email(client, token_b: str, pg_pool) -> dict[str, str]:
+    """An address on B's email suppression list: A can neither see it nor take it off."""
+    resp = await client.post(
+        "/v1/email/suppressions",
+        json={"address": "b-secret@example.com", "detail": "b-secret-detail"},
+        headers=auth(token_b),
+    )
+    assert resp.status == 201, await resp.text()
+    return {"address": "b-secret@example.com", "suppression_marker": "b-secret-detail"}
+
+
 # Each feature adds a seeder: (client, tenant-B token, pg_pool) -> {path parameter: B's id}.
-SEEDERS = [seed_messages, seed_webhooks, seed_dnc, seed_calls, seed_campaigns, seed_ivr]
+SEEDERS = [
+    seed_messages,
+    seed_webhooks,
+    seed_dnc,
+    seed_calls,
+    seed_campaigns,
+    seed_ivr,
+    seed_workflows,
+    seed_email,
+]
 
 
 async def seed_tenant_b(client, token_b: str, pg_pool) -> dict[str, str]:
