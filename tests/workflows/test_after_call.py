@@ -1,5 +1,5 @@
 """The classic case (issue 15): a voice agent's call ends → a text goes out at once → a reply
-or a day → a follow-up, with the day passed on the injected clock. Also: a call as a step,
+or a day → a follow-up email, with the day passed on the injected clock. Also: a call as a step,
 waiting for its end and branching on its outcome."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from tests.workflows.conftest import CUSTOMER
+
+EMAIL = "ana@sandbox.trunkline.dev"  # the sandbox delivers it
 
 AFTER_CALL = {
     "name": "after-call",
@@ -24,9 +26,10 @@ AFTER_CALL = {
         {"branch": {"if": "replied", "then": "end"}},
         {
             "send": {
-                "channel": "sms",
-                "to": "{{to}}",
-                "body": "Following up, {{name}}: anything else?",
+                "channel": "email",
+                "to": "{{email}}",
+                "subject": "Following up, {{name}}",
+                "text": "Anything else we can do for you, {{name}}?",
                 "purpose": "transactional",
             }
         },
@@ -41,7 +44,7 @@ async def place_agent_call(flows, **extra) -> str:
             "to": CUSTOMER,
             "purpose": "transactional",
             "on_answer": {"agent": {"system_prompt": "Book the appointment."}},
-            "metadata": {"name": "Ana"},
+            "metadata": {"name": "Ana", "email": EMAIL},
             **extra,
         },
     )
@@ -74,7 +77,12 @@ async def test_call_ends_sms_now_no_reply_for_a_day_then_the_follow_up(flows):
     done = await flows.status(run["id"], "completed")
     assert [s["outcome"] for s in done["timeline"]] == ["accepted", "timed_out", "else", "accepted"]
     _, follow_up = await flows.sent(run["id"])
-    assert follow_up["body"] == "Following up, Ana: anything else?"
+    assert (follow_up["channel"], follow_up["to_number"]) == ("email", EMAIL)
+    assert follow_up["trace_id"] == run["trace_id"]
+    email = await flows.get(f"/v1/messages/{follow_up['id']}")
+    assert email["subject"] == "Following up, Ana"
+    assert email["body"] == "Anything else we can do for you, Ana?"  # the text part
+    assert await _eventually_status(flows, follow_up["id"], "delivered")
 
 
 async def test_call_ends_sms_now_a_reply_stops_the_follow_up(flows):
@@ -87,6 +95,14 @@ async def test_call_ends_sms_now_a_reply_stops_the_follow_up(flows):
     flows.clock.advance(days=2)
     await asyncio.sleep(0.5)
     assert len(await flows.sent(run["id"])) == 1
+
+
+async def _eventually_status(flows, message_id: str, status: str) -> bool:
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await flows.get(f"/v1/messages/{message_id}"))["status"] != status:
+        assert asyncio.get_running_loop().time() < deadline, f"not {status}"
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def test_only_agent_calls_trigger_it(flows):

@@ -47,6 +47,7 @@ async def test_workflows_section_answers_as_printed(flows):
     assert all(holds(made, k, v) for k, v in pairs(printed)), (printed, made)
     assert made["webhook_secret"].startswith("whsec_")
     assert made["trigger"] == {"event": "call.completed", "agent_calls_only": True}
+    assert made["steps"][-1]["send"]["channel"] == "email"
 
     path = start.group(1).replace("<id>", made["id"])
     variables = json.loads(start.group(2))
