@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from bench.harness import Result, report, run_load
+from bench.harness import Result, cpu_seconds, report, run_load
 from bench.services import bench_services, daemon_env, free_port, spawn, wait_http
 from gateway import db
 from gateway.tenants.service import create_key, create_tenant
@@ -91,12 +91,17 @@ async def provision(database_url: str) -> str:
         await pool.close()
 
 
-async def accept_load(base: str, token: str, concurrency: int, duration: float) -> Result:
+async def accept_load(
+    base: str, token: str, concurrency: int, duration: float, pids: list[int]
+) -> Result:
+    """The load, and the API processes' own CPU time per accepted message (`pids`)."""
     headers = {"Authorization": f"Bearer {token}"}
     connector = aiohttp.TCPConnector(limit=concurrency)
+    served = 0
     async with aiohttp.ClientSession(connector=connector, base_url=base) as session:
 
         async def op() -> None:
+            nonlocal served
             # Distinct recipients: the per-destination limit (burst 5) is real and stays on, so
             # they are drawn from 60,000 New York numbers: at 1,000/s for 9 s, 10,000 numbers
             # gave one of them a 6th message within the burst in about half the runs (a 429).
@@ -107,10 +112,15 @@ async def accept_load(base: str, token: str, concurrency: int, duration: float) 
                 await resp.read()
                 if resp.status != 201:
                     raise RuntimeError(f"accept answered {resp.status}: {await resp.text()}")
+            served += 1
 
-        return await run_load(
+        cpu0 = sum(map(cpu_seconds, pids))
+        result = await run_load(
             "POST /v1/messages (accept, durable)", op, concurrency=concurrency, duration=duration
         )
+        cpu = sum(map(cpu_seconds, pids)) - cpu0
+        result.extra["api_cpu_us_per_message"] = round(cpu / served * 1e6, 1)
+        return result
 
 
 async def delivery_rate(database_url: str, timeout: float) -> Result:
@@ -171,7 +181,13 @@ def main() -> None:
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
             accepted = asyncio.run(
-                accept_load(f"http://127.0.0.1:{port}", token, args.concurrency, args.duration)
+                accept_load(
+                    f"http://127.0.0.1:{port}",
+                    token,
+                    args.concurrency,
+                    args.duration,
+                    [p.pid for p in api],
+                )
             )
             # Delivery runs after the accept load, in a worker process, so the two don't share the cores.
             worker = spawn(["-m", "gateway.cli", "run", "--role", "worker"], env)
@@ -186,6 +202,8 @@ def main() -> None:
         if floor
         else "pgbench not found",
         "accept_vs_floor": round(accepted.rate / floor, 3) if floor else None,
+        # what does not swing with the neighbours' load (the rates above do, on a shared machine)
+        "api_cpu_us_per_message": accepted.extra["api_cpu_us_per_message"],
         "api_processes": args.api_processes,
         "concurrency": args.concurrency,
     }

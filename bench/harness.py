@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc).
+
+    On a shared machine rates swing with the neighbours' load; a server's own CPU time per
+    request does not, so benchmarks print it beside their rates."""
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -108,4 +118,4 @@ def report(title: str, results: list[Result], **figures: Any) -> None:
     )
 
 
-__all__ = ["Result", "asdict", "report", "run_load"]
+__all__ = ["Result", "asdict", "cpu_seconds", "report", "run_load"]

@@ -14,20 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 
 import aiohttp
 
-from bench.harness import Result, report, run_load
+from bench.harness import Result, cpu_seconds, report, run_load
 from bench.services import bench_services, daemon_env, free_port, spawn, wait_http
 from gateway import db
 from gateway.tenants.service import create_key, create_tenant
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux /proc)."""
-    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(

@@ -224,7 +224,9 @@ def create_app(
         count_verdicts(chain, res.counters)  # trunkline_guardrail_verdicts_total
         app[PROVIDERS] = registry
         app[CHAIN] = chain
-        pipeline = MessagePipeline(res.db, chain, registry, settings, metrics=app[METRICS])
+        pipeline = MessagePipeline(
+            res.db, chain, registry, settings, metrics=app[METRICS], dids=res.dids
+        )
         await pipeline.start()
         app[PIPELINE] = pipeline
         try:

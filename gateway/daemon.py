@@ -5,6 +5,7 @@ Used by `trunkline run` and `trunkline dev` (gateway/cli.py, gateway/devcli.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -43,6 +44,7 @@ async def serve(
             log.info("listening", url=site.name, role=role)
         else:
             log.info("worker started", role=role)
+        settle_heap()
         await stop.wait()
         log.info("shutting down", deadline_s=settings.http.shutdown_timeout)
     finally:
@@ -50,6 +52,20 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector off what start-up built (settings, the OpenAPI
+    document, pydantic schemas, phone number metadata): frozen, it is never traversed again.
+
+    Measured under bench.accept, the collector took ~11 % of the API process's CPU (perf),
+    mostly full collections walking those start-up objects over and over; a request allocates
+    many short-lived objects (futures, dicts) that trigger collections, and those are cheap
+    only if the old heap is out of the way. The young generation's threshold is raised for the
+    same reason: most objects of a request die by reference counting before any collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def run_daemon(main: Coroutine[Any, Any, Any]) -> Any:

@@ -17,9 +17,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import db
+from gateway.listener import ChangeListener
 from gateway.logs import get_logger
 from gateway.ops.counters import SharedCounters
 from gateway.outage import OutageMonitor, quiet_library_outage_logs
+from gateway.pipeline.didcache import DidCache
 from gateway.redis import create_redis
 from gateway.settings import Settings
 from gateway.tenants.keycache import KeyCache
@@ -37,6 +39,8 @@ class Resources:
     keys: KeyCache | None = None
     # Job attempts and guardrail verdicts, summed across processes in Redis (ops/counters.py)
     counters: SharedCounters | None = None
+    # The DIDs its tenants send from (no round trip to route a send; didcache.py)
+    dids: DidCache | None = None
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -58,17 +62,25 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     redis = create_redis(settings.redis_url(), max_connections=settings.redis.max_connections)
     outages = OutageMonitor({"database": lambda: pool.fetchval("SELECT 1"), "redis": redis.ping})
     quiet_library_outage_logs()
-    keys = KeyCache(url)
-    await keys.start()
+    # One LISTEN connection tells both caches what changed (gateway/listener.py).
+    listener = ChangeListener(url)
+    keys, dids = KeyCache(listener), DidCache(listener)
+    await listener.start()
     counters = SharedCounters(redis, outages=outages)
     counters.start()
     try:
         yield Resources(
-            settings=settings, db=pool, redis=redis, outages=outages, keys=keys, counters=counters
+            settings=settings,
+            db=pool,
+            redis=redis,
+            outages=outages,
+            keys=keys,
+            dids=dids,
+            counters=counters,
         )
     finally:
         await counters.close()
-        await keys.close()
+        await listener.close()
         await outages.aclose()
         await redis.aclose()
         await pool.close()

@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
 
+from gateway.core.phone import parsed_e164
 from guardrails.rules import Channel, FrequencyCap, HoursRule, Purpose, Rules, npa_of
 from guardrails.verdicts import Allow, Defer, Deny, DenyCode
 
@@ -113,12 +114,20 @@ def _number_facts(number: str) -> _NumberFacts:
 
 def _parse_number(number: str) -> _NumberFacts:
     try:
-        parsed = phonenumbers.parse(number, None)
+        parsed = parsed_e164(number)  # the API has just parsed it, usually
     except phonenumbers.NumberParseException as exc:
         raise ValueError(f"not an E.164 phone number: {number!r}") from exc
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    zones = tuple(z for z in pn_timezone.time_zones_for_number(parsed) if z != _UNKNOWN_ZONE)
-    return parsed, e164, zones, phonenumbers.number_type(parsed)
+    # pn_timezone.time_zones_for_number, with the number's type worked out once, not twice
+    ntype = phonenumbers.number_type(parsed)
+    if ntype == phonenumbers.PhoneNumberType.UNKNOWN:
+        found: Sequence[str] = ()
+    elif phonenumbers.is_number_type_geographical(ntype, parsed.country_code):
+        found = pn_timezone.time_zones_for_geographical_number(parsed)
+    else:
+        found = pn_timezone.time_zones_for_number(parsed)
+    zones = tuple(z for z in found if z != _UNKNOWN_ZONE)
+    return parsed, e164, zones, ntype
 
 
 def resolve_recipient(number: str, *, rules: Rules, address_state: str | None = None) -> Recipient:

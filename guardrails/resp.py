@@ -11,7 +11,8 @@ accept path of every message, so it gets this instead:
 * one connection per event loop, opened on first use with the client's own settings (same
   server, database and credentials), shared by every concurrent caller: Redis answers in the
   order it was asked, so replies are matched to callers by a FIFO of futures — no pool, no
-  lock, and a command is one `transport.write` of bytes;
+  lock, and the commands of all callers in one event-loop turn (the accepts in flight) are
+  one `transport.write` of bytes;
 * replies parsed from the protocol's `data_received` callback, with no task in between.
 
 Anything it cannot do as the client would (TLS, a credential provider, a client without a
@@ -112,6 +113,7 @@ class _Protocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.closed = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self._unsent: list[bytes] | None = None  # commands of this loop turn, not yet written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -125,8 +127,19 @@ class _Protocol(asyncio.Protocol):
         self.waiting.append((future, deadline))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._watch)
-        self.transport.write(command)
+        # Corked: what every caller of this loop turn sends goes out in one write at its end
+        # (one syscall, and one read for Redis), not one each: a pipeline for the whole turn.
+        if self._unsent is None:
+            self._unsent = [command]
+            loop.call_soon(self._flush)
+        else:
+            self._unsent.append(command)
         return future
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, None
+        if unsent and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     def _watch(self) -> None:
         self._watchdog = None

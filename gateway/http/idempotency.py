@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,20 +189,24 @@ async def claim_many(
 # flushes the claim too, and a claim lost to a crash is a try that failed -- the key is free.
 _NO_FLUSH = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 
-_BEGIN = f"""
-WITH ins AS (
+_BEGIN_MANY = f"""
+WITH c AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[])
+           WITH ORDINALITY AS c(tenant_id, key, method, path, request_hash, owner, i)
+), ins AS (
     INSERT INTO idempotency_keys (tenant_id, key, method, path, request_hash, owner, locked_until)
-    SELECT $1::uuid, $2::text, $3::text, $4::text, $5::bytea, $6::uuid,
+    SELECT tenant_id, key, method, path, request_hash, owner,
            now() + make_interval(secs => $7::float8)
-    WHERE {_NO_FLUSH}
+    FROM c WHERE {_NO_FLUSH}
+    ORDER BY tenant_id, key
     ON CONFLICT (tenant_id, key) DO NOTHING
-    RETURNING 1
+    RETURNING owner
 )
-SELECT EXISTS (SELECT FROM ins) AS owned, k.request_hash, k.response_status, k.response_body,
-       k.expires_at < now() AS expired,
+SELECT c.owner IN (SELECT owner FROM ins) AS owned, k.request_hash, k.response_status,
+       k.response_body, k.expires_at < now() AS expired,
        extract(epoch FROM k.locked_until - now())::float8 AS lease_left
-FROM (VALUES (1)) AS one (x)
-LEFT JOIN idempotency_keys k ON k.tenant_id = $1::uuid AND k.key = $2::text
+FROM c LEFT JOIN idempotency_keys k ON k.tenant_id = c.tenant_id AND k.key = c.key
+ORDER BY c.i
 """
 
 _TAKE_OVER = f"""
@@ -218,6 +222,54 @@ WHERE tenant_id = $1 AND key = $2
 RETURNING true
 """
 
+Begun = bool | Replay | InFlight
+
+
+async def begin_many(
+    db: asyncpg.Pool | asyncpg.Connection, claims: Sequence[Claim], lease: float
+) -> list[Begun | Problem]:
+    """`begin` for many claims (of distinct owners) in one statement; a Problem where `begin`
+    would raise it. Rows are inserted in key order, so concurrent batches never deadlock."""
+    out: list[Begun | Problem] = [InFlight(0.0)] * len(claims)
+    pending = list(range(len(claims)))
+    for _ in range(3):
+        if not pending:
+            break
+        picked = [claims[i] for i in pending]
+        assert all(c.owner is not None for c in picked)
+        rows = await db.fetch(
+            _BEGIN_MANY,
+            [c.tenant_id for c in picked],
+            [c.key for c in picked],
+            [c.method for c in picked],
+            [c.path for c in picked],
+            [c.digest for c in picked],
+            [c.owner for c in picked],
+            lease,
+        )
+        again = []
+        for i, claim, row in zip(pending, picked, rows, strict=True):
+            if row["owned"]:
+                out[i] = True
+            elif row["expired"] is None:
+                again.append(i)  # the holder's row changed under our snapshot: look again
+            elif row["expired"] or (
+                row["response_status"] is None and not (row["lease_left"] or 0.0) > 0.0
+            ):  # answered 24 h ago, or its holder let the lease lapse: take it over
+                args = (claim.tenant_id, claim.key, claim.method, claim.path, claim.digest)
+                if await db.fetchval(_TAKE_OVER, *args, claim.owner, lease):
+                    out[i] = True
+                else:
+                    again.append(i)
+            elif row["response_status"] is None:
+                out[i] = InFlight(row["lease_left"])
+            elif bytes(row["request_hash"]) != claim.digest:
+                out[i] = reused(claim.key)
+            else:
+                out[i] = Replay(row["response_status"], row["response_body"])
+        pending = again
+    return out  # still pending: contended (InFlight(0)), the caller waits and begins again
+
 
 async def begin(db: asyncpg.Pool, claim: Claim, lease: float) -> bool | Replay | InFlight:
     """Claim (tenant, key) for `claim.owner` before any work, in its own committed statement.
@@ -227,25 +279,10 @@ async def begin(db: asyncpg.Pool, claim: Claim, lease: float) -> bool | Replay |
     different request. A key whose holder let its lease lapse (a process that died, an
     error that was not stored) or whose 24 h expired is taken over.
     """
-    assert claim.owner is not None
-    args = (claim.tenant_id, claim.key, claim.method, claim.path, claim.digest, claim.owner, lease)
-    for _ in range(3):
-        row = await db.fetchrow(_BEGIN, *args)
-        if row["owned"]:
-            return True
-        if row["expired"] is None:
-            continue  # the holder's row changed under our snapshot: look again
-        lapsed = row["response_status"] is None and not (row["lease_left"] or 0.0) > 0.0
-        if row["expired"] or lapsed:
-            if await db.fetchval(_TAKE_OVER, *args):
-                return True
-            continue
-        if row["response_status"] is None:
-            return InFlight(row["lease_left"])
-        if bytes(row["request_hash"]) != claim.digest:
-            raise reused(claim.key)
-        return Replay(row["response_status"], row["response_body"])
-    return InFlight(0.0)  # contended: the caller waits a moment and begins again
+    found = (await begin_many(db, [claim], lease))[0]
+    if isinstance(found, Problem):
+        raise found
+    return found
 
 
 async def renew(db: asyncpg.Pool, claim: Claim, lease: float) -> bool:

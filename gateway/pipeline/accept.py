@@ -32,6 +32,7 @@ from gateway.messages import repo
 from gateway.messages.schemas import SendMessage
 from gateway.messages.service import message_from_row
 from gateway.messages.templates import render
+from gateway.pipeline.didcache import DidCache
 from gateway.pipeline.groupcommit import GroupCommitter, Outcome
 from gateway.pipeline.keygate import KeyGate
 from gateway.pipeline.router import route_message
@@ -71,6 +72,7 @@ class MessagePipeline:
     registry: ProviderRegistry
     settings: Settings
     metrics: Registry | None = None
+    dids: DidCache | None = None  # routes from memory (didcache.py); None: read every time
     committer: GroupCommitter[_Plan] = field(init=False)
     gate: KeyGate = field(init=False)
     links: UnsubscribeLinks = field(init=False)
@@ -88,6 +90,7 @@ class MessagePipeline:
 
     async def close(self) -> None:
         await self.committer.close(self.settings.http.shutdown_timeout)
+        await self.gate.close()
 
     async def accept(
         self,
@@ -138,7 +141,7 @@ class MessagePipeline:
             segments = count_segments(text)
             encoding, n_segments = segments.encoding, segments.segments
         route = await route_message(
-            self.db, self.registry, principal.tenant_id, req.channel, req.from_
+            self.db, self.registry, principal.tenant_id, req.channel, req.from_, self.dids
         )
         action = OutboundAction(
             tenant_id=principal.tenant_id,

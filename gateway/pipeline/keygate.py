@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 import asyncpg
 
+from gateway.batching import Coalescer
 from gateway.core.errors import Problem
 from gateway.http import idempotency
 from gateway.logs import get_logger
@@ -54,11 +55,14 @@ class KeyLocks:
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
-            try:
-                async with asyncio.timeout(timeout):
-                    await lock.acquire()
-            except TimeoutError:
-                raise KeyBusy from None
+            if users:  # someone holds or waits for it (else it is free: no timer to arm)
+                try:
+                    async with asyncio.timeout(timeout):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise KeyBusy from None
+            else:
+                await lock.acquire()
             try:
                 yield
             finally:
@@ -72,7 +76,12 @@ class KeyLocks:
 
 
 class KeyGate:
-    """Shared by every keyed write path (messages, calls): run `work` once per key."""
+    """Shared by every keyed write path (messages, calls): run `work` once per key.
+
+    Round trips: the claims of concurrent requests are taken by one statement
+    (`idempotency.begin_many` through a Coalescer), and one renewer task per gate extends the
+    leases of the tries that work for long (none, usually) — no task per request.
+    """
 
     def __init__(
         self,
@@ -89,6 +98,22 @@ class KeyGate:
         self.poll_initial = poll_initial
         self.poll_max = poll_max
         self._locks = KeyLocks()
+        self._begin: Coalescer[idempotency.Claim, idempotency.Begun] = Coalescer(
+            lambda claims: idempotency.begin_many(self.db, claims, self.lease),
+            name="idempotency-begin",
+        )
+        # The claims this process works under, by owner: when each was taken or last renewed.
+        self._held: dict[uuid.UUID, tuple[idempotency.Claim, float]] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Stop the renewer and the claims on their way (the pipeline's close calls this)."""
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        await self._begin.aclose()
 
     async def run(self, claim: idempotency.Claim, work: Work) -> Outcome:
         """The stored answer for `claim`'s key, or `work`'s, run only while owning the key.
@@ -112,7 +137,7 @@ class KeyGate:
         loop = asyncio.get_running_loop()
         backoff = self.poll_initial
         while True:
-            found = await idempotency.begin(self.db, mine, self.lease)
+            found = await self._begin.submit(mine)  # a Problem for this claim is raised
             if found is True:
                 return None
             if isinstance(found, idempotency.Replay):
@@ -125,27 +150,47 @@ class KeyGate:
             backoff = min(backoff * 2, self.poll_max)
 
     async def _own(self, mine: idempotency.Claim, work: Work) -> Outcome:
-        renewer = asyncio.create_task(self._renew(mine), name="idempotency-lease")
+        assert mine.owner is not None
+        loop = asyncio.get_running_loop()
+        self._held[mine.owner] = (mine, loop.time())
+        if self._renewer is None:
+            self._renewer = loop.create_task(self._renew(), name="idempotency-leases")
         try:
             return await work(mine)
         except Problem:
             # A refusal that was not stored (validation, pool full, shutting down): the key
             # is free again at once. Anything else may still commit (a timed-out batch) or
             # is an outage: the lease lapses instead, and the commit is fenced by the owner.
-            renewer.cancel()
+            self._held.pop(mine.owner, None)
             await asyncio.shield(self._release(mine))
             raise
         finally:
-            renewer.cancel()
+            self._held.pop(mine.owner, None)
 
-    async def _renew(self, mine: idempotency.Claim) -> None:
-        while True:
-            await asyncio.sleep(self.lease / 3)
-            try:
-                if not await idempotency.renew(self.db, mine, self.lease):
-                    return  # answered, or lost to a waiter after a stall: nothing to keep
-            except Exception as exc:
-                log.warning("idempotency lease renewal failed", error=repr(exc))
+    async def _renew(self) -> None:
+        """Every lease/3 s, renew the claims held for lease/6 s or more (so each is renewed
+        before half its lease has gone); exits once none is held."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._held:
+                await asyncio.sleep(self.lease / 3)
+                now = loop.time()
+                due = [c for c, since in self._held.values() if now - since >= self.lease / 6]
+                for mine in due:
+                    assert mine.owner is not None
+                    try:
+                        kept = await idempotency.renew(self.db, mine, self.lease)
+                    except Exception as exc:
+                        log.warning("idempotency lease renewal failed", error=repr(exc))
+                        continue
+                    if mine.owner in self._held:
+                        if kept:
+                            self._held[mine.owner] = (mine, loop.time())
+                        else:  # answered, or lost to a waiter after a stall: nothing to keep
+                            del self._held[mine.owner]
+        finally:
+            if self._renewer is asyncio.current_task():
+                self._renewer = None
 
     async def _release(self, mine: idempotency.Claim) -> None:
         try:

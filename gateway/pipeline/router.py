@@ -9,6 +9,7 @@ import asyncpg
 
 from gateway.core.errors import ValidationFailed
 from gateway.messages import repo
+from gateway.pipeline.didcache import DidCache
 from gateway.providers.registry import ProviderRegistry, ProviderUnavailable
 
 
@@ -25,15 +26,20 @@ async def route_message(
     tenant_id: uuid.UUID,
     channel: str,
     from_number: str | None,
+    dids: DidCache | None = None,
 ) -> Route:
     """A sender the tenant owns decides the provider (the `dids` table); otherwise config does.
 
     Email has no DIDs: the channel's configured provider carries it, from the address given
-    or the channel's `default_from`."""
+    or the channel's `default_from`. With `dids`, a sender this process has routed before costs
+    no round trip (didcache.py)."""
     cfg = registry.route(channel)
     if channel == "email":
         return _route_email(registry, cfg.primary, cfg.fallback, from_number or cfg.default_from)
-    did = await repo.did_for_sending(conn, tenant_id, channel, from_number)
+    if dids is not None:
+        did = await dids.did_for_sending(conn, tenant_id, channel, from_number)
+    else:
+        did = await repo.did_for_sending(conn, tenant_id, channel, from_number)
     if from_number is not None and did is None:
         raise ValidationFailed(
             f"{from_number} is not one of this tenant's numbers able to send {channel}",

@@ -11,7 +11,8 @@ import uuid
 import aiohttp
 import asyncpg
 
-from gateway.tenants.keycache import APPLICATION_NAME, KeyCache
+from gateway.listener import APPLICATION_NAME, ChangeListener
+from gateway.tenants.keycache import KeyCache
 from gateway.tenants.service import Principal, authenticate_token, parse_token
 from tests.foundation.test_idempotency_across_processes import api_processes
 from tests.helpers import auth
@@ -70,8 +71,9 @@ async def test_a_key_revoked_by_the_cli_fails_within_a_second_on_every_process(
 async def test_the_cache_serves_a_known_key_and_forgets_it_on_notify(
     database_url, make_key, pg_pool
 ):
-    cache = KeyCache(database_url)
-    await cache.start()
+    listener = ChangeListener(database_url)
+    cache = KeyCache(listener)
+    await listener.start()
     try:
         await _until(lambda: cache.listening)
         token = await make_key("acme")
@@ -93,14 +95,15 @@ async def test_the_cache_serves_a_known_key_and_forgets_it_on_notify(
         assert await authenticate_token(pg_pool, token, cache) is None
         assert cache.get(key_id) is None  # a revoked key is never stored
     finally:
-        await cache.close()
+        await listener.close()
 
 
 async def test_a_lost_listener_turns_the_cache_off_until_it_listens_again(
     database_url, make_key, pg_pool
 ):
-    cache = KeyCache(database_url, reconnect=0.2)
-    await cache.start()
+    listener = ChangeListener(database_url, reconnect=0.2)
+    cache = KeyCache(listener)
+    await listener.start()
     try:
         await _until(lambda: cache.listening)
         token = await make_key("acme")
@@ -123,30 +126,32 @@ async def test_a_lost_listener_turns_the_cache_off_until_it_listens_again(
         await _until(lambda: cache.listening)
         assert await authenticate_token(pg_pool, token, cache) is None
     finally:
-        await cache.close()
+        await listener.close()
 
 
 async def test_a_listener_that_stops_answering_is_trusted_no_longer(database_url):
     # A connection that died silently (no RST, nothing to notice) answers no heartbeat: its
     # entries stop being used `stale_after` seconds after the last answered one.
-    cache = KeyCache(database_url, heartbeat=0.05, stale_after=0.3)
-    await cache.start()
+    listener = ChangeListener(database_url, heartbeat=0.05, stale_after=0.3)
+    cache = KeyCache(listener)
+    await listener.start()
     try:
         await _until(lambda: cache.listening)
         who = Principal(uuid.uuid4(), "acme", "k" * 16, ("calls:read",))
         cache.put("k" * 16, b"h", who, cache.generation)
         assert cache.get("k" * 16) is not None
-        cache.probe = "SELECT pg_sleep(30)"  # the next heartbeat gets no answer
+        listener.probe = "SELECT pg_sleep(30)"  # the next heartbeat gets no answer
         await asyncio.sleep(0.4)
-        assert cache._conn is not None and not cache._conn.is_closed()
+        assert listener._conn is not None and not listener._conn.is_closed()
         assert not cache.listening and cache.get("k" * 16) is None
     finally:
-        await cache.close()
+        await listener.close()
 
 
 def test_entries_are_bounded_in_number_and_age():
-    cache = KeyCache("postgresql://unused", max_entries=3, ttl=0.05)
-    cache._trusted_until = time.monotonic() + 60  # as if listening
+    listener = ChangeListener("postgresql://unused")
+    cache = KeyCache(listener, max_entries=3, ttl=0.05)
+    listener.trusted_until = time.monotonic() + 60  # as if listening
     who = Principal(uuid.uuid4(), "acme", "x", ())
     for i in range(5):
         cache.put(f"key{i}", b"h", who, cache.generation)

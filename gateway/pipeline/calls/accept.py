@@ -37,6 +37,7 @@ from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
 from gateway.pipeline.accept import denial
 from gateway.pipeline.calls.route import PoolFull, route_call, sip_host
+from gateway.pipeline.didcache import DidCache
 from gateway.pipeline.groupcommit import GroupCommitter, Outcome
 from gateway.pipeline.keygate import KeyGate
 from gateway.providers.agents.sandbox import SandboxAgents
@@ -62,6 +63,7 @@ class CallPipeline:
     registry: ProviderRegistry
     settings: Settings
     pools: TrunkPools
+    dids: DidCache | None = None  # routes from memory (didcache.py); None: read every time
     committer: GroupCommitter[CallPlan] = field(init=False)
     gate: KeyGate = field(init=False)
 
@@ -164,7 +166,7 @@ class CallPipeline:
         if not wait_for_pool:
             acquire = asyncio.ensure_future(pool.try_acquire(str(call_id)))
         try:
-            route = await route_call(self.db, self.registry, tenant_id, req.from_)
+            route = await route_call(self.db, self.registry, tenant_id, req.from_, self.dids)
         finally:
             if acquire is not None:
                 await asyncio.wait({acquire})

@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.core.errors import Problem, ValidationFailed
 from gateway.messages import repo as messages_repo
+from gateway.pipeline.didcache import DidCache
 from gateway.providers.contracts import (
     CallRef,
 )
@@ -33,10 +34,16 @@ async def route_call(
     registry: ProviderRegistry,
     tenant_id: uuid.UUID,
     from_: str | None,
+    dids: DidCache | None = None,
 ) -> CallRoute:
-    """A caller id the tenant owns decides the provider (the `dids` table); otherwise config."""
+    """A caller id the tenant owns decides the provider (the `dids` table); otherwise config.
+
+    With `dids`, a caller id this process has routed before costs no round trip."""
     cfg = registry.route("voice")
-    did = await messages_repo.did_for_sending(conn, tenant_id, "voice", from_)
+    if dids is not None:
+        did = await dids.did_for_sending(conn, tenant_id, "voice", from_)
+    else:
+        did = await messages_repo.did_for_sending(conn, tenant_id, "voice", from_)
     if from_ is not None and did is None:
         raise ValidationFailed(
             f"{from_} is not one of this tenant's numbers able to make calls",

@@ -74,7 +74,7 @@ class VoiceRuntime:
             ),
         )
         service = CallService(res.db, pools, registry, settings)
-        pipeline = CallPipeline(res.db, chain, registry, settings, pools)
+        pipeline = CallPipeline(res.db, chain, registry, settings, pools, dids=res.dids)
         rt = cls(settings, res, registry, pools, service, pipeline)
         try:
             await pipeline.committer.start()
@@ -189,6 +189,7 @@ class VoiceRuntime:
 
     async def close(self) -> None:
         await self.pipeline.committer.close(self.settings.http.shutdown_timeout)
+        await self.pipeline.gate.close()
         for lease in self.leases:
             await lease.close()
         for tracker in self.trackers.values():
