@@ -70,6 +70,8 @@ Route = Callable[[dict[str, str]], Awaitable[Any]]  # AGI env → the ivr_flows 
 # (session, agent spec) → the SIP URI of a new agent session for this call (agent nodes)
 AgentConnector = Callable[[Any, dict[str, Any]], Awaitable[str]]
 BRIDGE_TIMEOUT = 4 * 3600.0  # a Dial to an agent lasts as long as the conversation
+# Dial's DIALSTATUS → the transfer call's end (anything else: failed)
+DIAL_STATUS = {"ANSWER": "completed", "BUSY": "busy", "NOANSWER": "no_answer", "CANCEL": "canceled"}
 
 
 class AmiLike(Protocol):
@@ -142,8 +144,10 @@ class AsyncAgiTransport:
         cfg: AgiConfig | None = None,
         command_timeout: float = 10.0,
         overflow_sound: str = "all-circuits-busy-now",
+        provider: str = "asterisk",
     ) -> None:
         self.ami = ami
+        self.provider = provider  # the voice provider's name (a transfer's call record)
         self.runner = runner
         self.route = route
         self.pool = pool
@@ -451,16 +455,45 @@ class AsyncAgiTransport:
     async def _transfer(
         self, call: _Call, session: Any, cmd: Transfer, extra: list[NewEvent]
     ) -> Input:
-        """Through the guardrail chain first; only a cleared transfer is dialled."""
-        verdict, decision_event, cleared = await self.runner.clear_transfer(session, cmd)
-        extra.append(decision_event)
-        if cleared is None:
-            return verdict
-        (line,) = render(cmd, self.cfg, session_id=session.id)
-        result = await self._command(call, line, cmd.timeout + self.command_timeout)
-        if result.code != 200 or result.result == "-1":
-            return TransferVerdict("failed", f"dial ended {result.code} {result.result}")
-        return TransferVerdict("transferred")
+        """An outbound call through the pipeline (its record, the chain at accept and at
+        dispatch); only the number the chain cleared is dialled, on a channel of the pool,
+        and the call record ends with the Dial's DIALSTATUS."""
+        refused, ticket, cleared = await self.runner.place_transfer(session, cmd, self.provider)
+        if refused is not None or ticket is None or self.runner.transfers is None:
+            return refused or TransferVerdict("refused", "transfers are not configured")
+        desk = self.runner.transfers
+        action = cleared.verify()  # what the chain cleared is what is dialled
+        dial = Transfer(action.to, action.from_, cmd.timeout, cmd.purpose)
+        leg = False
+        if self.pool is not None:  # the transfer's leg is a second channel on the trunk
+            try:
+                await self.pool.try_acquire(ticket.call_id)
+                leg = True
+            except Exception as exc:
+                await desk.finish(ticket, "failed", f"no channel for the transfer: {exc}")
+                return TransferVerdict("failed", "no free channel", ticket.call_id)
+        status, detail = "failed", None
+        try:
+            (line,) = render(dial, self.cfg, session_id=session.id)
+            result = await self._command(call, line, cmd.timeout + self.command_timeout)
+            if result.code != 200 or result.result == "-1":
+                status, detail = "canceled", f"dial ended {result.code} {result.result}"
+            else:
+                got = await self._command(call, "GET VARIABLE DIALSTATUS", self.command_timeout)
+                detail = f"DIALSTATUS {got.data}" if got.data else "no DIALSTATUS"
+                status = DIAL_STATUS.get(got.data or "", "failed")
+        except ChannelGone:
+            status, detail = "canceled", "the caller hung up during the dial"
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(desk.finish(ticket, status, detail))
+            if leg and self.pool is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.pool.release(ticket.call_id))
+        if status == "completed":
+            return TransferVerdict("transferred", detail, ticket.call_id)
+        return TransferVerdict("failed", detail, ticket.call_id)
 
     async def _command(self, call: _Call, line: str, timeout: float) -> AgiResult:
         if call.ended.is_set():

@@ -138,6 +138,7 @@ class WebhookAnswer:
 class TransferVerdict:
     outcome: Literal["transferred", "refused", "failed"]
     reason: str | None = None
+    call_id: str | None = None  # the transfer's call record (the pipeline's)
 
 
 @dataclass(frozen=True)
@@ -412,11 +413,14 @@ def _webhook_answered(run: _Run, name: str, node: WebhookNode, event: WebhookAns
 def _transfer_decided(run: _Run, name: str, node: TransferNode, event: TransferVerdict) -> None:
     run.waiting = None
     fallback = node.fallback or run.flow.fallback
+    call = {"call_id": event.call_id} if event.call_id else {}
     if event.outcome == "transferred":
-        run.note(transfer="transferred", node=name, to=node.transfer.to, reason=event.reason)
+        run.note(
+            transfer="transferred", node=name, to=node.transfer.to, reason=event.reason, **call
+        )
         run.end("transferred", hangup=False)
         return
-    run.note(transfer=event.outcome, node=name, reason=event.reason, branch=fallback)
+    run.note(transfer=event.outcome, node=name, reason=event.reason, branch=fallback, **call)
     if fallback is None:
         run.end(f"transfer_{event.outcome}")
     else:

@@ -18,15 +18,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-from gateway.core.actions import OutboundAction
 from gateway.core.ids import new_id, new_trace_id
 from gateway.events.outbox import NewEvent, emit
 from guardrails.chain import GuardrailChain
-from guardrails.verdicts import Deny
 from ivr import repo
 from ivr.engine import (
     CallStarted,
@@ -77,8 +75,10 @@ class FlowRunner:
         chain: GuardrailChain,
         webhooks: WebhookCaller,
         clock: Callable[[], datetime] | None = None,
+        transfers: TransferDesk | None = None,
     ) -> None:
         self.db = db
+        self.transfers = transfers
         self.store = store
         self.chain = chain
         self.webhooks = webhooks
@@ -202,33 +202,42 @@ class FlowRunner:
         loaded = await self.flow(session.flow_id)
         return await self.webhooks.call(cmd, loaded.secret)
 
-    async def clear_transfer(
-        self, session: Session, cmd: Transfer
-    ) -> tuple[TransferVerdict, NewEvent, Any]:
-        """Run the transfer through the guardrail chain, as any outbound call is.
+    async def place_transfer(
+        self, session: Session, cmd: Transfer, provider: str
+    ) -> tuple[TransferVerdict | None, TransferTicket | None, Any]:
+        """A transfer is an outbound call through the pipeline (`transfers`): the call record
+        and the chain at accept, the chain again at dispatch. Returns the refusal for the
+        engine (None: cleared), the ticket the transport finishes once the dial is over, and
+        the ClearedAction to dial with. No pipeline configured: refused, never a bypass."""
+        if self.transfers is None:
+            return TransferVerdict("refused", "transfers are not configured"), None, None
+        ticket = await self.transfers.accept(session, cmd, provider)
+        if ticket.refused is None:
+            cleared = await self.transfers.dispatch(ticket)
+            if cleared is not None:
+                return None, ticket, cleared
+        return TransferVerdict("refused", ticket.refused, ticket.call_id), ticket, None
 
-        Returns the verdict for the engine, the chain's decision event (committed with the
-        step) and the ClearedAction a dialling transport needs (None when refused). A Defer is a
-        refusal here: a caller on the line cannot wait for calling hours to open."""
-        action = OutboundAction(
-            tenant_id=uuid.UUID(session.tenant_id),
-            subject=session.id,
-            channel="voice",
-            to=cmd.to,
-            from_=cmd.from_,
-            purpose=cmd.purpose,  # type: ignore[arg-type]
-            trace_id=session.trace_id,
-            extra={"ivr_session": session.id, "ivr_node": session.node},
-        )
-        decision = await self.chain.evaluate(action, stage="accept", when_closed="deny")
-        if decision.allowed:
-            return TransferVerdict("transferred"), decision.event, decision.cleared
-        verdict = decision.verdict
-        if isinstance(verdict, Deny):
-            reason = f"{verdict.code}: {verdict.reason}"
-        else:
-            reason = f"deferred: {getattr(verdict, 'reason', '')}"
-        return TransferVerdict("refused", reason), decision.event, None
+
+@dataclass
+class TransferTicket:
+    """A transfer's call record, between its accept and the end of its dial."""
+
+    call_id: str
+    refused: str | None = None  # why the chain said no (at accept or dispatch)
+    attempt: int | None = None
+
+
+class TransferDesk(Protocol):
+    """The outbound pipeline as a transfer uses it (gateway/ivr/transfers.py)."""
+
+    async def accept(self, session: Session, cmd: Transfer, provider: str) -> TransferTicket: ...
+
+    async def dispatch(self, ticket: TransferTicket) -> Any: ...
+
+    async def finish(
+        self, ticket: TransferTicket, status: str, detail: str | None = None
+    ) -> None: ...
 
 
 def loaded_flow(row: Any) -> LoadedFlow:

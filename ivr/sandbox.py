@@ -20,6 +20,7 @@ from ivr.engine import (
     Recorded,
     Session,
     Transfer,
+    TransferVerdict,
     Webhook,
 )
 from ivr.runner import FlowRunner, Stepped
@@ -57,10 +58,14 @@ async def _answer(runner: FlowRunner, stepped: Stepped, script: list[str]) -> St
         return await runner.feed(session, await runner.call_webhook(session, cmd))
     if waiting == "transfer":
         cmd_t = _last(stepped, Transfer)
-        verdict, decision_event, _cleared = await runner.clear_transfer(session, cmd_t)
-        if verdict.outcome == "transferred":
-            verdict = type(verdict)("transferred", "simulate: cleared, not dialled")
-        return await runner.feed(session, verdict, extra=(decision_event,))
+        refused, ticket, _cleared = await runner.place_transfer(session, cmd_t, "sandbox")
+        if refused is not None:
+            return await runner.feed(session, refused)
+        assert ticket is not None and runner.transfers is not None
+        # cleared at accept and dispatch; a simulation stops there: the leg is not dialled
+        await runner.transfers.finish(ticket, "canceled", "simulated: cleared, not dialled")
+        verdict = TransferVerdict("transferred", "simulate: cleared, not dialled", ticket.call_id)
+        return await runner.feed(session, verdict)
     if not script:
         return await runner.feed(session, CallerHangup("inputs_exhausted"))
     raw = script.pop(0)

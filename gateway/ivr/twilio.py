@@ -30,10 +30,11 @@ from ivr.engine import (
     NoInput,
     Recorded,
     Transfer,
+    TransferVerdict,
     Webhook,
 )
 from ivr.flow import bridge_allowed
-from ivr.runner import FlowRunner, Stepped
+from ivr.runner import FlowRunner, Stepped, TransferTicket
 from ivr.sessions import SessionConflict
 from ivr.twiml import render
 
@@ -49,6 +50,10 @@ ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 def _call_key(call_sid: str) -> str:
     return f"ivr:twilio:{call_sid}"
+
+
+def _transfer_key(session_id: str) -> str:
+    return f"ivr:twilio:transfer:{session_id}"
 
 
 def _doc_key(session_id: str, step: int) -> str:
@@ -152,6 +157,12 @@ class TwilioIvr:
         session = await self.runner.store.load(known.decode()) if known else None
         if session is not None and session.ended is None:
             await self.runner.feed(session, CallerHangup("caller_hangup"))
+        transfer = await self.redis.getdel(_transfer_key(known.decode())) if known else None
+        if transfer is not None and self.runner.transfers is not None:
+            # a <Dial> lasts as long as the caller's call: the transfer ends with it
+            ticket = TransferTicket(transfer.decode())
+            detail = f"the caller's call {form.get('CallStatus')}"
+            await self.runner.transfers.finish(ticket, "completed", detail)
 
     async def _document(self, stepped: Stepped, *, answering: int) -> str:
         """Settle webhooks and transfers, then render everything said until the caller is
@@ -169,10 +180,16 @@ class TwilioIvr:
                 )
                 continue
             (transfer,) = [c for c in stepped.commands if isinstance(c, Transfer)][-1:]
-            verdict, decision_event, cleared = await self.runner.clear_transfer(session, transfer)
-            if cleared is not None:
-                commands.append(transfer)  # only a cleared transfer becomes a <Dial>
-            stepped = await self.runner.feed(session, verdict, extra=(decision_event,))
+            refused, ticket, cleared = await self.runner.place_transfer(session, transfer, "twilio")
+            if refused is not None or ticket is None:
+                verdict = refused or TransferVerdict("refused", "transfers are not configured")
+            else:
+                action = cleared.verify()  # only what the chain cleared becomes a <Dial>
+                commands.append(Transfer(action.to, action.from_, transfer.timeout, "-"))
+                # the leg is Twilio's from here: its record ends with the caller's call
+                await self.redis.set(_transfer_key(session.id), ticket.call_id, ex=KEY_TTL)
+                verdict = TransferVerdict("transferred", "dialled by <Dial>", ticket.call_id)
+            stepped = await self.runner.feed(session, verdict)
         session = stepped.session
         commands = [await self._agent(session, c) for c in commands]
         query = urlencode({"session": session.id, "step": session.steps})

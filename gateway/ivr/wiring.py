@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.phone import normalize_e164
+from gateway.ivr.transfers import PipelineTransfers
 from gateway.pipeline.calls import VOICE
 from gateway.pipeline.wiring import CHAIN, PROVIDERS
 from gateway.providers.registry import ProviderRegistry
@@ -63,7 +64,14 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
     res = app[RESOURCES]
     webhooks = WebhookCaller(allow_private=res.settings.webhooks.allow_private_targets)
     cfg = res.settings.ivr
-    runner = FlowRunner(res.db, SessionStore(res.redis, cfg.session_ttl), app[CHAIN], webhooks)
+    transfers = PipelineTransfers(res.db, app[CHAIN], res.settings)
+    runner = FlowRunner(
+        res.db,
+        SessionStore(res.redis, cfg.session_ttl),
+        app[CHAIN],
+        webhooks,
+        transfers=transfers,
+    )
     app[RUNNER] = runner
     agents = agent_connector(app[PROVIDERS], res.settings.agents.provider)
     app[AGENTS] = agents
@@ -92,6 +100,7 @@ async def ivr_ctx(app: web.Application) -> AsyncIterator[None]:
                     ),
                     command_timeout=cfg.command_timeout,
                     overflow_sound=cfg.overflow_sound,
+                    provider=adapter.name,
                 )
                 transport.attach()
                 transports.append(transport)

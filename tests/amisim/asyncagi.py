@@ -14,6 +14,8 @@ caller hangs up during the GET DATA (HangupRequest, ``200 result=-1``, AsyncAGIE
 ``missing_sounds`` answers ``200 result=-1 endpos=0`` (05e). RECORD FILE is not captured: it
 answers in STREAM FILE's shape (``200 result=0 endpos=<samples>``) from the next script entry.
 A channel's commands run one at a time, in the order queued (``Added AGI command to queue``).
+``EXEC Dial`` sets the channel's DIALSTATUS (``dial_status``, ANSWER unless a test says
+otherwise), which ``GET VARIABLE`` answers as res_agi.c does (``200 result=1 (ANSWER)``).
 
 Outbound calls (``outbound``: context → whether ``AMD()`` runs first): an originated channel
 answered into one of these contexts enters ``AGI(agi:async)`` too — at once, or after the
@@ -50,6 +52,8 @@ class AgiCall:
     started: list[tuple[float, str]] = field(default_factory=list)  # (time.time(), Command) run
     in_agi: bool = True
     queue: asyncio.Lock = field(default_factory=asyncio.Lock)  # one command at a time
+    dial_status: str = "ANSWER"  # what an EXEC Dial leaves in DIALSTATUS
+    variables: dict[str, str] = field(default_factory=dict)  # channel variables (GET VARIABLE)
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,12 @@ class AsyncAgiSim:
             else:
                 result = "200 result=0 endpos=3520\n"
         elif verb.startswith("EXEC"):
+            if len(words) > 1 and words[1].lower() == "dial":  # app_dial sets DIALSTATUS
+                call.variables["DIALSTATUS"] = call.dial_status
             result = "200 result=0\n"
+        elif verb == "GET VARIABLE":  # res_agi.c: 200 result=1 (value), or result=0 if unset
+            value = call.variables.get(words[2] if len(words) > 2 else "")
+            result = f"200 result=1 ({value})\n" if value is not None else "200 result=0\n"
         elif verb == "HANGUP":  # 05g
             self.ami._emit([sc.channel_event("SoftHangupRequest", ch, ("Cause", "32"))])
             result = "200 result=1\n"

@@ -4,6 +4,7 @@ clock pinned (tests/conftest.py), webhooks allowed to reach this machine's test 
 from __future__ import annotations
 
 import copy
+import uuid
 from typing import Any
 
 import pytest
@@ -92,3 +93,43 @@ async def ivr(client, make_key) -> Ivr:
 def entered(transcript: list[dict]) -> list[str]:
     """The nodes entered, in order (a transcript's node entries have a `kind`)."""
     return [e["node"] for e in transcript if "kind" in e]
+
+
+async def transfer_call(db: Any, transcript: list[dict]) -> tuple[Any, list[tuple[str, dict]]]:
+    """The transfer's call record (named by the transcript's transfer entry) and its events."""
+    (entry,) = [e for e in transcript if "transfer" in e]
+    call_id = uuid.UUID(entry["call_id"])
+    row = await db.fetchrow("SELECT * FROM calls WHERE id = $1", call_id)
+    events = await db.fetch(
+        "SELECT type, data FROM events WHERE subject = $1 ORDER BY id", str(call_id)
+    )
+    return row, [(e["type"], e["data"]) for e in events]
+
+
+async def assert_refused_by_dnc(db: Any, transcript: list[dict], to: str, fallback: str) -> None:
+    """A transfer to a DNC-listed number went through the pipeline as a call, was refused by
+    the chain at accept (the call `rejected`, with the verdict and call events), never reached
+    the dispatch stage, and the flow took its fallback."""
+    (entry,) = [e for e in transcript if "transfer" in e]
+    assert entry["transfer"] == "refused" and entry["branch"] == fallback
+    assert "dnc_listed" in entry["reason"]
+    call, events = await transfer_call(db, transcript)
+    assert call["status"] == "rejected" and call["error_code"] == "dnc_listed"
+    assert call["to_number"] == to and call["pool"] == "ivr"
+    assert call["metadata"]["ivr_node"] == entry["node"]
+    assert [t for t, _ in events] == ["call.rejected", "guardrail.deny"]
+    deny = events[1][1]
+    assert deny["stage"] == "accept" and deny["code"] == "dnc_listed"
+    assert deny["action"]["to"] == to and deny["action"]["channel"] == "voice"
+
+
+async def assert_transferred(db: Any, transcript: list[dict], to: str, status: str) -> None:
+    """A cleared transfer: the chain at accept and again at dispatch, an attempt, the call
+    dialling, then ended with `status`."""
+    call, events = await transfer_call(db, transcript)
+    assert call["status"] == status and call["to_number"] == to
+    kinds = [t for t, _ in events]
+    assert kinds[:2] == ["call.accepted", "guardrail.allow"]
+    assert kinds[2:5] == ["guardrail.allow", "call.attempt_started", "call.dialing"]
+    assert [d["stage"] for t, d in events if t == "guardrail.allow"] == ["accept", "dispatch"]
+    assert kinds[-1] == f"call.{status}"

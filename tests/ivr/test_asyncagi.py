@@ -19,7 +19,7 @@ from sip.pools import PoolConfig, TrunkPools, TrunkPoolsConfig
 from tests.amisim import AMISimServer
 from tests.amisim.asyncagi import AsyncAgiSim
 from tests.helpers import eventually
-from tests.ivr.conftest import entered
+from tests.ivr.conftest import assert_refused_by_dnc, assert_transferred, entered
 
 PHONE = {
     "name": "phone",
@@ -38,7 +38,12 @@ PHONE = {
 
 
 @pytest.fixture
-async def asterisk(ivr, client, redis_client) -> AsyncIterator[tuple]:
+def ivr_pool_size() -> int:
+    return 1  # a test parametrizes it to have more
+
+
+@pytest.fixture
+async def asterisk(ivr, client, redis_client, ivr_pool_size) -> AsyncIterator[tuple]:
     await ivr.upload(PHONE)
     db = client.app[RESOURCES].db
     tenant_id = uuid.UUID(str(await db.fetchval("SELECT tenant_id FROM ivr_flows LIMIT 1")))
@@ -51,7 +56,8 @@ async def asterisk(ivr, client, redis_client) -> AsyncIterator[tuple]:
         ami_client = AMIClient("127.0.0.1", ami.port, "gateway", "secret", action_timeout=2.0)
         await ami_client.start()
         pools = TrunkPools(
-            redis_client, TrunkPoolsConfig(trunk="ivrtest", pools={"ivr": PoolConfig(1)})
+            redis_client,
+            TrunkPoolsConfig(trunk="ivrtest", pools={"ivr": PoolConfig(ivr_pool_size)}),
         )
         transport = AsyncAgiTransport(
             ami_client, client.app[RUNNER], route, pool=pools.get("ivr"), command_timeout=3.0
@@ -152,13 +158,39 @@ async def test_a_transfer_to_a_dnc_number_takes_the_fallback_on_asterisk_too(ast
     assert entered(row["transcript"]) == ["greet", "menu", "thanks", "bye"]
     assert not any(c.startswith("EXEC Dial") for c in call.commands)  # never dialled
     assert call.commands[-2:] == ['EXEC Festival "Goodbye."', "HANGUP"]
+    await assert_refused_by_dnc(db, row["transcript"], "+12125550143", "bye")
     kinds = [
         r["type"]
         for r in await db.fetch(
             "SELECT type FROM events WHERE subject = $1 ORDER BY id", str(row["id"])
         )
     ]
-    assert "guardrail.deny" in kinds and "ivr.transfer" in kinds
+    assert "ivr.transfer" in kinds
+    await eventually(lambda: _no_holders(pool), timeout=5)
+
+
+@pytest.mark.parametrize("ivr_pool_size", [2])  # the caller's channel and the transfer's
+async def test_a_cleared_transfer_is_a_call_dialled_from_the_callers_channel(asterisk, ivr):
+    """The chain at accept and at dispatch, the cleared number dialled with EXEC Dial on a
+    channel of the pool, the call record ended by the Dial's DIALSTATUS."""
+    agi, _, pool, db = asterisk
+    transfer = {"transfer": {"to": "+12125550199", "from": None}, "fallback": "bye"}
+    transfer["transfer"].pop("from")
+    await ivr.upload(PHONE | {"nodes": PHONE["nodes"] | {"thanks": transfer}})
+    call = agi.inbound_call("7001", "15550001111", keys=["1"])
+    row = await summary(db, "transferred")
+    assert call.commands[-2:] == [
+        'EXEC Dial "PJSIP/+12125550199@carrier,30"',
+        "GET VARIABLE DIALSTATUS",
+    ]
+    await assert_transferred(db, row["transcript"], "+12125550199", "completed")
+    # unanswered: the call ends no_answer and the flow takes its fallback
+    unanswered = agi.inbound_call("7001", "15550002222", keys=["1"])
+    unanswered.dial_status = "NOANSWER"
+    row = await summary(db, "hangup")
+    (entry,) = [e for e in row["transcript"] if "transfer" in e]
+    assert entry["transfer"] == "failed" and entry["branch"] == "bye"
+    await assert_transferred(db, row["transcript"], "+12125550199", "no_answer")
     await eventually(lambda: _no_holders(pool), timeout=5)
 
 

@@ -11,7 +11,12 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from gateway.resources import RESOURCES
-from tests.ivr.conftest import OPEN
+from tests.ivr.conftest import (
+    OPEN,
+    assert_refused_by_dnc,
+    assert_transferred,
+    transfer_call,
+)
 
 PUBLIC = "https://gw.example.com"
 TOKEN = "f" * 32
@@ -120,13 +125,14 @@ async def test_twiml_step_by_step_and_a_refused_transfer_never_dials(client, bou
 
     row = await bound.fetchrow("SELECT * FROM ivr_sessions")
     assert row["transport"] == "twilio" and row["end_reason"] == "hangup"
+    await assert_refused_by_dnc(bound, row["transcript"], "+12125550143", "bye")
     kinds = [
         r["type"]
         for r in await bound.fetch(
             "SELECT type FROM events WHERE subject = $1 ORDER BY id", str(row["id"])
         )
     ]
-    assert "guardrail.deny" in kinds and "ivr.transfer" in kinds
+    assert "ivr.transfer" in kinds
 
 
 async def test_a_cleared_transfer_dials_and_silence_takes_no_input(client, bound):
@@ -135,6 +141,12 @@ async def test_a_cleared_transfer_dials_and_silence_takes_no_input(client, bound
     ((tag, text, attrs),) = verbs(doc)
     assert (tag, text) == ("Dial", "+12125550199")
     assert attrs == {"timeout": "30", "callerId": "+14155550100"}
+    # a call through the pipeline, dialling while the caller's call lasts
+    row = await bound.fetchrow("SELECT * FROM ivr_sessions WHERE end_reason = 'transferred'")
+    call_row, _ = await transfer_call(bound, row["transcript"])
+    assert call_row["status"] == "dialing" and call_row["provider"] == "twilio"
+    await post(client, "/webhooks/twilio/ivr/status", call("CA2") | {"CallStatus": "completed"})
+    await assert_transferred(bound, row["transcript"], "+12125550199", "completed")
 
     _, doc = await post(client, "/webhooks/twilio/ivr", call("CA6"))  # an agent node
     _, doc = await post(client, action_of(doc), call("CA6") | {"Digits": "2"})
