@@ -32,14 +32,14 @@ routes = RouteTable(tag="campaigns")
 )
 async def create_campaign(request: web.Request, body: CampaignIn) -> web.Response:
     key, digest = await idempotency.from_request(request)
-    status, out = await service.create(
+    answer = await service.create(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
         body,
         idempotency_key=key,
         digest=digest,
     )
-    return web.json_response(out, status=status)
+    return idempotency.respond(answer)
 
 
 @routes.get(
@@ -107,7 +107,7 @@ _lifecycle("cancel", "Cancel: pending prospects are canceled; calls in progress 
 async def add_prospects(request: web.Request, body: ProspectsIn) -> web.Response:
     campaign_id = service.parse_id(request.match_info["campaign_id"])
     key, digest = await idempotency.from_request(request, f"/v1/campaigns/{campaign_id}/prospects")
-    status, out = await service.add(
+    answer = await service.add(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
         campaign_id,
@@ -115,7 +115,7 @@ async def add_prospects(request: web.Request, body: ProspectsIn) -> web.Response
         idempotency_key=key,
         digest=digest,
     )
-    return web.json_response(out, status=status)
+    return idempotency.respond(answer)
 
 
 @routes.get(

@@ -11,7 +11,7 @@ from gateway.dnc import service
 from gateway.dnc.schemas import DncDeleteQuery, DncEntryIn, DncEntryList, DncListQuery, DncStatus
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
-from gateway.http.routing import RouteTable, json_response
+from gateway.http.routing import RouteTable
 from gateway.resources import RESOURCES
 
 routes = RouteTable(tag="dnc")
@@ -38,14 +38,14 @@ def _number(request: web.Request) -> str:
 )
 async def add_entry(request: web.Request, body: DncEntryIn) -> web.Response:
     key, digest = await idempotency.from_request(request)
-    status, out = await service.add(
+    answer = await service.add(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
         body,
         idempotency_key=key,
         request_digest=digest,
     )
-    return json_response(out, status)
+    return idempotency.respond(answer)
 
 
 @routes.get(

@@ -55,7 +55,7 @@ async def add(
                 conn, tenant_id, idempotency_key, "POST", _PATH, request_digest
             )
             if replay is not None:
-                return replay.status, replay.body
+                return replay
         row = await repo.upsert(
             conn, tenant_id, body.number, body.source, body.expires_at, body.note, "api"
         )

@@ -20,7 +20,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiohttp import web
@@ -31,10 +31,22 @@ HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 
 
-@dataclass(frozen=True)
-class Replay:
+class Replay(NamedTuple):
+    """A stored answer given again: unpacks as (status, body) like a fresh one, and says it is
+    a replay (the `Idempotent-Replayed: true` header, see `respond`)."""
+
     status: int
     body: Any
+
+
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+def respond(answer: tuple[int, Any]) -> web.Response:
+    """The JSON response of a keyed create's (status, body), marked when it is a replay."""
+    status, body = answer
+    headers = REPLAYED if isinstance(answer, Replay) else None
+    return web.json_response(body, status=status, headers=headers)
 
 
 def request_hash(method: str, path: str, body: bytes) -> bytes:
@@ -386,12 +398,12 @@ async def in_transaction(
     if key is not None:
         replay = await lookup(db, tenant_id, key, digest)
         if replay is not None:
-            return replay.status, replay.body
+            return replay
     async with db.acquire() as conn, conn.transaction():
         if key is not None:
             replay = await claim(conn, tenant_id, key, "POST", path, digest)
             if replay is not None:
-                return replay.status, replay.body
+                return replay
         body = await work(conn)
         if key is not None:
             await record(conn, tenant_id, key, status, body)

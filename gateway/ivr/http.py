@@ -44,7 +44,7 @@ routes = RouteTable(tag="ivr")
 async def create_flow(request: web.Request, body: Flow) -> web.Response:
     key, digest = await idempotency.from_request(request)
     res = request.app[RESOURCES]
-    status, out = await service.create_flow(
+    answer = await service.create_flow(
         res.db,
         principal_of(request).tenant_id,
         body,
@@ -53,7 +53,7 @@ async def create_flow(request: web.Request, body: Flow) -> web.Response:
         idempotency_key=key,
         digest=digest,
     )
-    return web.json_response(out, status=status)
+    return idempotency.respond(answer)
 
 
 @routes.get(

@@ -114,14 +114,14 @@ async def create_flow(
     if idempotency_key is not None:
         replay = await idempotency.lookup(db, tenant_id, idempotency_key, digest)
         if replay is not None:
-            return replay.status, replay.body
+            return replay
     async with db.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             replay = await idempotency.claim(
                 conn, tenant_id, idempotency_key, "POST", "/v1/ivr/flows", digest
             )
             if replay is not None:
-                return replay.status, replay.body
+                return replay
         row = await repo.insert_flow(conn, new_id(), tenant_id, flow.name, document, new_secret())
         body = FlowCreated(
             id=row["id"],

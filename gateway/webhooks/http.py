@@ -5,7 +5,7 @@ from aiohttp import web
 from gateway.http import idempotency
 from gateway.http.auth import principal_of
 from gateway.http.pagination import ListQuery
-from gateway.http.routing import RouteTable, json_response
+from gateway.http.routing import RouteTable
 from gateway.resources import RESOURCES
 from gateway.webhooks import service
 from gateway.webhooks.schemas import (
@@ -36,7 +36,7 @@ _BASE = "/v1/webhook-endpoints"
 async def create_endpoint(request: web.Request, body: EndpointIn) -> web.Response:
     res = request.app[RESOURCES]
     key, digest = await idempotency.from_request(request)
-    status, out = await service.create_endpoint(
+    answer = await service.create_endpoint(
         res.db,
         principal_of(request).tenant_id,
         body,
@@ -44,7 +44,7 @@ async def create_endpoint(request: web.Request, body: EndpointIn) -> web.Respons
         idempotency_key=key,
         request_digest=digest,
     )
-    return json_response(out, status)
+    return idempotency.respond(answer)
 
 
 @routes.get(

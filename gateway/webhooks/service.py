@@ -57,7 +57,7 @@ async def create_endpoint(
                 conn, tenant_id, idempotency_key, "POST", "/v1/webhook-endpoints", request_digest
             )
             if replay is not None:
-                return replay.status, replay.body
+                return replay
         secret = signing.new_secret()
         row = await repo.insert_endpoint(
             conn,

@@ -38,14 +38,14 @@ routes = RouteTable(tag="workflows")
 )
 async def create_workflow(request: web.Request, body: WorkflowIn) -> web.Response:
     key, digest = await idempotency.from_request(request)
-    status, out = await service.create(
+    answer = await service.create(
         request.app[RESOURCES].db,
         principal_of(request),
         body,
         idempotency_key=key,
         digest=digest,
     )
-    return web.json_response(out, status=status)
+    return idempotency.respond(answer)
 
 
 @routes.get(
@@ -89,7 +89,7 @@ async def get_workflow(request: web.Request) -> Workflow:
 async def start_run(request: web.Request, body: RunIn) -> web.Response:
     workflow_id = service.parse_id(request.match_info["workflow_id"], "workflow")
     key, digest = await idempotency.from_request(request, f"/v1/workflows/{workflow_id}/runs")
-    status, out = await service.start_run(
+    answer = await service.start_run(
         request.app[RESOURCES].db,
         principal_of(request).tenant_id,
         workflow_id,
@@ -98,7 +98,7 @@ async def start_run(request: web.Request, body: RunIn) -> web.Response:
         idempotency_key=key,
         digest=digest,
     )
-    return web.json_response(out, status=status)
+    return idempotency.respond(answer)
 
 
 @routes.get(

@@ -46,6 +46,8 @@ async def test_each_keyed_create_replays_and_refuses_another_body(
     assert first.status == status, await first.text()
     again = await client.post(path, json=body, headers=keyed)
     assert again.status == status, await again.text()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert first.headers.get("Idempotent-Replayed") is None
     assert await again.json() == await first.json()
     reused = await client.post(path, json=other, headers=keyed)
     assert reused.status == 422 and (await reused.json())["code"] == "idempotency_key_reused"

@@ -368,6 +368,18 @@ async def test_every_create_is_a_201_and_an_update_a_200(client, make_key):
     assert (await client.post("/v1/dnc", json=entry, headers=headers)).status == 200
     hook = {"url": "https://93.184.215.14/hook"}
     assert (await client.post("/v1/webhook-endpoints", json=hook, headers=headers)).status == 201
+    # a message and a call are created (stored, their send or dial to follow): 201, and a
+    # replay of the same Idempotency-Key answers the first answer's status
+    for path, body in (
+        ("/v1/messages", {"to": "+14155550100", "body": "hi", "purpose": "transactional"}),
+        ("/v1/calls", {"to": "+14155550100", "purpose": "transactional"}),
+    ):
+        keyed = headers | {"Idempotency-Key": f"create-{path}"}
+        first = await client.post(path, json=body, headers=keyed)
+        assert first.status == 201, await first.text()
+        again = await client.post(path, json=body, headers=keyed)
+        assert again.status == 201 and again.headers.get("Idempotent-Replayed") == "true"
+        assert (await again.json())["id"] == (await first.json())["id"]
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
