@@ -2,9 +2,8 @@
 
 Each step loads nothing but the session and its flow version (immutable, so cached per
 process), asks the engine, then commits: the step's events (`ivr.started`, `ivr.node`,
-`ivr.input`, `ivr.transfer`, `ivr.ended`, and a transfer's guardrail verdict) in one
-PostgreSQL transaction, the session saved to Redis (compare-and-set on its step count) before
-that transaction commits, and — when the session has ended — its summary row in the same
+`ivr.input`, `ivr.transfer`, `ivr.ended`) in one PostgreSQL transaction, the session saved
+to Redis (compare-and-set on its step count) before that transaction commits, and — when the session has ended — its summary row in the same
 transaction. A step that fails to commit leaves the session where it was, so the input can
 be fed again by any worker.
 
