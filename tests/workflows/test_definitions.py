@@ -123,3 +123,20 @@ async def test_lists_and_tenants(flows, make_key):
     assert resp.status == 404
     resp = await flows.client.get("/v1/workflow-runs", headers=auth(other))
     assert (await resp.json())["data"] == []
+
+
+async def test_a_failing_webhook_step_is_retried_under_the_same_key(flows, aiohttp_server):
+    keys: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        return web.Response(status=503 if len(keys) == 1 else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    wf = await flows.define([{"webhook": {"url": f"http://127.0.0.1:{server.port}/hook"}}])
+    run = await flows.start(wf["id"])
+    done = await flows.status(run["id"], "completed", timeout=15)
+    assert done["timeline"][0]["outcome"] == "delivered"
+    assert keys == [f"workflow:{run['id']}:0"] * 2

@@ -191,3 +191,29 @@ async def test_once_a_cancel_has_answered_nothing_more_is_sent(flows):
     assert len(await flows.sent(run["id"])) == at_cancel
     done = [s for s in canceled["timeline"] if s["status"] == "done"]
     assert len(done) == at_cancel  # every message sent is a step recorded before the cancel
+
+
+async def test_a_wait_for_delivery_ends_on_the_message_final_status(flows):
+    wf = await flows.define(
+        [
+            {"send": {"channel": "sms", "to": "{{to}}", "body": "Hi", "purpose": "transactional"}},
+            {"wait": {"until": "message.delivered", "timeout": "1h"}},
+            {"branch": {"if": "delivered", "then": "end"}},
+            {"send": {"channel": "sms", "to": CUSTOMER, "body": "{{to}} did not get it",
+                      "purpose": "transactional"}},
+        ]
+    )  # fmt: skip
+    ok = await flows.start(wf["id"], to=CUSTOMER)
+    lost = await flows.start(wf["id"], to="+14155550105")  # the sandbox: sent, then undelivered
+    done = await flows.status(ok["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]] == ["accepted", "delivered", "then"]
+    done = await flows.status(lost["id"], "completed")
+    assert [s["outcome"] for s in done["timeline"]] == [
+        "accepted",
+        "undelivered",
+        "else",
+        "accepted",
+    ]
+    assert (
+        done["timeline"][1]["detail"]["message_id"] == done["timeline"][0]["detail"]["message_id"]
+    )
