@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.campaigns.test_dialer import list_numbers
 from tests.helpers import eventually
 
@@ -163,3 +165,44 @@ async def test_the_window_is_read_in_each_prospects_own_zone(campaigns, client):
 
 async def _is(statuses, number: str, status: str) -> bool:
     return (await statuses()).get(number) == status
+
+
+async def test_an_sms_attempt_row_commits_with_its_message(campaigns, client):
+    """The messages pipeline writes the caller's row (a campaign's attempt) in the accepted
+    message's own transaction: both or neither."""
+    from gateway.messages.schemas import SendMessage
+    from gateway.pipeline.wiring import PIPELINE
+    from gateway.tenants.service import Principal
+
+    pipeline = client.app[PIPELINE]
+    tenant_id = await campaigns.db.fetchval("SELECT id FROM tenants WHERE name = 'acme'")
+    principal = Principal(tenant_id, "acme", "campaign:test", ("*",))
+    req = SendMessage.model_validate(
+        {"channel": "sms", "to": "+14155550144", "body": "Hi", "purpose": "transactional"}
+    )
+
+    class Refused(Exception):
+        pass
+
+    async def fails(conn, message_id) -> None:
+        raise Refused(str(message_id))
+
+    with pytest.raises(Refused):
+        await pipeline.accept(principal, req, trace_id="t-1", idempotency_key="k-1", attach=fails)
+    assert await campaigns.db.fetchval("SELECT count(*) FROM messages") == 0
+
+    seen: list = []
+
+    async def records(conn, message_id) -> None:
+        seen.append(
+            (
+                message_id,
+                await conn.fetchval("SELECT status FROM messages WHERE id = $1", message_id),
+            )
+        )
+
+    out = await pipeline.accept(
+        principal, req, trace_id="t-2", idempotency_key="k-2", attach=records
+    )
+    [(message_id, status)] = seen
+    assert str(message_id) == out.body["id"] and status == "queued"  # the row, uncommitted yet
