@@ -2,7 +2,8 @@
 
 No DNS lookups (`check_deliverability=False`): whether a domain has MX records is the relay's
 business, and a lookup would put the network on the accept path (and in every test).
-The domain is lower-cased and IDNA-encoded where needed; the local part is kept as given.
+The domain is lower-cased and, when the local part is ASCII, IDNA-encoded (xn--…); the local
+part is kept as given.
 Suppression lists match addresses case-insensitively (`suppression_key`), as every mailbox
 provider treats them, though RFC 5321 lets a local part be case-sensitive.
 """
@@ -30,7 +31,9 @@ def normalize_address(raw: str) -> str:
             "{raw} is not a valid email address: {why}",
             {"raw": raw, "why": str(exc)},
         ) from None
-    return found.normalized
+    # The ASCII form (an internationalised domain IDNA-encoded) when the local part allows it:
+    # any relay carries it, while a UTF-8 address needs SMTPUTF8 all the way.
+    return found.ascii_email or found.normalized
 
 
 def normalize_mailbox(raw: str) -> str:

@@ -35,6 +35,7 @@ async def test_a_transactional_email_as_mime_on_the_wire(client, token, smtp_ser
         client,
         token,
         to="ana@example.com",
+        **{"from": "Café Acme <billing@acme.example>"},
         subject="Your receipt — №42",
         text="Thanks for your order, Ana.",
         html="<p>Thanks for your order, <b>Ana</b>.</p>",
@@ -50,7 +51,7 @@ async def test_a_transactional_email_as_mime_on_the_wire(client, token, smtp_ser
     assert "RET=HDRS" in got.mail_options and f"ENVID={msg['id'].upper()}" in got.mail_options
     assert got.rcpt_options == ["NOTIFY=FAILURE,DELAY"]
     mime = got.message
-    assert mime["From"] == "Acme Billing <billing@acme.example>"
+    assert mime["From"] == "Café Acme <billing@acme.example>"
     assert mime["To"] == "ana@example.com"
     assert mime["Subject"] == "Your receipt — №42"
     assert mime["Message-ID"] == f"<{msg['id']}@acme.example>"

@@ -30,7 +30,9 @@ def build(
     the plainest first), or the one part there is; UTF-8, 8bit-safe transfer encodings."""
     email = action.email
     assert email is not None and action.from_ is not None
-    ascii_only = (action.to + action.from_).isascii()
+    # SMTPUTF8 only for an address that needs it; a display name or subject in any script is
+    # an RFC 2047 encoded word, which every relay carries.
+    ascii_only = (address_of(action.to) + address_of(action.from_)).isascii()
     msg = EmailMessage(policy=SMTP if ascii_only else SMTPUTF8)
     msg["From"] = action.from_
     msg["To"] = action.to
