@@ -8,6 +8,7 @@ import asyncio
 
 from aiohttp import web
 
+from tests.events.sse import SSEStream, sse_headers
 from tests.helpers import eventually
 from tests.workflows.conftest import CUSTOMER
 
@@ -132,7 +133,7 @@ async def test_cancel_stops_a_waiting_run(flows):
     assert len(await flows.sent(run["id"])) == 1
 
 
-async def test_workflow_events_reach_the_log_and_webhook_endpoints(flows, aiohttp_server):
+async def test_workflow_events_reach_the_log_sse_and_webhook_endpoints(flows, aiohttp_server):
     got: list[dict] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -144,6 +145,9 @@ async def test_workflow_events_reach_the_log_and_webhook_endpoints(flows, aiohtt
     server = await aiohttp_server(app)
     url = f"http://127.0.0.1:{server.port}/events"
     await flows.post("/v1/webhook-endpoints", {"url": url, "event_types": ["workflow.*"]}, 201)
+    resp = await flows.client.get("/v1/events?types=workflow.*", headers=sse_headers(flows.token))
+    assert resp.status == 200
+    stream = SSEStream(resp)
     wf = await flows.define([REMINDER[0]])
     run = await flows.start(wf["id"], to=CUSTOMER, name="Ana")
     await flows.status(run["id"], "completed")
@@ -160,6 +164,11 @@ async def test_workflow_events_reach_the_log_and_webhook_endpoints(flows, aiohtt
 
     events = await eventually(page)
     assert [e["type"] for e in events] == want
+    streamed = [await stream.next() for _ in want]
+    await stream.close()
+    assert [(f.event, f.json["id"]) for f in streamed if f] == [
+        (e["type"], e["id"]) for e in events
+    ]
     assert {e["subject"] for e in events} == {run["id"]}
     assert {e["trace_id"] for e in events} == {run["trace_id"]}
     assert events[2]["data"]["outcome"] == "accepted"
