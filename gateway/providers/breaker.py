@@ -131,57 +131,98 @@ end
 settle()
 """
 
-# ARGV[9] trial permit id -> {granted: 0 none | 1 normal | 2 trial, gen, state, retry_ms, out}
+# One admission: {granted: 0 none | 1 normal | 2 trial, gen, state, retry_ms}
+_ALLOW_FN = """
+local function allow(id)
+  if state == 'closed' then return {1, gen, state, 0} end
+  if state == 'half_open' and redis.call('ZCARD', tkey) < trial_max then
+    redis.call('ZADD', tkey, now + lease_ms, id)
+    redis.call('PEXPIRE', tkey, lease_ms)
+    return {2, gen, state, 0}
+  end
+  return {0, gen, state, retry_ms()}
+end
+"""
+
+# ARGV[9] trial permit id -> {granted, gen, state, retry_ms, out}
 _ALLOW = (
     _PRELUDE
+    + _ALLOW_FN
     + """
-local id = ARGV[9]
-if state == 'closed' then return {1, gen, state, 0, out} end
-if state == 'half_open' and redis.call('ZCARD', tkey) < trial_max then
-  redis.call('ZADD', tkey, now + lease_ms, id)
-  redis.call('PEXPIRE', tkey, lease_ms)
-  return {2, gen, state, 0, out}
-end
-return {0, gen, state, retry_ms(), out}
+local a = allow(ARGV[9])
+return {a[1], a[2], a[3], a[4], out}
 """
 )
 
-# ARGV[9] permit gen, [10] trial 0/1, [11] permit id, [12] outcome code s/f/t,
-# [13] counts as error 0/1, [14] slow 0/1, [15] latency ms -> {counted 0/1, out}
-_RECORD = (
+# ARGV[9..] trial permit ids, decided one after another -> {{granted, gen, state, retry_ms}..., out}
+_ALLOW_MANY = (
     _PRELUDE
+    + _ALLOW_FN
     + """
-local pgen, trial, id = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
-local code, err, slow, lat = ARGV[12], ARGV[13] == '1', ARGV[14] == '1', tonumber(ARGV[15])
-if trial then redis.call('ZREM', tkey, id) end
-if pgen ~= gen then return {0, out} end
-if state == 'closed' then
-  local b = tostring(math.floor(now / bucket_ms)) .. ':'
-  redis.call('HINCRBY', wkey, b .. 'n', 1)
-  if err then redis.call('HINCRBY', wkey, b .. 'e', 1) end
-  if code ~= 's' then redis.call('HINCRBY', wkey, b .. code, 1) end
-  if slow then redis.call('HINCRBY', wkey, b .. 's', 1) end
-  redis.call('HINCRBY', wkey, b .. 'l', lat)
-  redis.call('PEXPIRE', wkey, window_ms + bucket_ms)
-  local w = window()
-  if w.n >= min_calls and w.e / w.n >= threshold then
-    transition('open', 'error_rate', w.e, w.n)
-  end
-elseif state == 'half_open' then
-  if err then
-    local why = 'trial_failure'
-    if code == 't' then why = 'trial_timeout' elseif code == 's' then why = 'trial_slow' end
-    transition('open', why, 1, hs + 1)
-  else
-    hs = hs + 1
-    if hs >= to_close then
-      transition('closed', 'trial_successes', 0, hs)
+local answers = {}
+for i = 9, #ARGV do answers[#answers + 1] = allow(ARGV[i]) end
+return {answers, out}
+"""
+)
+
+# One outcome: permit gen, trial 0/1, permit id, outcome code s/f/t, counts as error 0/1,
+# slow 0/1, latency ms -> counted 0/1
+_RECORD_FN = """
+local function record(pgen, trial, id, code, err, slow, lat)
+  if trial then redis.call('ZREM', tkey, id) end
+  if pgen ~= gen then return 0 end
+  if state == 'closed' then
+    local b = tostring(math.floor(now / bucket_ms)) .. ':'
+    redis.call('HINCRBY', wkey, b .. 'n', 1)
+    if err then redis.call('HINCRBY', wkey, b .. 'e', 1) end
+    if code ~= 's' then redis.call('HINCRBY', wkey, b .. code, 1) end
+    if slow then redis.call('HINCRBY', wkey, b .. 's', 1) end
+    redis.call('HINCRBY', wkey, b .. 'l', lat)
+    redis.call('PEXPIRE', wkey, window_ms + bucket_ms)
+    local w = window()
+    if w.n >= min_calls and w.e / w.n >= threshold then
+      transition('open', 'error_rate', w.e, w.n)
+    end
+  elseif state == 'half_open' then
+    if err then
+      local why = 'trial_failure'
+      if code == 't' then why = 'trial_timeout' elseif code == 's' then why = 'trial_slow' end
+      transition('open', why, 1, hs + 1)
     else
-      redis.call('HSET', skey, 'hs', hs)
+      hs = hs + 1
+      if hs >= to_close then
+        transition('closed', 'trial_successes', 0, hs)
+      else
+        redis.call('HSET', skey, 'hs', hs)
+      end
     end
   end
+  return 1
 end
-return {1, out}
+
+local function record_at(i)
+  return record(tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2], ARGV[i + 3],
+                ARGV[i + 4] == '1', ARGV[i + 5] == '1', tonumber(ARGV[i + 6]))
+end
+"""
+
+# ARGV[9..15] one outcome (as _RECORD_FN) -> {counted 0/1, out}
+_RECORD = (
+    _PRELUDE
+    + _RECORD_FN
+    + """
+return {record_at(9), out}
+"""
+)
+
+# ARGV[9..] outcomes, 7 arguments each, applied one after another -> {{counted...}, out}
+_RECORD_MANY = (
+    _PRELUDE
+    + _RECORD_FN
+    + """
+local counted = {}
+for i = 9, #ARGV, 7 do counted[#counted + 1] = record_at(i) end
+return {counted, out}
 """
 )
 
@@ -196,7 +237,9 @@ return {state, gen, opened_at, hs, redis.call('ZCARD', tkey), retry_ms(),
 )
 
 allow_script = LuaScript(_ALLOW, name="breaker_allow")
+allow_many_script = LuaScript(_ALLOW_MANY, name="breaker_allow_many")
 record_script = LuaScript(_RECORD, name="breaker_record")
+record_many_script = LuaScript(_RECORD_MANY, name="breaker_record_many")
 snapshot_script = LuaScript(_SNAPSHOT, name="breaker_snapshot")
 
 # --- Python side ----------------------------------------------------------------------
@@ -357,14 +400,17 @@ class CircuitBreaker:
 
     async def admit_many(self, n: int) -> list[Admission]:
         """`n` admissions in one round trip, decided one by one as `n` calls of `admit`."""
-        argv = self.config.argv()
         ids = [uuid.uuid4().hex for _ in range(n)]
-        raws = await allow_script.run_many(self.redis, [(self.keys, [*argv, i]) for i in ids])
-        return [await self._admission(i, raw) for i, raw in zip(ids, raws, strict=True)]
+        answers, out = await allow_many_script(self.redis, self.keys, [*self.config.argv(), *ids])
+        await self._report(out)
+        return [self._permit(i, *a) for i, a in zip(ids, answers, strict=True)]
 
     async def _admission(self, permit_id: str, raw: list[Any]) -> Admission:
         granted, gen, state, retry, out = raw
         await self._report(out)
+        return self._permit(permit_id, granted, gen, state, retry)
+
+    def _permit(self, permit_id: str, granted: Any, gen: Any, state: Any, retry: Any) -> Admission:
         permit = None
         if granted:
             permit = Permit(self.name, permit_id, int(gen), granted == 2, time.monotonic())
@@ -379,21 +425,23 @@ class CircuitBreaker:
         `slow_call_seconds` set, a slower call counts as an error even if it succeeded.
         """
         counted, out = await record_script(
-            self.redis, self.keys, self._record_args(permit, outcome, latency_s)
+            self.redis,
+            self.keys,
+            [*self.config.argv(), *self._outcome_args(permit, outcome, latency_s)],
         )
         await self._report(out)
         return bool(counted)
 
     async def record_many(self, outcomes: list[tuple[Permit, Outcome, float | None]]) -> list[bool]:
         """Several `record`s in one round trip, applied one by one in this order."""
-        calls = [(self.keys, self._record_args(*o)) for o in outcomes]
-        counted = []
-        for raw in await record_script.run_many(self.redis, calls):
-            await self._report(raw[1])
-            counted.append(bool(raw[0]))
-        return counted
+        args = list(self.config.argv())
+        for permit, outcome, latency_s in outcomes:
+            args += self._outcome_args(permit, outcome, latency_s)
+        counted, out = await record_many_script(self.redis, self.keys, args)
+        await self._report(out)
+        return [bool(c) for c in counted]
 
-    def _record_args(
+    def _outcome_args(
         self, permit: Permit, outcome: Outcome, latency_s: float | None
     ) -> list[EncodableT]:
         if permit.breaker != self.name:
@@ -405,7 +453,6 @@ class CircuitBreaker:
         slow = limit is not None and latency_s >= limit
         error = outcome != "success" or slow
         return [
-            *self.config.argv(),
             permit.generation,
             int(permit.trial),
             permit.id,

@@ -14,7 +14,8 @@ from collections import Counter
 import redis.asyncio as aioredis
 
 from gateway.app import create_app
-from tests.helpers import auth
+from gateway.settings import load_settings
+from tests.helpers import EXEMPT_TRANSACTIONAL, auth
 from tests.workflows.test_crash import until, worker
 
 MESSAGES = 150
@@ -35,8 +36,14 @@ exempt_transactional_from_calling_hours = true
 
 
 async def test_kill_9_mid_batch_sends_each_message_once(
-    aiohttp_client, settings, make_key, pg_pool, daemon_env, redis_url, tmp_path
+    aiohttp_client, database_url, make_key, pg_pool, daemon_env, redis_url, tmp_path
 ):
+    settings = load_settings(
+        database={"url": database_url, "min_size": 1, "max_size": 10},
+        redis={"url": redis_url},
+        guardrails=EXEMPT_TRANSACTIONAL
+        | {"rate_limits": {"api_key": {"rate": 10000.0, "burst": 10000}}},
+    )
     client = await aiohttp_client(create_app(settings, role="api"))  # accepts; sends nothing
     token = await make_key("acme")
     for n in range(MESSAGES):

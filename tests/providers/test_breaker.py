@@ -364,3 +364,34 @@ async def test_names_that_would_break_the_hash_tag_are_rejected(
 ) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(redis_client, name)
+
+
+async def test_many_at_once_decide_as_one_by_one(redis_client: aioredis.Redis) -> None:
+    """admit_many/record_many (a dispatcher's sends in flight, one round trip) decide each
+    call in order exactly as the same calls made one by one."""
+    alone, alone_seen = make(redis_client, "alone")
+    batch, batch_seen = make(redis_client, "batch")
+    outcomes: list[Outcome] = ["success", "failure", "success", "failure", "timeout", "failure"]
+
+    permits = [await alone.allow() for _ in outcomes]
+    counted = [await alone.record(p, o, 0.01) for p, o in zip(permits, outcomes, strict=True) if p]
+    admitted = await batch.admit_many(len(outcomes))
+    batch_counted = await batch.record_many(
+        [(a.permit, o, 0.01) for a, o in zip(admitted, outcomes, strict=True) if a.permit]
+    )
+    # the 5th outcome reaches min_calls at a 60 % error rate and opens the breaker; the 6th
+    # permit was issued before that, so its outcome is ignored
+    assert counted == batch_counted == [True] * 5 + [False]
+    assert alone_seen.moves() == batch_seen.moves() == [("closed", "open")]
+    a, b = await alone.snapshot(), await batch.snapshot()
+    assert (a.state, a.calls, a.errors) == (b.state, b.calls, b.errors)
+
+    await asyncio.sleep(PAST_OPEN)  # half-open: exactly half_open_max_calls trials
+    trials = await batch.admit_many(5)
+    granted = [t.permit for t in trials if t.permit is not None]
+    assert len(granted) == CONFIG.half_open_max_calls and all(p.trial for p in granted)
+    assert [t.state for t in trials] == ["half_open"] * 5
+    assert all(t.retry_after_s > 0 for t in trials if t.permit is None)
+    await batch.record_many([(p, "success", 0.01) for p in granted if p is not None])
+    assert (await batch.snapshot()).state == "closed"
+    assert batch_seen.moves()[-2:] == [("open", "half_open"), ("half_open", "closed")]
