@@ -13,7 +13,8 @@
    Not for email: calling-hour laws govern telephone calls and texts.
 
 Round trips: everything the database knows about one action — its DNC and
-opt-out rows (tenant and global), the tenant's name (for its policy) and
+opt-out rows (tenant and global), an email address's suppression rows (the subquery runs for
+addresses only), the tenant's name (for its policy) and
 whether the tenant ever sent marketing to this number — comes from ONE query
 (`SuppressionFacts`), shared by the checks through `CheckContext.memo`. Every
 bucket and cap is ONE Lua call, over the check's own pipelined Redis connection
@@ -84,10 +85,10 @@ SELECT
            AND m.direction = 'outbound' AND m.purpose = 'marketing'
            AND m.status IN ('sent', 'delivered', 'undelivered')
            AND m.id::text <> $5) END AS prior_marketing,
-    (SELECT json_agg(json_build_object(
+    CASE WHEN strpos($1, '@') > 0 THEN (SELECT json_agg(json_build_object(
                 'source', 'email_' || s.reason, 'age_s', extract(epoch FROM now() - s.created_at)))
        FROM email_suppressions s
-      WHERE s.tenant_id = $2 AND s.address = lower($1)) AS email_entries
+      WHERE s.tenant_id = $2 AND s.address = lower($1)) END AS email_entries
 """
 
 # The same facts for many actions at once: one row per action, in the order given.
@@ -107,10 +108,10 @@ SELECT
            AND m.direction = 'outbound' AND m.purpose = 'marketing'
            AND m.status IN ('sent', 'delivered', 'undelivered')
            AND m.id::text <> a.subject) END AS prior_marketing,
-    (SELECT json_agg(json_build_object(
+    CASE WHEN strpos(a.num, '@') > 0 THEN (SELECT json_agg(json_build_object(
                 'source', 'email_' || s.reason, 'age_s', extract(epoch FROM now() - s.created_at)))
        FROM email_suppressions s
-      WHERE s.tenant_id = a.tenant AND s.address = lower(a.num)) AS email_entries
+      WHERE s.tenant_id = a.tenant AND s.address = lower(a.num)) END AS email_entries
 FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::bool[], $5::text[])
      WITH ORDINALITY AS a(num, tenant, at, wants, subject, i)
 ORDER BY a.i

@@ -235,3 +235,27 @@ async def test_an_address_suppressed_while_queued_is_refused_at_dispatch(
     assert deny["data"]["rule"] == "email_suppression.manual"
     assert detail["attempts"] == []
     await client.close()
+
+
+async def test_concurrent_sends_share_the_suppression_query_and_each_gets_its_answer(client, token):
+    """Concurrent evaluations share one facts query (guardrails/checks.py): email addresses,
+    suppressed or not, and phone numbers in one batch each get their own answer."""
+    import asyncio
+
+    resp = await client.post(
+        "/v1/email/suppressions", json={"address": "blocked@example.com"}, headers=auth(token)
+    )
+    assert resp.status == 201
+    sends = [send_email(client, token, to="Blocked@example.com") for _ in range(4)]
+    sends += [send_email(client, token, to=f"fine{n}@example.com") for n in range(4)]
+    sends += [
+        client.post(
+            "/v1/messages",
+            json={"to": "+14155550100", "body": "Your code is 1", "purpose": "transactional"},
+            headers=auth(token),
+        )
+        for _ in range(2)
+    ]
+    answers = await asyncio.gather(*sends)
+    codes = [(r.status, (await r.json()).get("code")) for r in answers]
+    assert codes == [(422, "email_suppressed")] * 4 + [(201, None)] * 6, codes
