@@ -20,9 +20,6 @@ def overrides():
     return {
         "providers": {"sandbox": {"agent_connect_delay": 3.0, "agent_slow_every": 70}},
         "calls": {"sandbox_call_duration": 2.2},
-        # Decided 1.25 s after the answer (default 1.5): 0.75 s left for the control job to
-        # run and the provider to take the message on a test machine shared by many runs.
-        "campaigns": {"abandon_after": 1.25},
     }
 
 

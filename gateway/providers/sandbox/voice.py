@@ -367,10 +367,12 @@ class SandboxVoice(VoiceProvider):
     async def say_then_hangup(
         self, call: CallRef, text: str, *, after_greeting: bool = False
     ) -> None:
-        """Recorded as played (tests read it back with `said`), then the call ends."""
+        """Recorded as played (tests read it back with `said`); then the call ends, as a real
+        one does once the message is over — after this returns, as with the other providers,
+        so the caller's "when did the provider have it" is not the hang-up's processing."""
         await self.redis.rpush(self._key("said", call.attempt_key), f"{time.time()}|{text}")
         await self.redis.expire(self._key("said", call.attempt_key), _TTL)
-        await self._hangup(call)
+        self._spawn(f"{call.attempt_key}:said", self._hangup(call))
 
     async def said(self, attempt_key: str) -> list[tuple[float, str]]:
         out = []
