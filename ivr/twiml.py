@@ -28,8 +28,9 @@ def _play(cmd: Play) -> str:
     return f"<Play loop={quoteattr(str(cmd.loop))}>{escape(cmd.url)}</Play>"
 
 
-def render(commands: list[Command], action: str) -> str:
-    """One TwiML document for a step's commands; `action` is where Twilio posts the answer."""
+def render(commands: list[Command], action: str, dial_action: str | None = None) -> str:
+    """One TwiML document for a step's commands; `action` is where Twilio posts the answer,
+    `dial_action` where it posts a transfer's <Dial> outcome (DialCallStatus)."""
     verbs: list[str] = []
     for cmd in commands:
         if isinstance(cmd, Say):
@@ -59,6 +60,8 @@ def render(commands: list[Command], action: str) -> str:
             verbs.append(f'<Redirect method="POST">{escape(action)}</Redirect>')
         elif isinstance(cmd, Transfer):
             caller = f" callerId={quoteattr(cmd.from_)}" if cmd.from_ else ""
+            if dial_action:
+                caller += f' action={quoteattr(dial_action)} method="POST"'
             verbs.append(
                 f"<Dial timeout={quoteattr(str(cmd.timeout))}{caller}>"
                 f"<Number>{escape(cmd.to)}</Number></Dial>"

@@ -175,6 +175,19 @@ async def twilio_ivr_step(request: web.Request) -> web.Response:
 
 
 @routes.post(
+    twilio.DIAL_PATH,
+    summary="Twilio <Dial> action of an IVR transfer (signed): its DialCallStatus ends the "
+    "transfer's call record",
+    public=True,
+    stream="text/xml",
+    errors=(403,),
+)
+async def twilio_ivr_dial(request: web.Request) -> web.Response:
+    form = await _verified(request)
+    return _xml(await _twilio(request).dial(request.query, {k: form[k] for k in form}))
+
+
+@routes.post(
     twilio.STATUS_PATH,
     summary="Twilio call status callback for IVR calls (signed): a finished call ends its session",
     public=True,

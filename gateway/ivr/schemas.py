@@ -46,7 +46,9 @@ class FlowOut(BaseModel):
 class FlowQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1, description="a past version; default latest")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="a past version; default latest"
+    )
 
 
 class SimulateIn(BaseModel):
@@ -64,7 +66,7 @@ class SimulateIn(BaseModel):
         description="the flow to run; without it, the flow bound to `to` (an inbound call to "
         "your DID, routed as a real one is)",
     )
-    version: int | None = Field(default=None, ge=1, description="default: the latest")
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1, description="default: the latest")
     from_: E164 = Field(alias="from", description="the caller")
     to: E164 | None = Field(default=None, description="the number called (a DID)")
     inputs: list[str] = Field(

@@ -41,6 +41,15 @@ from ivr.twiml import render
 INBOUND_PATH = "/webhooks/twilio/ivr"
 STEP_PATH = "/webhooks/twilio/ivr/step"
 STATUS_PATH = "/webhooks/twilio/ivr/status"
+DIAL_PATH = "/webhooks/twilio/ivr/dial"
+# <Dial action>'s DialCallStatus → the transfer call's end
+DIAL_STATUS = {
+    "completed": "completed",
+    "answered": "completed",
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "canceled": "canceled",
+}
 HANGUP = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
 EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 KEY_TTL = 6 * 3600
@@ -150,6 +159,22 @@ class TwilioIvr:
             await asyncio.sleep(0.05)
         return EMPTY
 
+    async def dial(self, query: Mapping[str, str], form: Mapping[str, str]) -> str:
+        """A transfer's <Dial> is over (its `action`): the call record ends with Twilio's
+        DialCallStatus, and so does the caller's call (the IVR ended when it transferred)."""
+        session_id, call_sid = query.get("session", ""), form.get("CallSid", "")
+        owner = await self.redis.get(_call_key(call_sid)) if call_sid else None
+        if owner is None or owner.decode() != session_id:
+            return HANGUP  # not this call's session
+        transfer = await self.redis.getdel(_transfer_key(session_id))
+        if transfer is not None and self.runner.transfers is not None:
+            got = form.get("DialCallStatus", "")
+            status = DIAL_STATUS.get(got, "failed")
+            await self.runner.transfers.finish(
+                TransferTicket(transfer.decode()), status, f"DialCallStatus {got or 'none'}"
+            )
+        return HANGUP
+
     async def status(self, form: Mapping[str, str]) -> None:
         if form.get("CallStatus") not in ENDED:
             return
@@ -193,7 +218,8 @@ class TwilioIvr:
         session = stepped.session
         commands = [await self._agent(session, c) for c in commands]
         query = urlencode({"session": session.id, "step": session.steps})
-        doc = render(commands, f"{self.base}{STEP_PATH}?{query}")
+        dial = f"{self.base}{DIAL_PATH}?{urlencode({'session': session.id})}"
+        doc = render(commands, f"{self.base}{STEP_PATH}?{query}", dial)
         # kept for the request it answers (0: the first), so that a retry gets it again
         await self.redis.set(_doc_key(session.id, answering), doc.encode(), ex=DOC_TTL)
         return doc

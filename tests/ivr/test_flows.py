@@ -35,6 +35,8 @@ async def test_upload_versions_list_and_get(ivr, client):
     latest = await ivr.request("GET", "/v1/ivr/flows/main-menu", 200)
     assert latest["version"] == 2 and latest["document"]["nodes"]["goodbye"]["say"] == "Bye now."
     old = await ivr.request("GET", "/v1/ivr/flows/main-menu?version=1", 200)
+    # a version past PostgreSQL's integer is a 422, not a 500
+    await ivr.request("GET", "/v1/ivr/flows/main-menu?version=2147483648", 422)
     assert old["document"]["nodes"]["goodbye"]["say"] == "Goodbye."
     # a version is immutable: the database refuses to change it
     with pytest.raises(asyncpg.RaiseError, match="immutable"):

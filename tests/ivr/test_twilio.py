@@ -140,13 +140,18 @@ async def test_a_cleared_transfer_dials_and_silence_takes_no_input(client, bound
     _, doc = await post(client, action_of(doc), call("CA2") | {"Digits": "3"})
     ((tag, text, attrs),) = verbs(doc)
     assert (tag, text) == ("Dial", "+12125550199")
-    assert attrs == {"timeout": "30", "callerId": "+14155550100"}
-    # a call through the pipeline, dialling while the caller's call lasts
+    dial_action = attrs.pop("action").removeprefix(PUBLIC)
+    assert attrs == {"timeout": "30", "callerId": "+14155550100", "method": "POST"}
+    # a call through the pipeline, dialling while Twilio rings the number
     row = await bound.fetchrow("SELECT * FROM ivr_sessions WHERE end_reason = 'transferred'")
     call_row, _ = await transfer_call(bound, row["transcript"])
     assert call_row["status"] == "dialing" and call_row["provider"] == "twilio"
+    # the <Dial action>: nobody answered; the record says so, and the status callback after it
+    # changes nothing
+    status, doc = await post(client, dial_action, call("CA2") | {"DialCallStatus": "no-answer"})
+    assert status == 200 and verbs(doc) == [("Hangup", "", {})]
     await post(client, "/webhooks/twilio/ivr/status", call("CA2") | {"CallStatus": "completed"})
-    await assert_transferred(bound, row["transcript"], "+12125550199", "completed")
+    await assert_transferred(bound, row["transcript"], "+12125550199", "no_answer")
 
     _, doc = await post(client, "/webhooks/twilio/ivr", call("CA6"))  # an agent node
     _, doc = await post(client, action_of(doc), call("CA6") | {"Digits": "2"})
