@@ -106,7 +106,7 @@ class WorkflowEngine:
             context = dict(run["context"])
             try:
                 if kind == "send":
-                    result = await self._send(conn, run, i, step["send"], context)
+                    result = await self._run_send(conn, run, i, step["send"], context)
                 elif kind == "webhook":
                     result = await self._webhook(run, workflow, i, step["webhook"], last_try)
                     context |= {"last_outcome": result.outcome}
@@ -131,7 +131,7 @@ class WorkflowEngine:
 
     # -- send -------------------------------------------------------------------------------
 
-    async def _send(
+    async def _run_send(
         self,
         conn: asyncpg.Connection,
         run: asyncpg.Record,
