@@ -34,6 +34,7 @@ def webhook_tasks(res: Resources) -> dict[str, TaskFactory]:
                 lease=max(30.0, cfg.timeout * 3),
                 on_dead=deliverer.on_dead,
                 counters=res.counters,
+                outages=res.outages,  # our outage waits and is logged once, as other queues
             )
             await worker.run(stopping)
 
