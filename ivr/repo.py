@@ -114,6 +114,27 @@ async def insert_summary(conn: asyncpg.Connection, s: Session, ended_at: Any) ->
     )
 
 
+async def list_sessions(
+    db: Any, tenant_id: uuid.UUID, *, limit: int, after: tuple[Any, uuid.UUID | None]
+) -> list[asyncpg.Record]:
+    """One page of ended sessions, newest start first (key: started_at, id), `limit` + 1."""
+    return await db.fetch(
+        """
+        SELECT id, flow_name, flow_version, transport, caller, called, end_reason, last_node,
+               started_at, ended_at, steps
+          FROM ivr_sessions
+         WHERE tenant_id = $1
+           AND ($2::timestamptz IS NULL OR (started_at, id) < ($2, $3::uuid))
+         ORDER BY started_at DESC, id DESC
+         LIMIT $4
+        """,
+        tenant_id,
+        after[0],
+        after[1],
+        limit + 1,
+    )
+
+
 async def summary(db: Any, tenant_id: uuid.UUID, session_id: uuid.UUID) -> asyncpg.Record | None:
     return await db.fetchrow(
         "SELECT * FROM ivr_sessions WHERE tenant_id = $1 AND id = $2", tenant_id, session_id

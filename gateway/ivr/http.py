@@ -18,6 +18,7 @@ from gateway.ivr.schemas import (
     FlowList,
     FlowOut,
     FlowQuery,
+    SessionList,
     SessionOut,
     SimulateIn,
     SimulateOut,
@@ -97,6 +98,19 @@ async def get_flow(request: web.Request, query: FlowQuery) -> FlowOut:
 )
 async def simulate(request: web.Request, body: SimulateIn) -> SimulateOut:
     return await service.simulate(request.app[RUNNER], principal_of(request).tenant_id, body)
+
+
+@routes.get(
+    "/v1/ivr/sessions",
+    summary="Your ended IVR sessions, newest first (cursor pagination); a live one by its id",
+    scope="ivr:read",
+    query=ListQuery,
+    response=SessionList,
+)
+async def list_sessions(request: web.Request, query: ListQuery) -> SessionList:
+    return await service.list_sessions(
+        request.app[RESOURCES].db, principal_of(request).tenant_id, query
+    )
 
 
 @routes.get(

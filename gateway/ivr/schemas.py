@@ -98,6 +98,28 @@ class SessionOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class SessionSummary(BaseModel):
+    """An ended session as listed (GET /v1/ivr/sessions/{id} has its transcript)."""
+
+    id: uuid.UUID
+    flow: str
+    version: int
+    transport: str
+    from_: str = Field(alias="from")
+    to: str | None
+    end_reason: str
+    last_node: str | None
+    started_at: datetime
+    ended_at: datetime
+    steps: int
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class SessionList(Page[SessionSummary]):
+    pass
+
+
 class SimulateOut(SessionOut):
     inputs_left: int = Field(description="scripted inputs the flow never asked for")
 

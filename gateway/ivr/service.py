@@ -25,7 +25,9 @@ from gateway.ivr.schemas import (
     FlowList,
     FlowOut,
     FlowSummary,
+    SessionList,
     SessionOut,
+    SessionSummary,
     SimulateIn,
     SimulateOut,
 )
@@ -197,6 +199,32 @@ def _live(s: Session) -> SessionOut:
         variables=s.variables,
         recordings=list(s.recordings),
         transcript=list(s.transcript),
+    )
+
+
+async def list_sessions(db: asyncpg.Pool, tenant_id: uuid.UUID, query: ListQuery) -> SessionList:
+    """Ended sessions (their summaries), newest first; a live one is read by its id."""
+    after = decode_cursor("ivr_sessions", query.cursor, (datetime, uuid.UUID))
+    rows = await repo.list_sessions(db, tenant_id, limit=query.limit, after=after)
+    page, cursor = page_of("ivr_sessions", rows, query.limit, lambda r: (r["started_at"], r["id"]))
+    return SessionList(
+        data=[
+            SessionSummary(
+                id=r["id"],
+                flow=r["flow_name"],
+                version=r["flow_version"],
+                transport=r["transport"],
+                from_=r["caller"],
+                to=r["called"],
+                end_reason=r["end_reason"],
+                last_node=r["last_node"],
+                started_at=r["started_at"],
+                ended_at=r["ended_at"],
+                steps=r["steps"],
+            )
+            for r in page
+        ],
+        next_cursor=cursor,
     )
 
 

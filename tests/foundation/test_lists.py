@@ -187,6 +187,34 @@ async def add_ivr_flows(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[
     return {r[0] for r in rows}
 
 
+async def add_ivr_sessions(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> set[str]:
+    """Summaries of ended sessions (a statement's rows share one started_at)."""
+    flow = await db.fetchval(
+        "SELECT id FROM ivr_flows WHERE tenant_id = $1 AND name = 'sessions'", tenant
+    )
+    if flow is None:
+        flow = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO ivr_flows (id, tenant_id, name, version, document, signing_secret)"
+            " VALUES ($1, $2, 'sessions', 1, '{}', 'whsec')",
+            flow,
+            tenant,
+        )
+    rows = await db.fetch(
+        """
+        INSERT INTO ivr_sessions (id, tenant_id, flow_id, flow_name, flow_version, transport,
+                                  caller, called, started_at, ended_at, end_reason, steps)
+        SELECT gen_random_uuid(), $1, $3, 'sessions', 1, 'asterisk', '+1555' || n, NULL,
+               now(), now(), 'hangup', 2
+        FROM unnest($2::int[]) n RETURNING id::text
+        """,
+        tenant,
+        _ids(count),
+        flow,
+    )
+    return {r[0] for r in rows}
+
+
 @dataclass(frozen=True)
 class Listing:
     path: str
@@ -206,6 +234,7 @@ LISTINGS = [
     Listing("/v1/workflows", "id", add_workflows),
     Listing("/v1/workflow-runs", "id", add_workflow_runs),
     Listing("/v1/ivr/flows", "name", add_ivr_flows),
+    Listing("/v1/ivr/sessions", "id", add_ivr_sessions),
 ]
 
 
