@@ -13,6 +13,8 @@ from typing import Any, Literal
 import structlog
 from structlog.contextvars import bind_contextvars, clear_contextvars, merge_contextvars
 
+from gateway.core import jsonio
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -26,7 +28,10 @@ def configure_logging(
 ) -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer()
+        if use_console
+        # every request writes its access line: orjson (jsonio), not the json module (~4x)
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     structlog.configure(
         processors=[
@@ -46,6 +51,10 @@ def configure_logging(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("aiohttp.access").disabled = True  # we write our own access line
+
+
+def _dumps(event: dict[str, Any], **_kw: Any) -> str:
+    return jsonio.dumps_str(event)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

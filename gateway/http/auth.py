@@ -26,10 +26,11 @@ _COOKIE_METHODS = frozenset({"GET", "HEAD"})
 
 async def authenticate(request: web.Request, scope: str | None) -> Principal:
     header = request.headers.get("Authorization", "")
-    cookie = request.cookies.get(sessions.COOKIE)
+    # (the Cookie header is parsed only when there is no key: parsing costs every request)
+    cookie = request.cookies.get(sessions.COOKIE) if not header else None
     res = request.app[RESOURCES]
     db = res.db
-    if not header and cookie:
+    if cookie:
         if request.method not in _COOKIE_METHODS:
             raise Unauthorized(
                 "the dashboard session cookie authorises GET requests only; "

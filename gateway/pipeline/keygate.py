@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
@@ -123,7 +122,9 @@ class KeyGate:
         Problem it raises was stored nowhere, so the key is given back for the next try.
         """
         deadline = asyncio.get_running_loop().time() + self.wait
-        mine = dataclasses.replace(claim, owner=uuid.uuid4())
+        mine = idempotency.Claim(  # (dataclasses.replace costs ~4x this)
+            claim.tenant_id, claim.key, claim.method, claim.path, claim.digest, uuid.uuid4()
+        )
         try:
             async with self._locks.hold(claim.ident, timeout=self.wait):
                 stored = await self._wait_for_turn(mine, deadline)
