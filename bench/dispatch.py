@@ -24,6 +24,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +36,6 @@ import asyncpg
 from bench.accept import _AREA_CODES, pgbench_floor, provision
 from bench.harness import Result, report
 from bench.services import bench_services, daemon_env, free_port, wait_http
-from gateway import db
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_AIM = 1000.0  # issue 14: ≥ 1,000 delivered/s with the default worker count
@@ -86,16 +86,20 @@ async def accept_load_n(base: str, token: str, concurrency: int, total: int) -> 
 
 
 def _spawn(tree: Path, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    """The daemon of `tree` in `role`; its log goes to a file named on failure."""
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-dispatch-{role}-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "--role", role],
         env=env,
         cwd=tree,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    return proc
 
 
-async def _fresh_database(url: str, name: str) -> str:
+async def _fresh_database(url: str, name: str, tree: Path) -> str:
     parts = urlsplit(url)
     admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
     try:
@@ -104,7 +108,19 @@ async def _fresh_database(url: str, name: str) -> str:
     finally:
         await admin.close()
     fresh = urlunsplit(parts._replace(path="/" + name))
-    await db.migrate(fresh)
+    # the tree's own migrations: a baseline checkout refuses a database migrated further
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRUNKLINE_")}
+    migrate = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "migrate",
+        env=env | {"PYTHONPATH": str(tree), "TRUNKLINE_DATABASE__URL": fresh},
+        cwd=tree,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    if await asyncio.wait_for(migrate.wait(), 120) != 0:
+        raise RuntimeError(f"migrating {name} with {tree} failed")
     return fresh
 
 
@@ -159,13 +175,17 @@ def run_tree(
     profile: str | None,
     extra: dict[str, str],
 ) -> tuple[Result, Result]:
-    url = asyncio.run(_fresh_database(base_url, f"trunkline_bench_dispatch_{label}"))
+    url = asyncio.run(_fresh_database(base_url, f"trunkline_bench_dispatch_{label}", tree))
     token = asyncio.run(provision(url))
     port = free_port()
     env = _bench_env(url, redis_url, port, tree) | extra
     api = _spawn(tree, "api", env)
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)  # a busy machine
+        except TimeoutError:
+            print(Path(api.log_path).read_text()[-3000:])  # type: ignore[attr-defined]
+            raise
         accepted = asyncio.run(
             accept_load_n(f"http://127.0.0.1:{port}", token, concurrency, messages)
         )
