@@ -61,6 +61,7 @@ class ChangeListener:
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
         self._conn: asyncpg.Connection | None = None
+        self._closing = False
 
     def subscribe(
         self, channel: str, on_change: Callable[[str], None], on_lost: Callable[[], None]
@@ -83,15 +84,26 @@ class ChangeListener:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="change-listener")
 
     async def close(self) -> None:
+        """Stop listening. Bounded: a cancellation that a wait inside swallowed (Python 3.11's
+        wait_for can, when the awaited query completes at the same moment) is sent again, and
+        the loops also stop on `_closing`, so shutdown never waits on a task that goes on."""
+        self._closing = True
         self._lost()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        for _ in range(20):
+            if task is None or task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if task is not None and task.done() and not task.cancelled():
+            with contextlib.suppress(BaseException):
+                task.exception()  # retrieved: no "never retrieved" warning at exit
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._listen()
             except asyncio.CancelledError:
@@ -126,9 +138,10 @@ class ChangeListener:
         for sub in self._subscribers:  # whatever changed while nobody listened
             sub.on_lost()
         log.debug("change listener listening")
-        while True:
+        while not self._closing:
             sent = time.monotonic()
-            await asyncio.wait_for(conn.execute(self.probe), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                await conn.execute(self.probe)
             if not conn.is_closed():
                 self.trusted_until = max(self.trusted_until, sent + self.stale_after)
                 if self._failures:
