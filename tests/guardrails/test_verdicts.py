@@ -18,6 +18,9 @@ def test_deny_codes_are_stable() -> None:
         "content_blocked",
         "opted_out",
         "frequency_cap",
+        "email_suppressed",
+        "unsubscribe_link_required",
+        "postal_address_required",
     ]
     assert DenyCode("opted_out") is DenyCode.OPTED_OUT
 
