@@ -278,7 +278,7 @@ async def measure_replay(port: int, token: str, expected: int) -> Result:
 
 
 async def measure_live(
-    args, port: int, api_pid: int, worker_pid: int, tokens: list[str], database_url: str, ids
+    args, port: int, api_pids: list[int], worker_pid: int, tokens: list[str], database_url: str, ids
 ):
     clients: list[Client] = []
     probes = min(args.probes, args.clients)
@@ -289,7 +289,7 @@ async def measure_live(
             await asyncio.gather(*(c.connected.wait() for c in clients))
     await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
     connect_s = time.perf_counter() - t0
-    rss_idle = rss_mb(api_pid)
+    rss_idle = sum(rss_mb(p) for p in api_pids)
 
     total = args.warmup + args.duration
     proc = multiprocessing.get_context("spawn").Process(
@@ -299,16 +299,16 @@ async def measure_live(
     await asyncio.sleep(args.warmup)
     for c in clients:
         c.counting = True
-    cpu0, rss_peak = cpu_seconds(api_pid), 0.0
+    cpu0, rss_peak = sum(cpu_seconds(p) for p in api_pids), 0.0
     own0, worker0 = cpu_seconds(os.getpid()), cpu_seconds(worker_pid)
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < args.duration:
-        rss_peak = max(rss_peak, rss_mb(api_pid))
+        rss_peak = max(rss_peak, sum(rss_mb(p) for p in api_pids))
         await asyncio.sleep(min(0.5, args.duration - elapsed))
     for c in clients:
         c.counting = False
     elapsed = time.perf_counter() - start
-    cpu = cpu_seconds(api_pid) - cpu0
+    cpu = sum(cpu_seconds(p) for p in api_pids) - cpu0
     own = cpu_seconds(os.getpid()) - own0
     worker_cpu = cpu_seconds(worker_pid) - worker0
     await asyncio.to_thread(proc.join)
@@ -339,6 +339,9 @@ async def measure_live(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument(
+        "--api-processes", type=int, default=1, help="API processes sharing the port (reuse_port)"
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="events committed per second")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -363,9 +366,14 @@ def main() -> None:
         extra = {}
         if args.flush_interval is not None:
             extra["TRUNKLINE_EVENTS__SSE_FLUSH_INTERVAL"] = str(args.flush_interval)
+        if args.api_processes > 1:  # one port, the kernel spreads the clients (SO_REUSEPORT)
+            extra["TRUNKLINE_HTTP__REUSE_PORT"] = "true"
         env = daemon_env(services, port, **extra)
         worker = spawn(["-m", "gateway.cli", "run", "--role", "worker"], env)
-        api = spawn(["-m", "gateway.cli", "run", "--role", "api"], env)
+        apis = [
+            spawn(["-m", "gateway.cli", "run", "--role", "api"], env)
+            for _ in range(args.api_processes)
+        ]
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
             asyncio.run(wait_sequenced(services.database_url))
@@ -375,7 +383,13 @@ def main() -> None:
                 try:
                     replay = await measure_replay(port, tokens[0], args.prefill)
                     live = await measure_live(
-                        args, port, api.pid, worker.pid, tokens, services.database_url, ids
+                        args,
+                        port,
+                        [a.pid for a in apis],
+                        worker.pid,
+                        tokens,
+                        services.database_url,
+                        ids,
                     )
                     if dash is not None:
                         seen = await dash.seen()
@@ -390,14 +404,15 @@ def main() -> None:
 
             replay, live = asyncio.run(run())
         finally:
-            for proc in (api, worker):
+            for proc in (*apis, worker):
                 proc.terminate()
-            for proc in (api, worker):
+            for proc in (*apis, worker):
                 proc.wait(30)
     expected = live.extra["expected_per_s"]
     report(
         f"SSE: {args.clients} clients, {args.rate:g} events/s, {args.tenants} tenant(s), "
         f"{args.duration:g}s on {os.cpu_count()} cores"
+        + (f", {args.api_processes} API processes" if args.api_processes > 1 else "")
         + (", the dashboard open in chromium" if args.dashboard else ""),
         [replay, live],
         delivered_per_s=round(live.rate, 1),
