@@ -5,16 +5,23 @@ enqueue, durable before the 201. The floor is pgbench (a C client) running
 single-row durable INSERT transactions with 8 clients on the same server in
 the same run. Also: end-to-end accepted → delivered on the sandbox provider.
 
-    python -m bench.accept [--concurrency 64] [--duration 5] [--api-processes 1]
+    python -m bench.accept [--concurrency 64] [--duration 5] [--api-processes 1] [--client auto]
+
+The load comes from `wrk` (a C client; Debian: apt-get install wrk) when it is installed,
+else from an aiohttp client in this process; the report says which. On two cores the
+Python client costs about as much CPU per request as the API itself, so with it the
+rate measures the client as much as the server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -114,13 +121,143 @@ async def accept_load(
                     raise RuntimeError(f"accept answered {resp.status}: {await resp.text()}")
             served += 1
 
-        cpu0 = sum(map(cpu_seconds, pids))
+        cpu0, own0 = sum(map(cpu_seconds, pids)), time.process_time()
         result = await run_load(
             "POST /v1/messages (accept, durable)", op, concurrency=concurrency, duration=duration
         )
-        cpu = sum(map(cpu_seconds, pids)) - cpu0
+        cpu, own = sum(map(cpu_seconds, pids)) - cpu0, time.process_time() - own0
         result.extra["api_cpu_us_per_message"] = round(cpu / served * 1e6, 1)
+        result.extra["client_cpu_us_per_message"] = round(own / served * 1e6, 1)
         return result
+
+
+# Each request: the next of 60,000 New York numbers (distinct recipients, as above; a
+# thread starts at its own offset and strides by the thread count) and a fresh
+# Idempotency-Key. Any answer but 201 is counted and the first one kept, so the bench
+# fails loudly as the Python client does; `done` prints one JSON line for the bench.
+_WRK_SCRIPT = r"""
+local threads = {}
+local n_threads = 0
+function setup(thread)
+  thread:set("index", n_threads)
+  n_threads = n_threads + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  areas = {"212", "646", "718", "917", "347", "929"}
+  stride = tonumber(args[1])
+  run = args[2]
+  token = args[3]
+  seq = tonumber(args[4]) + index
+  bad = 0
+  first_bad = ""
+end
+function request()
+  local n = seq % 60000
+  seq = seq + stride
+  local to = "+1" .. areas[math.floor(n / 10000) + 1] .. "555" .. string.format("%04d", n % 10000)
+  local body = '{"to": "' .. to .. '", "body": "Your code is 1234", "purpose": "transactional"}'
+  local headers = {
+    ["Authorization"] = "Bearer " .. token,
+    ["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = run .. "-" .. seq,
+  }
+  return wrk.format("POST", "/v1/messages", headers, body)
+end
+function response(status, headers, body)
+  if status ~= 201 then
+    bad = bad + 1
+    if first_bad == "" then first_bad = (status .. " " .. body):gsub('"', "'"):gsub("[%c\\]", " ") end
+  end
+end
+function done(summary, latency, requests)
+  local bad, first_bad = 0, ""
+  for _, t in ipairs(threads) do
+    bad = bad + t:get("bad")
+    if first_bad == "" then first_bad = t:get("first_bad") end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'TRUNKLINE_WRK {"requests": %d, "seconds": %f, "not_201": %d, "first_not_201": "%s", ' ..
+    '"socket_errors": %d, "p50_ms": %f, "p99_ms": %f, "mean_ms": %f}\n',
+    summary.requests, summary.duration / 1e6, bad, first_bad,
+    e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, latency.mean / 1e3))
+end
+"""
+
+
+def wrk_load(base: str, token: str, concurrency: int, duration: float, pids: list[int]) -> Result:
+    """The same load from wrk: one thread (a C client needs no more for this rate, and a
+    second would take CPU from the server). Raises on any answer but 201."""
+    binary = shutil.which("wrk")
+    assert binary is not None
+    threads = 1
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT)
+    try:
+
+        def run(seconds: float, run_id: str, first: int) -> tuple[dict, float, float]:
+            cpu0 = sum(map(cpu_seconds, pids))
+            own0 = _children_cpu()
+            out = subprocess.run(
+                [
+                    binary,
+                    "-t",
+                    str(threads),
+                    "-c",
+                    str(concurrency),
+                    "-d",
+                    f"{max(1, round(seconds))}s",
+                    "--timeout",
+                    "30s",
+                    "-s",
+                    script.name,
+                    f"{base}/v1/messages",
+                    "--",
+                    str(threads),
+                    run_id,
+                    token,
+                    str(first),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 90,
+            )
+            cpu, own = sum(map(cpu_seconds, pids)) - cpu0, _children_cpu() - own0
+            line = next(
+                (x for x in out.stdout.splitlines() if x.startswith("TRUNKLINE_WRK ")), None
+            )
+            if out.returncode != 0 or line is None:
+                raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout} {out.stderr}")
+            stats = json.loads(line.removeprefix("TRUNKLINE_WRK "))
+            if stats["not_201"] or stats["socket_errors"]:
+                raise RuntimeError(
+                    f"accept answered {stats['not_201']} request(s) with something else than 201 "
+                    f"(first: {stats['first_not_201']}), {stats['socket_errors']} socket errors"
+                )
+            return stats, cpu, own
+
+        run_id = uuid.uuid4().hex
+        run(1.0, f"{run_id}w", 50_000)  # warm-up, as run_load's, on other numbers
+        stats, cpu, own = run(duration, run_id, 0)
+    finally:
+        os.unlink(script.name)
+    served = stats["requests"]
+    result = Result("POST /v1/messages (accept, durable)", served, stats["seconds"])
+    result.extra |= {
+        "p50_ms": round(stats["p50_ms"], 3),
+        "p99_ms": round(stats["p99_ms"], 3),
+        "mean_ms": round(stats["mean_ms"], 3),
+        "api_cpu_us_per_message": round(cpu / served * 1e6, 1),
+        "client_cpu_us_per_message": round(own / served * 1e6, 1),
+    }
+    return result
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def delivery_rate(database_url: str, timeout: float) -> Result:
@@ -153,8 +290,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="the load generator: wrk if installed (auto), else the aiohttp client",
+    )
     parser.add_argument("--drain-timeout", type=float, default=60.0)
     args = parser.parse_args()
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "python"
+    elif client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: wrk is not installed (Debian: apt-get install wrk)")
+    print(
+        f"load generator: {client}"
+        + (" (wrk not found)" if args.client == "auto" and client == "python" else "")
+    )
 
     with bench_services() as services:
         floor = pgbench_floor(services.database_url, args.duration)
@@ -180,15 +332,11 @@ def main() -> None:
         worker = None
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
-            accepted = asyncio.run(
-                accept_load(
-                    f"http://127.0.0.1:{port}",
-                    token,
-                    args.concurrency,
-                    args.duration,
-                    [p.pid for p in api],
-                )
-            )
+            load = (token, args.concurrency, args.duration, [p.pid for p in api])
+            if client == "wrk":
+                accepted = wrk_load(f"http://127.0.0.1:{port}", *load)
+            else:
+                accepted = asyncio.run(accept_load(f"http://127.0.0.1:{port}", *load))
             # Delivery runs after the accept load, in a worker process, so the two don't share the cores.
             worker = spawn(["-m", "gateway.cli", "run", "--role", "worker"], env)
             delivered = asyncio.run(delivery_rate(services.database_url, args.drain_timeout))
@@ -204,6 +352,8 @@ def main() -> None:
         "accept_vs_floor": round(accepted.rate / floor, 3) if floor else None,
         # what does not swing with the neighbours' load (the rates above do, on a shared machine)
         "api_cpu_us_per_message": accepted.extra["api_cpu_us_per_message"],
+        "load_generator": client,
+        "client_cpu_us_per_message": accepted.extra["client_cpu_us_per_message"],
         "api_processes": args.api_processes,
         "concurrency": args.concurrency,
     }
