@@ -180,8 +180,17 @@ async def claim_many(
     owned = {(r["tenant_id"], r["key"]) for r in await conn.fetch(_CLAIM_MANY, *columns)}
     out: dict[tuple[uuid.UUID, str], Replay | Problem | None] = dict.fromkeys(owned)
     taken = [c for c in claims if c.ident not in owned]
-    if not taken:
-        return out
+    if taken:
+        out |= await answers_of(conn, taken)
+    return out
+
+
+async def answers_of(
+    conn: asyncpg.Connection, taken: list[Claim]
+) -> dict[tuple[uuid.UUID, str], Replay | Problem]:
+    """For claims whose keys a claim statement just could not take: the stored answer, or
+    the Problem to answer (the key used for another request, or taken over meanwhile)."""
+    out: dict[tuple[uuid.UUID, str], Replay | Problem] = {}
     rows = await conn.fetch(_ANSWERED, [c.tenant_id for c in taken], [c.key for c in taken])
     stored = {(r["tenant_id"], r["key"]): r for r in rows}
     for c in taken:

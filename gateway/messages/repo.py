@@ -25,7 +25,7 @@ _TIMELINE = """
 """
 
 
-_INSERT_COLUMNS = (
+INSERT_COLUMNS = (
     ("id", "uuid"),
     ("tenant_id", "uuid"),
     ("direction", "text"),
@@ -49,14 +49,14 @@ _INSERT_COLUMNS = (
     ("subject", "text"),
     ("html", "text"),
 )
-_DEFAULTS: dict[str, Any] = {"metadata": {}}
+MESSAGE_DEFAULTS: dict[str, Any] = {"metadata": {}}
 
 _INSERT_MANY = f"""
 INSERT INTO messages (id, tenant_id, direction, channel, to_number, from_number, body, template,
                       purpose, status, provider, provider_message_id, encoding, segments,
                       send_at, trace_id, metadata, error_code, error_detail, recipient_state,
                       subject, html)
-SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_INSERT_COLUMNS, 1))})
+SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(INSERT_COLUMNS, 1))})
 RETURNING id, created_at, updated_at
 """
 
@@ -67,7 +67,9 @@ async def insert_messages(
     """Insert many messages in one statement; their stamps, by id."""
     if not rows:
         return {}
-    columns = [[row.get(name, _DEFAULTS.get(name)) for row in rows] for name, _ in _INSERT_COLUMNS]
+    columns = [
+        [row.get(name, MESSAGE_DEFAULTS.get(name)) for row in rows] for name, _ in INSERT_COLUMNS
+    ]
     return {r["id"]: r for r in await conn.fetch(_INSERT_MANY, *columns)}
 
 

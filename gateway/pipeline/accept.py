@@ -14,6 +14,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,7 @@ from gateway.messages import repo
 from gateway.messages.schemas import SendMessage
 from gateway.messages.service import message_from_row
 from gateway.messages.templates import render
+from gateway.pipeline import acceptwrite
 from gateway.pipeline.didcache import DidCache
 from gateway.pipeline.groupcommit import GroupCommitter, Outcome
 from gateway.pipeline.keygate import KeyGate
@@ -79,7 +81,11 @@ class MessagePipeline:
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(
-            self.db, self._persist_many, name="messages", metrics=self.metrics
+            self.db,
+            self._persist_many,
+            name="messages",
+            metrics=self.metrics,
+            write_many=self._write_many,
         )
         http = self.settings.http
         self.gate = KeyGate(self.db, lease=http.idempotency_lease, wait=http.idempotency_wait)
@@ -228,6 +234,50 @@ class MessagePipeline:
         )
         return [self._outcome(p, stamps[p.row["id"]]) for p in plans]
 
+    async def _write_many(
+        self,
+        conn: asyncpg.Connection,
+        plans: list[_Plan],
+        claims: list[idempotency.Claim | None],
+    ) -> list[Outcome | None] | None:
+        """The batch in one statement (acceptwrite.py); None if a plan attaches a row of
+        its caller's (a campaign attempt): that needs the committer's transaction."""
+        if any(p.attach is not None for p in plans):
+            return None
+        answers = [self._answer(p) for p in plans]
+        written, at = await acceptwrite.write_batch(
+            conn,
+            [p.row for p in plans],
+            jobs=[not isinstance(p.verdict, Deny) for p in plans],
+            delays=[p.delay for p in plans],
+            claims=[
+                None if c is None else (c, a.status, a.body, stamped)
+                for c, (a, stamped) in zip(claims, answers, strict=True)
+            ],
+            events=[p.events for p in plans],
+            queue=DISPATCH_QUEUE,
+            max_attempts=self.settings.messaging.max_attempts,
+        )
+        out: list[Outcome | None] = []
+        for i, (answer, stamped) in enumerate(answers):
+            if i not in written:
+                out.append(None)
+                continue
+            if stamped:
+                answer.body["created_at"] = answer.body["updated_at"] = at
+            out.append(answer)
+        return out
+
+    @staticmethod
+    def _answer(plan: _Plan) -> tuple[Outcome, bool]:
+        """The answer before the write, and whether it still needs the rows' timestamps."""
+        row = plan.row
+        if isinstance(plan.verdict, Deny):
+            ids = {"message_id": str(row["id"]), "trace_id": row["trace_id"]}
+            return denial(plan.verdict, "/v1/messages", **ids), False
+        body = message_from_row(row | _UNSTAMPED).model_dump(mode="json", by_alias=True)
+        return Outcome(201, body, {}), True
+
     async def _body(self, principal: Principal, req: SendMessage) -> str:
         """An SMS/WhatsApp body: the request's own, or its template rendered."""
         text = req.body
@@ -255,6 +305,12 @@ class MessagePipeline:
         )
         return Outcome(201, body.model_dump(mode="json", by_alias=True), {})
 
+
+# Stand-ins for the timestamps PostgreSQL gives the row (acceptwrite.py sets the real ones).
+_UNSTAMPED = {
+    "created_at": datetime.fromtimestamp(0, UTC),
+    "updated_at": datetime.fromtimestamp(0, UTC),
+}
 
 # A row of the caller's written in the accepted message's own transaction (campaigns: the
 # attempt row), so the two commit together or not at all.

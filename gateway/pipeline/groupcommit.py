@@ -4,8 +4,9 @@ A durable accept costs a WAL flush at commit, and PostgreSQL serializes commits 
 carry NOTIFY. Committed one per request, N concurrent accepts pay N flushes, N turns
 at the notify lock and ~7 round trips each. Here a request hands over its prepared
 write (decided outside any transaction, see accept.py) and waits; a flusher takes
-everything queued, writes it with set-based statements in one transaction, and
-answers every request only after that commit. Under light load a batch is a single
+everything queued, writes it with set-based statements in one transaction (or, given
+`write_many`, one statement that is its own transaction: messages, see acceptwrite.py),
+and answers every request only after that commit. Under light load a batch is a single
 write and the latency is one transaction, as before: nothing waits for company.
 
 Idempotency claims live in the same transaction as the writes they protect, so the
@@ -59,6 +60,15 @@ class Outcome:
 
 
 PersistMany = Callable[[asyncpg.Connection, list[P]], Awaitable[list[Outcome]]]
+# A batch in one statement, its own transaction (see pipeline/acceptwrite.py): given the
+# plans and claims (None: no key) of the batch's first writes of each key, it writes those
+# whose key it takes (or that have none) and stores those keys' answers with the claim.
+# Per write: its Outcome, or None where the key was not taken. None for a batch it cannot
+# write so (having sent nothing): the committer's transaction of several statements then.
+WriteMany = Callable[
+    [asyncpg.Connection, list[P], list[idempotency.Claim | None]],
+    Awaitable[list[Outcome | None] | None],
+]
 
 
 @dataclass
@@ -82,9 +92,11 @@ class GroupCommitter(Generic[P]):
         max_queued: int = 10_000,
         timeout: float = 30.0,
         metrics: Registry | None = None,
+        write_many: WriteMany[P] | None = None,
     ) -> None:
         self.db = db
         self.persist_many = persist_many
+        self.write_many = write_many
         self.name = name
         self.max_batch = max_batch
         self.max_queued = max_queued
@@ -191,6 +203,54 @@ class GroupCommitter(Generic[P]):
         for i, write in enumerate(batch):
             if write.claim is not None:
                 first.setdefault(write.claim.ident, i)
+        if self.write_many is None or not await self._write_at_once(batch, first, answers):
+            await self._transaction(batch, first, answers)
+        for i, write in enumerate(batch):  # duplicates inside the batch follow their first
+            if write.claim is not None and first[write.claim.ident] != i:
+                answers[i] = _follow(
+                    write.claim,
+                    batch[first[write.claim.ident]].claim,
+                    answers[first[write.claim.ident]],
+                )  # type: ignore[arg-type]
+        return answers  # type: ignore[return-value]
+
+    async def _write_at_once(
+        self,
+        batch: list[_Write[P]],
+        first: dict[Hashable, int],
+        answers: list[Outcome | Exception | None],
+    ) -> bool:
+        """The batch by `write_many`, one statement; False if it cannot take this batch."""
+        assert self.write_many is not None
+        lead = [i for i, w in enumerate(batch) if w.claim is None or first[w.claim.ident] == i]
+        async with self.db.acquire() as conn:
+            done = await self.write_many(
+                conn, [batch[i].plan for i in lead], [batch[i].claim for i in lead]
+            )
+            if done is None:
+                return False
+            taken = []
+            for i, outcome in zip(lead, done, strict=True):
+                answers[i] = outcome
+                if outcome is None:
+                    taken.append(i)
+            if taken:  # answered before, or held by another try: what is stored says which
+                stored = await idempotency.answers_of(conn, [batch[i].claim for i in taken])  # type: ignore[misc]
+                for i in taken:
+                    found = stored[batch[i].claim.ident]  # type: ignore[union-attr]
+                    answers[i] = (
+                        Outcome.replay(found) if isinstance(found, idempotency.Replay) else found
+                    )
+        return True
+
+    async def _transaction(
+        self,
+        batch: list[_Write[P]],
+        first: dict[Hashable, int],
+        answers: list[Outcome | Exception | None],
+    ) -> None:
+        """The batch in one transaction of several statements (claims, `persist_many`,
+        answers)."""
         async with self.db.acquire() as conn, conn.transaction():
             claimed = await idempotency.claim_many(conn, [batch[i].claim for i in first.values()])  # type: ignore[misc]
             for i in first.values():
@@ -215,14 +275,6 @@ class GroupCommitter(Generic[P]):
                     if (c := batch[i].claim) is not None
                 ],
             )
-        for i, write in enumerate(batch):  # duplicates inside the batch follow their first
-            if write.claim is not None and first[write.claim.ident] != i:
-                answers[i] = _follow(
-                    write.claim,
-                    batch[first[write.claim.ident]].claim,
-                    answers[first[write.claim.ident]],
-                )  # type: ignore[arg-type]
-        return answers  # type: ignore[return-value]
 
     @staticmethod
     def _resolve(write: _Write[P], answer: Outcome | BaseException) -> None:

@@ -94,3 +94,30 @@ async def test_bad_idempotency_key_is_400(client, token):
         headers=auth(token) | {"Idempotency-Key": "x" * 300},
     )
     assert resp.status == 400 and (await resp.json())["code"] == "invalid_idempotency_key"
+
+
+async def test_the_answer_its_replay_and_the_message_agree_on_its_timestamps(
+    client, token, pg_pool
+):
+    # The batch's statement sets created_at/updated_at into the stored answer (acceptwrite.py):
+    # they must be the row's, formatted as every other answer formats them.
+    headers = auth(token) | {"Idempotency-Key": "stamps-1"}
+    body = {"to": "+14155550100", "body": "Your code is 1234", "purpose": "transactional"}
+    first = await client.post("/v1/messages", json=body, headers=headers)
+    assert first.status == 201
+    answer = await first.json()
+    again = await client.post("/v1/messages", json=body, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert await again.json() == answer
+    got = await client.get(f"/v1/messages/{answer['id']}", headers=auth(token))
+    detail = await got.json()
+    assert (detail["created_at"], detail["updated_at"]) == (
+        answer["created_at"],
+        answer["updated_at"],
+    )
+    unkeyed = await client.post("/v1/messages", json=body, headers=auth(token))
+    made = await unkeyed.json()
+    row = await pg_pool.fetchrow("SELECT created_at FROM messages WHERE id = $1::uuid", made["id"])
+    listed = await client.get(f"/v1/messages/{made['id']}", headers=auth(token))
+    assert (await listed.json())["created_at"] == made["created_at"]
+    assert row["created_at"].isoformat().startswith(made["created_at"][:19])
