@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 
 from bench.harness import Result, report
 from bench.services import bench_services, daemon_env, free_port, spawn, wait_http
+from bench.sse_load import Generator
 from gateway import db
 from gateway.core import scopes
+from gateway.events import log
 from gateway.tenants.service import create_key, create_tenant
 
 _T = re.compile(rb'"t":([0-9.]+)')
@@ -277,60 +279,114 @@ async def measure_replay(port: int, token: str, expected: int) -> Result:
     return Result("replay from the log (one client)", client.events, elapsed)
 
 
+async def bus_tap(redis_url: str, stamps: list[float], stop: asyncio.Event) -> None:
+    """Commit -> the Redis bus, per event (what reaches every API process's hub)."""
+    import redis.asyncio as aioredis
+
+    from gateway.events import bus
+
+    client = aioredis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(bus.PATTERN)
+    try:
+        while not stop.is_set():
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if msg is not None and (m := _T.search(msg["data"])):
+                stamps.append((time.time() - float(m.group(1))) * 1000)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+def pct(data: list[float], q: float) -> float:
+    if not data:
+        return 0.0
+    data = sorted(data)
+    return round(data[min(len(data) - 1, max(0, round(q / 100 * (len(data) - 1))))], 1)
+
+
 async def measure_live(
-    args, port: int, api_pids: list[int], worker_pid: int, tokens: list[str], database_url: str, ids
+    args, port: int, api_pids: list[int], worker_pid: int, tokens, services, ids
 ):
-    clients: list[Client] = []
     probes = min(args.probes, args.clients)
     t0 = time.perf_counter()
-    for i in range(args.clients):
-        clients.append(await connect(port, tokens[i % len(tokens)], probe=i < probes))
-        if i % 100 == 99:
-            await asyncio.gather(*(c.connected.wait() for c in clients))
-    await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 60)
-    connect_s = time.perf_counter() - t0
-    rss_idle = sum(rss_mb(p) for p in api_pids)
+    gen = Generator.start(port, tokens, args.clients, probes, args.generator_processes, args.drain)
+    try:
+        await asyncio.to_thread(gen.wait_connected, 300)
+        connect_s = time.perf_counter() - t0
+        rss_idle = sum(rss_mb(p) for p in api_pids)
 
-    total = args.warmup + args.duration
-    proc = multiprocessing.get_context("spawn").Process(
-        target=producer, args=(database_url, ids, args.rate, total)
-    )
-    proc.start()
-    await asyncio.sleep(args.warmup)
-    for c in clients:
-        c.counting = True
-    cpu0, rss_peak = sum(cpu_seconds(p) for p in api_pids), 0.0
-    own0, worker0 = cpu_seconds(os.getpid()), cpu_seconds(worker_pid)
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < args.duration:
-        rss_peak = max(rss_peak, sum(rss_mb(p) for p in api_pids))
-        await asyncio.sleep(min(0.5, args.duration - elapsed))
-    for c in clients:
-        c.counting = False
-    elapsed = time.perf_counter() - start
-    cpu = sum(cpu_seconds(p) for p in api_pids) - cpu0
-    own = cpu_seconds(os.getpid()) - own0
-    worker_cpu = cpu_seconds(worker_pid) - worker0
-    await asyncio.to_thread(proc.join)
-    dropped = sum(1 for c in clients if c.closed.is_set())
-    for c in clients:
-        c.transport.close()
-    delivered = sum(c.events for c in clients)
-    latencies = [x for c in clients[:probes] for x in c.latencies]
+        total = args.warmup + args.duration
+        proc = multiprocessing.get_context("spawn").Process(
+            target=producer, args=(services.database_url, ids, args.rate, total)
+        )
+        proc.start()
+        await asyncio.sleep(args.warmup)
+        conn = await db.connect(services.database_url)
+        try:
+            lo = await log.max_seq(conn) + 1
+            tap_stop, commit_to_bus = asyncio.Event(), []
+            tap = asyncio.create_task(bus_tap(services.redis_url, commit_to_bus, tap_stop))
+            gen.measure()
+            cpu0, rss_peak = sum(cpu_seconds(p) for p in api_pids), 0.0
+            own0, worker0 = cpu_seconds(os.getpid()), cpu_seconds(worker_pid)
+            start = time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < args.duration:
+                rss_peak = max(rss_peak, sum(rss_mb(p) for p in api_pids))
+                await asyncio.sleep(min(0.5, args.duration - elapsed))
+            gen.measure(start=False)
+            hi = await log.max_seq(conn)
+            elapsed = time.perf_counter() - start
+            cpu = sum(cpu_seconds(p) for p in api_pids) - cpu0
+            own = cpu_seconds(os.getpid()) - own0
+            worker_cpu = cpu_seconds(worker_pid) - worker0
+            tap_stop.set()
+            await tap
+            await asyncio.to_thread(proc.join)
+            await asyncio.sleep(1.0 + 2 * args.drain)  # the window's last events reach everyone
+            reports = await asyncio.to_thread(gen.stop, lo, hi)
+            per_tenant = dict(
+                await conn.fetch(
+                    "SELECT tenant_id::text, count(*) FROM events WHERE seq BETWEEN $1 AND $2 "
+                    "GROUP BY tenant_id",
+                    lo,
+                    hi,
+                )
+            )
+        finally:
+            await conn.close()
+    finally:
+        gen.kill()
+    counts = [c for r in reports for c in r["counts"]]
+    expected = [per_tenant.get(ids[tenant], 0) for tenant, _ in counts]
+    delivered = sum(n for _, n in counts)
+    gen_cpu = sum(r["cpu_s"] for r in reports) + own
+    samples = [x for r in reports for x in r["kernel_ms"]]
     return Result(
         f"live: {args.clients} clients x {args.rate:g} ev/s",
         delivered,
         elapsed,
-        latencies,
+        samples,
         extra={
-            "expected_per_s": args.clients * args.rate / max(1, args.tenants),
+            "expected": sum(expected),
+            "clients_short": sum(1 for (_, n), e in zip(counts, expected, strict=True) if n != e),
+            "clients_out_of_order": args.clients - sum(r["ordered"] for r in reports),
+            "clients_cut_off": sum(r["closed"] for r in reports),
             "connect_s": round(connect_s, 2),
+            "commit_to_bus_p50_ms": pct(commit_to_bus, 50),
+            "commit_to_bus_p99_ms": pct(commit_to_bus, 99),
+            "probe_parse_p50_ms": pct([x for r in reports for x in r["probe_ms"]], 50),
+            "probe_parse_p99_ms": pct([x for r in reports for x in r["probe_ms"]], 99),
+            "generator_lag_p50_ms": pct([x for r in reports for x in r["lag_ms"]], 50),
+            "generator_lag_p99_ms": pct([x for r in reports for x in r["lag_ms"]], 99),
             "api_rss_mb_idle": round(rss_idle, 1),
             "api_rss_mb_peak": round(rss_peak, 1),
             "api_cpu_share": round(cpu / elapsed, 2),
+            "api_cpu_us_per_delivery": round(cpu / max(1, delivered) * 1e6, 2),
             "worker_cpu_share": round(worker_cpu / elapsed, 2),
-            "load_generator_cpu_share": round(own / elapsed, 2),
-            "clients_cut_off": dropped,
+            "load_generator_cpu_share": round(gen_cpu / elapsed, 2),
+            "load_generator_cpu_us_per_delivery": round(gen_cpu / max(1, delivered) * 1e6, 2),
+            "latency_samples": len(samples),
             "latency_probes": probes,
         },
     )
@@ -346,7 +402,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--tenants", type=int, default=1, help="clients and events spread over")
-    parser.add_argument("--probes", type=int, default=100, help="clients that measure latency")
+    parser.add_argument(
+        "--probes", type=int, default=100, help="clients read at once (they measure parse latency)"
+    )
+    parser.add_argument(
+        "--generator-processes", type=int, default=2, help="load generator worker processes"
+    )
+    parser.add_argument(
+        "--drain", type=float, default=0.25, help="seconds between reads of the other clients"
+    )
     parser.add_argument("--prefill", type=int, default=100_000, help="events for the replay run")
     parser.add_argument(
         "--flush-interval", type=float, default=None, help="events.sse_flush_interval (s)"
@@ -383,13 +447,7 @@ def main() -> None:
                 try:
                     replay = await measure_replay(port, tokens[0], args.prefill)
                     live = await measure_live(
-                        args,
-                        port,
-                        [a.pid for a in apis],
-                        worker.pid,
-                        tokens,
-                        services.database_url,
-                        ids,
+                        args, port, [a.pid for a in apis], worker.pid, tokens, services, ids
                     )
                     if dash is not None:
                         seen = await dash.seen()
@@ -408,7 +466,7 @@ def main() -> None:
                 proc.terminate()
             for proc in (*apis, worker):
                 proc.wait(30)
-    expected = live.extra["expected_per_s"]
+    expected = live.extra.pop("expected")
     report(
         f"SSE: {args.clients} clients, {args.rate:g} events/s, {args.tenants} tenant(s), "
         f"{args.duration:g}s on {os.cpu_count()} cores"
@@ -416,12 +474,13 @@ def main() -> None:
         + (", the dashboard open in chromium" if args.dashboard else ""),
         [replay, live],
         delivered_per_s=round(live.rate, 1),
-        delivered_ratio=round(live.rate / expected, 3) if expected else None,
+        delivered_ratio=round(live.ops / expected, 3) if expected else None,
         p50_ms=round(live.pct(50) or 0, 1),
         p99_ms=round(live.pct(99) or 0, 1),
         replay_events_per_s=round(replay.rate, 1),
-        **{k: v for k, v in live.extra.items() if k != "expected_per_s"},
-        latency="stamped just before COMMIT -> frame parsed by a probe client",
+        **live.extra,
+        latency="stamped before the INSERT -> bytes in the client's socket (kernel receive "
+        "timestamp), every client; probe_parse: -> parsed by a probe read at once",
     )
 
 
