@@ -280,7 +280,10 @@ class EventsSettings(_Section):
         default=1000, ge=1, description="events queued per SSE client before it is cut off"
     )
     sse_flush_interval: float = Field(
-        default=0.02, ge=0, description="seconds the hub coalesces events into one write per client"
+        default=0.02,
+        ge=0,
+        description="while events keep coming, the SSE hub writes each client at most once per "
+        "this many seconds (an event that finds it idle goes out at once)",
     )
     hub_resync_interval: float = Field(
         default=5.0,

@@ -7,20 +7,25 @@ the log before dispatching 45, and while idle it checks the log's tail every
 `resync_interval` so a lost *last* message is found too. Clients therefore get
 events strictly in seq order with nothing skipped.
 
-Dispatch is coalesced: events that arrive within `flush_interval` (never
-holding the oldest longer than that) go to each client as one write, and
-for a client that is keeping up the hub writes it itself — no wake-up of the
-client's task, one syscall — which is what lets one process feed thousands
-of clients. A client that is behind gets the chunk queued for its own task,
-in a bounded buffer; one that falls `buffer` events behind is cut off (it
-resumes from its Last-Event-ID), so a slow reader costs bounded memory and
-never slows the others.
+Dispatch: an event that finds the hub idle goes out at once; while events keep
+coming, they are flushed at most once per `flush_interval`, so a client gets
+one write per burst. Clients that see the same bytes (one tenant, one type
+filter, one framing) form a group, and a group's clients that are keeping up —
+live, parked, nothing queued, nothing left in their transport's buffer — are
+written by the hub itself in one C-level loop over their transports (`map` of
+`transport.write`): no Python per client per event, no wake-up of their tasks;
+the frames are encoded once per group. A client whose transport did not take a
+write at once leaves that set: its chunks are then queued for its own task, in a
+bounded buffer; one that falls `buffer` events behind is cut off (it resumes
+from its Last-Event-ID), so a slow reader costs bounded memory and never slows
+the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +46,64 @@ _log = get_logger(__name__)
 
 # (seq, frame) pairs of one flush for one filter, and the same frames joined.
 Chunk = tuple[tuple[tuple[int, bytes], ...], bytes]
+KEEPALIVE = b": keepalive\n\n"
+# A chunk bigger than this goes through the clients' own tasks (their writes wait for
+# drain): written directly it could overrun a transport's high-water mark.
+DIRECT_MAX = 32 * 1024
+_IS_CLOSING = operator.methodcaller("is_closing")
+_BUFFERED = operator.methodcaller("get_write_buffer_size")
+
+
+def _consume(it: Any) -> None:
+    deque(it, maxlen=0)  # runs an iterator to its end in C
+
+
+@dataclass(eq=False)
+class Group:
+    """The subscriptions of one tenant that are sent the same bytes (type filter, framing)."""
+
+    types: TypeFilter
+    chunked: bool  # HTTP/1.1 chunked transfer encoding: the hub frames direct writes itself
+    direct: dict[Any, Subscription] = field(default_factory=dict)  # transport -> sub
+    others: set[Subscription] = field(default_factory=set)
+    position: int = 0  # the last seq written to the direct set
+    last_write: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self.direct) + len(self.others)
+
+    def encode(self, data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
+
+    def demote(self, sub: Subscription) -> None:
+        """Out of the direct set: its chunks are queued for its own task from now on."""
+        if sub.direct:
+            self.direct.pop(sub.transport, None)
+            sub.direct = False
+            sub.position = max(sub.position, self.position)
+            sub.last_write = max(sub.last_write, self.last_write)
+            self.others.add(sub)
+
+    def write_direct(self, data: bytes, last_seq: int | None) -> None:
+        """Write `data` (already framed) to every direct client, in C; then demote those
+        whose transport kept some of it (or is closing)."""
+        for transport in list(filter(_IS_CLOSING, self.direct)):
+            sub = self.direct[transport]
+            self.demote(sub)
+            sub.close()
+        try:
+            _consume(map(operator.methodcaller("write", data), self.direct))
+        except Exception as exc:  # which clients got it is unknown: they all resume instead
+            _log.warning("closing event streams after a write error", error=repr(exc))
+            for sub in list(self.direct.values()):
+                self.demote(sub)
+                sub.close()
+            return
+        if last_seq is not None:
+            self.position = last_seq
+        self.last_write = time.monotonic()
+        for transport in list(filter(_BUFFERED, self.direct)):
+            self.demote(self.direct[transport])
 
 
 @dataclass(eq=False)
@@ -48,19 +111,21 @@ class Subscription:
     tenant: str
     types: TypeFilter
     limit: int
+    hub: Hub | None = None
+    group: Group | None = None
     chunks: deque[Chunk] = field(default_factory=deque)
     queued: int = 0
     overflowed: bool = False
     shutdown: bool = False
     live: bool = False  # past replay: an overflow now ends the stream
     writing: bool = False
-    waiting: bool = False  # the client's own writer is parked with nothing queued
+    direct: bool = False  # in its group's direct set: the hub writes to it
     heartbeat_due: bool = False
-    position: int = 0  # the last seq written to the client
+    position: int = 0  # the last seq written to the client (while direct: see Group.position)
     last_write: float = field(default_factory=time.monotonic)
     resp: web.StreamResponse | None = None
     protocol: Any = None
-    transport: asyncio.BaseTransport | None = None
+    transport: Any = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     def attach(self, request: web.Request, resp: web.StreamResponse) -> None:
@@ -77,30 +142,38 @@ class Subscription:
             self.writing = False
         self.last_write = time.monotonic()
 
-    def writable_now(self, first_seq: int, size: int) -> bool:
-        """Can the hub write this chunk itself, at once, without waking the client's task?
+    def park(self) -> None:
+        """About to wait with nothing to write: join the direct set if the hub can write
+        to this client at once from now on.
 
-        Only when nothing is queued or being written (order), the stream is live and past
-        the chunk's start (no replay overlap), and the chunk fits under the transport's
-        high-water mark with what it already buffers: then the write cannot pause the
-        protocol, so it completes without suspending the hub.
-        """
-        if not (
-            self.live
-            and self.waiting
-            and not self.writing
-            and not self.chunks
-            and not self.closed
-            and first_seq > self.position
-            and self.protocol is not None
-            and not self.protocol.writing_paused
+        Only when the stream is live, nothing is queued or being written (order), the
+        transport holds nothing (a write cannot pause it) and the position is not ahead
+        of what the hub has dispatched (a replay that read past the bus would overlap)."""
+        group, transport = self.group, self.transport
+        if (
+            group is None
+            or self.hub is None
+            or self.direct
+            or not self.live
+            or self.chunks
+            or self.closed
+            or self.writing
+            or self.heartbeat_due
+            or self.position > self.hub.dispatched
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+            or self.protocol is None
+            or self.protocol.writing_paused
         ):
-            return False
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return False
-        _, high = transport.get_write_buffer_limits()  # type: ignore[attr-defined]
-        return transport.get_write_buffer_size() + size + 64 <= high  # type: ignore[attr-defined]
+            return
+        group.others.discard(self)
+        group.direct[transport] = self
+        self.direct = True
+
+    def unpark(self) -> None:
+        if self.direct and self.group is not None:
+            self.group.demote(self)
 
     def push(self, chunk: Chunk) -> None:
         if self.overflowed or self.shutdown:
@@ -138,6 +211,7 @@ class Subscription:
 
     def close(self) -> None:
         self.shutdown = True
+        self.unpark()
         self.wakeup.set()
         self._abort_if_blocked()
 
@@ -169,10 +243,12 @@ class Hub:
         self.last_seq = 0
         self.filled = 0  # events read from the log because the bus skipped them
         self.received = 0
+        self.dispatched = 0  # the last seq handed to the clients (directly or queued)
         self._subs: dict[str, set[Subscription]] = {}
+        self._groups: dict[str, dict[Any, Group]] = {}
         self._pending: dict[str, list[tuple[int, str, bytes]]] = {}
         self._flush_due = asyncio.Event()
-        self._pending_since = 0.0
+        self._last_flush = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
         self._closed = False
@@ -182,7 +258,7 @@ class Hub:
 
     async def start(self) -> None:
         await self._subscribe()
-        self.last_seq = await log.max_seq(self.db)
+        self.last_seq = self.dispatched = await log.max_seq(self.db)
         self._tasks = [
             asyncio.create_task(self._receive_loop(), name="events-hub:receive"),
             asyncio.create_task(self._heartbeat_loop(), name="events-hub:heartbeat"),
@@ -219,19 +295,38 @@ class Hub:
 
     # --- clients ------------------------------------------------------------------------
 
-    def subscribe(self, tenant: str, types: TypeFilter, limit: int) -> Subscription:
-        sub = Subscription(tenant=tenant, types=types, limit=limit)
+    def subscribe(
+        self, tenant: str, types: TypeFilter, limit: int, *, chunked: bool = False
+    ) -> Subscription:
+        """Register a client; `chunked`: its response uses chunked transfer encoding."""
+        sub = Subscription(tenant=tenant, types=types, limit=limit, hub=self)
         if self._closed:
             sub.shutdown = True
         self._subs.setdefault(tenant, set()).add(sub)
+        groups = self._groups.setdefault(tenant, {})
+        key = (types.key(), chunked)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(types, chunked)
+        group.others.add(sub)
+        sub.group = group
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        sub.unpark()
         subs = self._subs.get(sub.tenant)
         if subs is not None:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.tenant]
+        group = sub.group
+        if group is not None:
+            group.others.discard(sub)
+            groups = self._groups.get(sub.tenant, {})
+            if not group:
+                groups.pop((group.types.key(), group.chunked), None)
+                if not groups:
+                    self._groups.pop(sub.tenant, None)
 
     @property
     def client_count(self) -> int:
@@ -307,60 +402,63 @@ class Hub:
 
     def _enqueue(self, tenant: str, seq: int, type_: str, data: bytes) -> None:
         if tenant not in self._subs:
+            if not self._pending:
+                self.dispatched = seq  # nobody here to send it to, nothing before it waits
             return
         frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type_.encode(), data)
         self._pending.setdefault(tenant, []).append((seq, type_, frame))
-        if not self._flush_due.is_set():
-            self._pending_since = time.monotonic()
-            self._flush_due.set()
+        self._flush_due.set()
 
     async def _flusher(self) -> None:
         while True:
             await self._flush_due.wait()
-            # Gather what else arrives, but never hold the oldest pending event longer than
-            # flush_interval: when delivery itself is slow, events already waited enough.
-            hold = self.flush_interval - (time.monotonic() - self._pending_since)
+            # An event that finds the hub idle goes out at once; while events keep coming,
+            # at most one flush per flush_interval: one write per client per burst.
+            hold = self._last_flush + self.flush_interval - time.monotonic()
             if hold > 0:
                 await asyncio.sleep(hold)
             self._flush_due.clear()
+            self._last_flush = time.monotonic()
+            upto = self.last_seq  # every event up to here is pending now, or had no client
             pending, self._pending = self._pending, {}
             for tenant, events in pending.items():
                 try:
-                    await self._deliver(tenant, events)
+                    self._deliver(tenant, events)
                 except Exception:  # never let one bad client stop delivery to the others
                     _log.exception("event hub failed to deliver", tenant_id=tenant)
+            self.dispatched = max(self.dispatched, upto)
 
-    async def _deliver(self, tenant: str, events: list[tuple[int, str, bytes]]) -> None:
-        subs = self._subs.get(tenant)
-        if not subs:
-            return
+    def _deliver(self, tenant: str, events: list[tuple[int, str, bytes]]) -> None:
+        """Hand one flush to the tenant's clients (synchronous: nothing moves meanwhile)."""
         by_filter: dict[Any, Chunk | None] = {}
-        for sub in list(subs):
-            key = sub.types.key()
+        for group in list(self._groups.get(tenant, {}).values()):
+            key = group.types.key()
             if key not in by_filter:
-                pairs = tuple((s, f) for s, t, f in events if sub.types.matches(t))
+                pairs = tuple((s, f) for s, t, f in events if group.types.matches(t))
                 by_filter[key] = (pairs, b"".join(f for _, f in pairs)) if pairs else None
             chunk = by_filter[key]
             if chunk is None:
                 continue
-            if sub.writable_now(chunk[0][0][0], len(chunk[1])):
-                # The common case, written here: no wake-up of the client's task.
-                sub.position = chunk[0][-1][0]
-                try:
-                    await sub.write(chunk[1])
-                except Exception as exc:
-                    if not isinstance(exc, ConnectionError):
-                        _log.warning("closing an event stream after a write error", error=repr(exc))
-                    sub.close()
-            else:
+            if group.direct and len(chunk[1]) > DIRECT_MAX:
+                # Too big to write without waiting: every client's own task takes it.
+                for sub in list(group.direct.values()):
+                    group.demote(sub)
+            others = list(group.others)  # before the write: who it demotes already has it
+            if group.direct:
+                group.write_direct(group.encode(chunk[1]), chunk[0][-1][0])
+            for sub in others:
                 sub.push(chunk)
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.heartbeat / 4))
             due = time.monotonic() - self.heartbeat
+            for groups in list(self._groups.values()):
+                for group in list(groups.values()):
+                    if group.direct and group.last_write <= due:
+                        group.write_direct(group.encode(KEEPALIVE), None)
             for subs in self._subs.values():
                 for sub in subs:
-                    if sub.last_write <= due:
+                    if not sub.direct and sub.last_write <= due:
                         sub.heartbeat_due = True
                         sub.wakeup.set()

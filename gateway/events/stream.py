@@ -20,10 +20,11 @@ import uuid
 
 import asyncpg
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from gateway.core import jsonio
 from gateway.events import log
-from gateway.events.hub import Hub, Subscription
+from gateway.events.hub import KEEPALIVE, Hub, Subscription
 from gateway.events.model import TypeFilter, event_json, sse_frame
 from gateway.http.middleware import REQUEST_ID
 from gateway.logs import get_logger
@@ -31,7 +32,6 @@ from gateway.outage import unavailable
 from gateway.settings import EventsSettings
 
 _log = get_logger(__name__)
-KEEPALIVE = b": keepalive\n\n"
 
 
 async def serve_stream(
@@ -44,7 +44,8 @@ async def serve_stream(
     last_event_id: int | None,
     types: TypeFilter,
 ) -> web.StreamResponse:
-    sub = hub.subscribe(str(tenant_id), types, settings.sse_client_buffer)
+    chunked = request.version >= HttpVersion11  # the hub frames its direct writes to match
+    sub = hub.subscribe(str(tenant_id), types, settings.sse_client_buffer, chunked=chunked)
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -53,6 +54,8 @@ async def serve_stream(
             "X-Request-Id": request[REQUEST_ID],
         }
     )
+    if chunked:
+        resp.enable_chunked_encoding()
     try:
         await resp.prepare(request)
         sub.attach(request, resp)
@@ -141,11 +144,11 @@ async def _live(sub: Subscription) -> None:
     while True:
         if not (sub.chunks or sub.closed or sub.heartbeat_due):
             sub.wakeup.clear()
-            sub.waiting = True
+            sub.park()
             try:
                 await sub.wakeup.wait()
             finally:
-                sub.waiting = False
+                sub.unpark()
         if sub.closed:
             return
         out: list[bytes] = []
