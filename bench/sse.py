@@ -2,13 +2,19 @@
 
 The daemon runs as separate processes (`--role api` serving the streams, `--role
 worker` running the sequencer); a producer process commits one event per
-transaction at the target rate, stamping each with its wall-clock time just
-before COMMIT; this process holds the N clients. Reported:
+transaction at the target rate, stamping each with its wall-clock time before the
+INSERT; the clients are held by the load generator's worker processes (bench/sse_load.py:
+raw sockets, kernel receive timestamps). Reported:
 
-- delivered events/s over all clients (expected: N x R when every client sees every event),
-- commit-to-client latency p50/p99, measured on `--probes` clients that parse every
-  frame (the others only count frames, so the load generator stays light),
-- the API process's RSS (peak of samples) and CPU share,
+- delivered events/s over all clients, and the ratio to what the log holds for their
+  tenants in the measured seq window (1.000: every client got every event; clients_short and
+  clients_out_of_order count those that did not, or not in order),
+- commit-to-client latency p50/p99 at the client's kernel (SO_TIMESTAMPNS), sampled on every
+  client; beside it what `--probes` clients that parse every frame at once see, the
+  generator's own lag (parse - kernel time) and commit -> Redis bus (the delivery path
+  up to the API's hub),
+- the API processes' RSS (peak of samples) and CPU (share, and µs per delivered event), and
+  the load generator's CPU the same way: what measuring cost,
 - the replay rate: events/s one client receives when it resumes from an id far back
   (the log is prefilled with `--prefill` events first).
 
@@ -16,7 +22,8 @@ With `--dashboard`, the dashboard (/dashboard) is open in Debian's headless chro
 first tenant throughout (its stream, its panels' polling, its feed), and the report says how
 many events it received and whether they were the tenant's log with no gap.
 
-    python -m bench.sse [--clients 1000] [--rate 100] [--duration 10] [--tenants 1] [--dashboard]
+    python -m bench.sse [--clients 1000] [--rate 100] [--duration 10] [--tenants 1]
+        [--api-processes 1] [--generator-processes 2] [--drain 0.25] [--dashboard]
 """
 
 from __future__ import annotations
@@ -44,14 +51,10 @@ _T = re.compile(rb'"t":([0-9.]+)')
 
 @dataclass
 class Client(asyncio.Protocol):
-    """One SSE client on a raw socket (HTTP/1.0: the body is the bare event stream)."""
+    """The replaying client: one raw socket (HTTP/1.0: the body is the bare event stream)."""
 
-    probe: bool
-    counting: bool = False
     events: int = 0
-    latencies: list[float] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
     _tail: bytes = b""
     _headers_done: bool = False
 
@@ -59,7 +62,6 @@ class Client(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        now = time.time()
         if not self._headers_done:
             data = self._tail + data
             end = data.find(b"\r\n\r\n")
@@ -72,35 +74,19 @@ class Client(asyncio.Protocol):
             self.connected.set()
             data = data[end + 4 :]
             self._tail = b""
-        if self.probe:
-            buf = self._tail + data
-            *frames, self._tail = buf.split(b"\n\n")
-            for frame in frames:
-                if frame.startswith(b"id:"):
-                    if self.counting:
-                        self.events += 1
-                        m = _T.search(frame)
-                        if m:
-                            self.latencies.append((now - float(m.group(1))) * 1000)
-        else:
-            # Every frame has exactly one "\nevent: " line; keep a tail for split matches.
-            buf = self._tail[-8:] + data
-            if self.counting:
-                self.events += buf.count(b"\nevent: ")
-            self._tail = buf[-8:] if not buf.endswith(b"\nevent: ") else b""
-
-    def connection_lost(self, exc) -> None:  # type: ignore[override]
-        self.closed.set()
+        # Every frame has exactly one "\nevent: " line; keep a tail for split matches.
+        buf = self._tail[-8:] + data
+        self.events += buf.count(b"\nevent: ")
+        self._tail = buf[-8:] if not buf.endswith(b"\nevent: ") else b""
 
 
-async def connect(port: int, token: str, probe: bool, last_event_id: int | None = None) -> Client:
+async def connect(port: int, token: str, last_event_id: int) -> Client:
     loop = asyncio.get_running_loop()
-    client = Client(probe=probe)
+    client = Client()
     await loop.create_connection(lambda: client, "127.0.0.1", port)
-    extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id is not None else ""
     client.transport.write(
         f"GET /v1/events HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
-        f"Accept: text/event-stream\r\n{extra}\r\n".encode()
+        f"Accept: text/event-stream\r\nLast-Event-ID: {last_event_id}\r\n\r\n".encode()
     )
     return client
 
@@ -266,8 +252,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure_replay(port: int, token: str, expected: int) -> Result:
-    client = await connect(port, token, probe=False, last_event_id=0)
-    client.counting = True
+    client = await connect(port, token, last_event_id=0)
     await asyncio.wait_for(client.connected.wait(), 30)
     started = time.perf_counter()
     while client.events < expected:
@@ -361,6 +346,7 @@ async def measure_live(
     expected = [per_tenant.get(ids[tenant], 0) for tenant, _ in counts]
     delivered = sum(n for _, n in counts)
     gen_cpu = sum(r["cpu_s"] for r in reports) + own
+    segments = sum(r["segments"] for r in reports)
     samples = [x for r in reports for x in r["kernel_ms"]]
     return Result(
         f"live: {args.clients} clients x {args.rate:g} ev/s",
@@ -383,6 +369,11 @@ async def measure_live(
             "api_rss_mb_peak": round(rss_peak, 1),
             "api_cpu_share": round(cpu / elapsed, 2),
             "api_cpu_us_per_delivery": round(cpu / max(1, delivered) * 1e6, 2),
+            # Under load the hub coalesces more events into each write, so CPU per delivery
+            # falls as latency rises; CPU per write (a TCP segment the clients' kernels
+            # counted) is the fan-out's own cost.
+            "server_writes": segments,
+            "api_cpu_us_per_write": round(cpu / max(1, segments) * 1e6, 2),
             "worker_cpu_share": round(worker_cpu / elapsed, 2),
             "load_generator_cpu_share": round(gen_cpu / elapsed, 2),
             "load_generator_cpu_us_per_delivery": round(gen_cpu / max(1, delivered) * 1e6, 2),

@@ -39,6 +39,7 @@ _ANC = socket.CMSG_SPACE(_TIMESPEC.size)
 _ID = re.compile(rb"(?m)^id: (\d+)$")
 _T = re.compile(rb'"t":([0-9.]+)')
 _RECV = 65536
+_SEGS_IN = struct.Struct("I")
 
 
 @dataclass(eq=False)
@@ -110,6 +111,17 @@ def _read(c: _Conn) -> bool:
     return True
 
 
+def _segments_in(conns: dict[int, _Conn]) -> int:
+    """TCP segments the clients received so far: the server's writes (one per write on
+    loopback with TCP_NODELAY, for writes under the MSS) — counted by the kernel."""
+    total = 0
+    for c in conns.values():
+        with contextlib.suppress(OSError):
+            info = c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            total += _SEGS_IN.unpack_from(info, 140)[0]  # struct tcp_info.tcpi_segs_in
+    return total
+
+
 def _connect(port: int, token: str) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -150,6 +162,7 @@ def worker(
     pipe.send("connected")
 
     cpu0 = cpu = 0.0
+    segs0 = segs = 0
     pipe_fd = pipe.fileno()
     probes_ep.register(pipe_fd, select.EPOLLIN)
     next_sweep = time.monotonic() + drain
@@ -159,9 +172,11 @@ def worker(
             if fd == pipe_fd:
                 msg = pipe.recv()
                 if msg == "measure":
+                    segs0 = _segments_in(conns)
                     cpu0 = time.process_time()
                 elif msg == "measured":
                     cpu = time.process_time() - cpu0
+                    segs = _segments_in(conns) - segs0
                 else:
                     window = msg
             elif not _read(conns[fd]) and conns[fd].closed:
@@ -175,7 +190,7 @@ def worker(
         while not c.closed and _read(c):
             pass
     lo, hi = window
-    pipe.send(_summary(list(conns.values()), lo, hi, cpu))
+    pipe.send(_summary(list(conns.values()), lo, hi, cpu) | {"segments": segs})
     for c in conns.values():
         c.sock.close()
 
