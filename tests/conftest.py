@@ -9,7 +9,6 @@ initdb per test) and an empty Redis database.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import pathlib
 import shutil
@@ -23,10 +22,8 @@ import redis.asyncio as aioredis
 from gateway import db
 from gateway.devservices import PrivatePostgres, PrivateRedis, short_runtime_dir
 from tests.clock import INSTANTS, MovingClock, real_time_of_day
+from tests.databases import DatabaseClones
 from tests.helpers import free_port, with_database
-
-_counter = itertools.count()
-
 
 # --- the time of day: chosen by each test, never the hour the suite runs at ---------------
 
@@ -178,22 +175,21 @@ def template_database(pg_server_url: str) -> Iterator[str]:
     asyncio.run(teardown())
 
 
+@pytest.fixture(scope="session")
+def database_clones(pg_server_url: str, template_database: str) -> Iterator[DatabaseClones]:
+    """Clones of the template made ahead of the tests that take them (tests/databases.py)."""
+    clones = DatabaseClones(pg_server_url, template_database)
+    clones.start()
+    yield clones
+    clones.close()
+
+
 @pytest.fixture
-async def database_url(pg_server_url: str, template_database: str) -> AsyncIterator[str]:
-    name = f"tl_test_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(
-            f'CREATE DATABASE "{name}" TEMPLATE "{template_database}" STRATEGY file_copy'
-        )
-    finally:
-        await admin.close()
-    yield with_database(pg_server_url, name)
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+async def database_url(database_clones: DatabaseClones) -> AsyncIterator[str]:
+    """The test's own database, a clone of the migrated template, dropped after the test."""
+    url = await database_clones.take()
+    yield url
+    database_clones.drop(url)
 
 
 @pytest.fixture
