@@ -46,6 +46,7 @@ class DatabaseClones:
         self._drop_errors: list[BaseException] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._closing = False
+        self._taken: dict[str, str] = {}  # URL → name, of the clones handed out
 
     # --- called from the tests' side ---------------------------------------------------------
 
@@ -56,13 +57,14 @@ class DatabaseClones:
     async def take(self, timeout: float = 120) -> str:
         """A fresh clone's URL; it is the caller's until `drop`."""
         future = self._call(self._take())
-        return with_database(
-            self.server_url, await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        )
+        name = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        url = with_database(self.server_url, name)
+        self._taken[url] = name
+        return url
 
     def drop(self, url: str) -> None:
         """Drop a test's database (now, in the thread: the caller does not wait for it)."""
-        name = url.rsplit("/", 1)[1].split("?", 1)[0]
+        name = self._taken.pop(url)
         self._loop.call_soon_threadsafe(self._queue_drop, name)
 
     def close(self) -> None:
