@@ -3,7 +3,8 @@
 TRUNKLINE_TEST_DATABASE_URL / TRUNKLINE_TEST_REDIS_URL point at servers to use;
 without them the suite starts private servers exactly as `trunkline dev` does.
 Each test gets its own database cloned from a migrated template (fast, no
-initdb per test) and an empty Redis database.
+initdb per test; cloned ahead of need and dropped after the test, both in a thread of
+their own: tests/databases.py) and an empty Redis database.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from tests.helpers import with_database
 class DatabaseClones:
     """Clones of `template` on the server at `server_url`, made and dropped in a thread."""
 
-    def __init__(self, server_url: str, template: str, *, ahead: int = 2) -> None:
+    def __init__(self, server_url: str, template: str, *, ahead: int = 3) -> None:
         self.server_url = server_url
         self.template = template
         self.ahead = ahead
