@@ -38,6 +38,7 @@ from gateway.ivr.http import routes as ivr_routes
 from gateway.ivr.wiring import ivr_ctx
 from gateway.limits.http import routes as limit_routes
 from gateway.logs import get_logger
+from gateway.messages.batch_repo import DISPATCH_ATTACH
 from gateway.messages.http import routes as message_routes
 from gateway.messages.inbound import register_inbound_hook
 from gateway.messages.service import apply_reports
@@ -139,6 +140,7 @@ def worker_tasks(app: web.Application) -> dict[str, TaskFactory]:
         queue=DISPATCH_QUEUE,
         handler=dispatcher,
         on_bury=dispatcher.on_bury,
+        attach=DISPATCH_ATTACH,
         concurrency=settings.messaging.dispatch_concurrency,
         lease=settings.messaging.lease_seconds,
         outages=res.outages,

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,9 @@ class Job:
     attempts: int
     max_attempts: int
     trace_id: str | None
+    # What the queue's owner asked the claim to read with the job (see `Attach`): its row,
+    # read in the claim's statement, so the handler does not read it again.
+    attached: asyncpg.Record | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Job:
@@ -84,6 +87,30 @@ class Job:
             row["max_attempts"],
             row["trace_id"],
         )
+
+    @classmethod
+    def from_attached_row(cls, row: asyncpg.Record) -> Job:
+        return cls(
+            row["job_id"],
+            row["job_queue"],
+            row["job_tenant_id"],
+            row["job_payload"],
+            row["job_attempts"],
+            row["job_max_attempts"],
+            row["job_trace_id"],
+            row,
+        )
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Rows a queue's owner wants read in the claim's own statement, one per claimed job:
+    `select` is a select list and `joins` the joins that produce it from `claimed` (the
+    claimed jobs' rows: id, queue, tenant_id, payload, …). The job's own columns come back
+    prefixed `job_`, so the attached columns keep their names (`Job.attached`)."""
+
+    select: str
+    joins: str
 
 
 @dataclass(frozen=True)
@@ -160,19 +187,32 @@ def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> f
     return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
 
 
-_CLAIM = """
-WITH done AS (DELETE FROM jobs WHERE id = ANY($5::bigint[]) AND locked_by = $3)
-UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_by = $3,
-                locked_until = now() + make_interval(secs => $4), updated_at = now()
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE queue = $1 AND id <> ALL($5::bigint[]) AND (
-        (state = 'ready' AND run_at <= now()) OR (state = 'running' AND locked_until < now()))
-    ORDER BY run_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED)
-RETURNING id, queue, tenant_id, payload, attempts, max_attempts, trace_id
+_CLAIMED = """
+WITH done AS (DELETE FROM jobs WHERE id = ANY($5::bigint[]) AND locked_by = $3),
+claimed AS (
+    UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_by = $3,
+                    locked_until = now() + make_interval(secs => $4), updated_at = now()
+    WHERE id IN (
+        SELECT id FROM jobs
+        WHERE queue = $1 AND id <> ALL($5::bigint[]) AND (
+            (state = 'ready' AND run_at <= now()) OR (state = 'running' AND locked_until < now()))
+        ORDER BY run_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, queue, tenant_id, payload, attempts, max_attempts, trace_id)
 """
+_CLAIM = _CLAIMED + "SELECT * FROM claimed"
+
+
+def _claim_attached(attach: Attach) -> str:
+    return f"""{_CLAIMED}
+SELECT claimed.id AS job_id, claimed.queue AS job_queue, claimed.tenant_id AS job_tenant_id,
+       claimed.payload AS job_payload, claimed.attempts AS job_attempts,
+       claimed.max_attempts AS job_max_attempts, claimed.trace_id AS job_trace_id,
+       {attach.select}
+FROM claimed {attach.joins}
+"""
+
 
 _NEXT_WAKE = """
 SELECT least(
@@ -189,11 +229,16 @@ async def claim(
     limit: int,
     lease: float,
     completed: list[int] | None = None,
+    attach: Attach | None = None,
 ) -> list[Job]:
     """Claim up to `limit` due jobs; in the same statement, delete the `completed` ones
-    (this worker's finished jobs), so a busy worker spends one commit per claim, not two."""
-    rows = await db.fetch(_CLAIM, queue, limit, worker_id, lease, completed or [])
-    return [Job.from_row(r) for r in rows]
+    (this worker's finished jobs), so a busy worker spends one commit per claim, not two,
+    and read what `attach` asks for with each job."""
+    sql = _CLAIM if attach is None else _claim_attached(attach)
+    rows = await db.fetch(sql, queue, limit, worker_id, lease, completed or [])
+    if attach is None:
+        return [Job.from_row(r) for r in rows]
+    return [Job.from_attached_row(r) for r in rows]
 
 
 async def complete(db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str) -> bool:
@@ -264,13 +309,23 @@ async def bury(
 
 
 async def extend_lease(db: asyncpg.Pool, job: Job, worker_id: str, lease: float) -> bool:
-    status = await db.execute(
-        "UPDATE jobs SET locked_until = now() + make_interval(secs => $3) WHERE id = $1 AND locked_by = $2",
-        job.id,
+    return job.id in await extend_leases(db, [job.id], worker_id, lease)
+
+
+async def extend_leases(
+    db: asyncpg.Pool | asyncpg.Connection, job_ids: list[int], worker_id: str, lease: float
+) -> set[int]:
+    """Renew the leases of these running jobs with one statement; the ids still ours."""
+    rows = await db.fetch(
+        """
+        UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
+        WHERE id = ANY($1::bigint[]) AND locked_by = $2 RETURNING id
+        """,
+        job_ids,
         worker_id,
         lease,
     )
-    return status == "UPDATE 1"
+    return {r["id"] for r in rows}
 
 
 async def list_dead(
@@ -373,6 +428,8 @@ class Worker:
     outages: OutageMonitor | None = None
     # trunkline_job_attempts_total / trunkline_job_retries_total, summed across processes
     counters: SharedCounters | None = None
+    # Rows the claim reads with each job (Job.attached): the handler need not read them again.
+    attach: Attach | None = None
 
     def __post_init__(self) -> None:
         self.worker_id = self.worker_id or worker_identity()
@@ -380,6 +437,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        # The jobs in hand whose leases the renewal loop keeps (one statement per interval
+        # for all of them, not a timer and a statement per job).
+        self._leased: set[int] = set()
         # Finished jobs not yet deleted: the next claim deletes them. Until then a crash
         # only re-runs them after their lease, as a crash just after the handler always could.
         self._completed: list[int] = []
@@ -395,6 +455,7 @@ class Worker:
 
     async def run(self, stopping: asyncio.Event) -> None:
         listener = await self._listen()
+        renewal = asyncio.create_task(self._renew_leases(), name=f"leases:{self.queue}")
         try:
             while not stopping.is_set():
                 if listener.is_closed():  # PostgreSQL restarted: listen on a new connection
@@ -424,6 +485,8 @@ class Worker:
                 if self._completed:
                     await self._claim(0)
             finally:
+                renewal.cancel()
+                await asyncio.gather(renewal, return_exceptions=True)
                 await listener.close()
 
     async def _claim(self, limit: int) -> list[Job]:
@@ -436,6 +499,7 @@ class Worker:
                 limit=limit,
                 lease=self.lease,
                 completed=done,
+                attach=self.attach,
             )
         except BaseException:
             self._completed[:0] = done  # still ours to delete
@@ -463,23 +527,29 @@ class Worker:
             stop_wait.cancel()
             wake_wait.cancel()
 
-    async def _heartbeat(self, job: Job) -> None:
+    async def _renew_leases(self) -> None:
+        """Every lease/3 seconds, renew the leases of every job in hand with one statement.
+        A job whose lease was lost (another worker owns it now) is no longer renewed; with
+        PostgreSQL away, the next beat tries again (the leases may still hold)."""
         while True:
             await asyncio.sleep(self.lease / 3)
+            held = list(self._leased)
+            if not held:
+                continue
             try:
-                extended = await extend_lease(self.db, job, self.worker_id, self.lease)
+                kept = await extend_leases(self.db, held, self.worker_id, self.lease)
             except Exception as exc:
                 if self._outage(exc) is None:
-                    log.exception("could not extend the lease of a running job", job_id=job.id)
-                    return
-                continue  # PostgreSQL is away: try again next beat, the lease may still hold
-            if not extended:
-                log.warning("lost the lease of a running job", job_id=job.id)
-                return
+                    log.exception("could not extend the leases of running jobs", jobs=len(held))
+                continue
+            for job_id in held:
+                if job_id not in kept and job_id in self._leased:
+                    self._leased.discard(job_id)
+                    log.warning("lost the lease of a running job", job_id=job_id)
 
     async def _execute(self, job: Job) -> None:
         bind(job_id=job.id, queue=job.queue, trace_id=job.trace_id)
-        heartbeat = asyncio.create_task(self._heartbeat(job))
+        self._leased.add(job.id)
         try:
             if job.attempts > job.max_attempts:
                 await self._dead(
@@ -526,7 +596,7 @@ class Worker:
                 self._completed.append(job.id)  # deleted by the next claim (see run)
                 self._outage_streak = 0
         finally:
-            heartbeat.cancel()
+            self._leased.discard(job.id)
 
     def _count(self, job: Job, outcome: str) -> None:
         if self.counters is not None:

@@ -8,6 +8,7 @@ continuation of whatever a reader saw up to N.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -44,6 +45,33 @@ async def global_range(db: Db, after: int, before: int | None, limit: int) -> li
         after,
         before,
         limit,
+    )
+
+
+async def global_heads(
+    db: Db, after: int, limit: int, *, data_of: Sequence[str] = ()
+) -> list[asyncpg.Record]:
+    """`global_range` (no upper bound) for a reader that decides by type, tenant and subject:
+    the same columns, but `data` only for the types in `data_of` (NULL for the others), so
+    the rows it will not use are not decoded (most events are read by several subscribers)."""
+    return await db.fetch(
+        """
+        SELECT seq, tenant_id, type, subject, trace_id,
+               CASE WHEN type = ANY($3::text[]) THEN data END AS data, created_at
+        FROM events
+        WHERE seq > $1
+        ORDER BY seq LIMIT $2
+        """,
+        after,
+        limit,
+        list(data_of),
+    )
+
+
+async def by_seqs(db: Db, seqs: Sequence[int]) -> list[asyncpg.Record]:
+    """Whole rows of these sequenced events, in seq order."""
+    return await db.fetch(
+        f"SELECT {COLUMNS} FROM events WHERE seq = ANY($1::bigint[]) ORDER BY seq", list(seqs)
     )
 
 

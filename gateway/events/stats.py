@@ -60,15 +60,28 @@ return 1
 )
 
 
+# What counting needs of the next events (log.global_range's order and bound): a string
+# `data.status` and a pool event's data, not every event's whole data decoded.
+_COUNTED = """
+SELECT seq, tenant_id, type,
+       CASE WHEN jsonb_typeof(data->'status') = 'string' THEN data->>'status' END AS status,
+       CASE WHEN type LIKE 'pool.%' THEN data END AS data
+FROM events
+WHERE seq > $1
+ORDER BY seq LIMIT $2
+"""
+
+
 def _changes(rows: Sequence[asyncpg.Record]) -> dict[str, dict[str, tuple[str, int]]]:
-    """tenant -> field -> (op, value), folded over a batch in seq order."""
+    """tenant -> field -> (op, value), folded over a batch in seq order (rows as `_COUNTED`
+    reads them: `status`, the string `data.status` if any; `data` for pool events)."""
     out: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
     for row in rows:
         kind, _, rest = row["type"].partition(".")
         data: dict[str, Any] = row["data"] or {}
         fields = out[str(row["tenant_id"])]
         if kind in ("message", "call"):
-            status = data.get("status") if isinstance(data.get("status"), str) else rest
+            status = row["status"] if row["status"] is not None else rest
             field = f"{kind}s:{status}"
             _, n = fields.get(field, ("i", 0))
             fields[field] = ("i", n + 1)
@@ -114,7 +127,7 @@ class StatsAggregator:
         cursor = int(raw) if raw else 0
         if cursor == 0:
             cursor = await log.pruned_through(self.pool)
-        rows = await log.global_range(self.pool, cursor, None, self.batch)
+        rows = await self.pool.fetch(_COUNTED, cursor, self.batch)
         if not rows:
             if raw and cursor > max(
                 await log.max_seq(self.pool), await log.pruned_through(self.pool)

@@ -15,21 +15,41 @@ from typing import Any
 import asyncpg
 
 from gateway.messages.states import forward_pairs
+from gateway.queue import Attach
 
-_LOAD = """
-SELECT m.id, m.tenant_id, m.channel, m.to_number, m.from_number, m.body, m.purpose, m.status,
+# What a dispatch reads of a message: the row, its last attempt, whether one was handed over.
+_DISPATCH_COLUMNS = """
+       m.id, m.tenant_id, m.channel, m.to_number, m.from_number, m.body, m.purpose, m.status,
        m.provider, m.trace_id, m.segments, m.encoding, m.metadata, m.recipient_state,
        m.subject, m.html,
        last.n AS last_n, last.provider AS last_provider, last.outcome AS last_outcome,
        last.attempt_key AS last_key,
        EXISTS (SELECT 1 FROM message_attempts x
                WHERE x.message_id = m.id AND x.outcome = 'accepted') AS handed_over
-FROM unnest($1::uuid[]) AS u(id)
-JOIN messages m ON m.id = u.id
+"""
+_LAST_ATTEMPT = """
 LEFT JOIN LATERAL (
     SELECT n, provider, outcome, attempt_key FROM message_attempts a
     WHERE a.message_id = m.id ORDER BY n DESC LIMIT 1) last ON true
 """
+_LOAD = f"""
+SELECT {_DISPATCH_COLUMNS}
+FROM unnest($1::uuid[]) AS u(id)
+JOIN messages m ON m.id = u.id
+{_LAST_ATTEMPT}
+"""
+# The same, read by the dispatch queue's claim with each job (gateway/queue.Attach): a job
+# whose payload names no message in canonical form attaches nulls (its handler loads it).
+DISPATCH_ATTACH = Attach(
+    select=_DISPATCH_COLUMNS,
+    joins=f"""
+LEFT JOIN messages m ON m.id = CASE
+    WHEN claimed.payload->>'message_id'
+         ~ '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$'
+    THEN (claimed.payload->>'message_id')::uuid END
+{_LAST_ATTEMPT}
+""",
+)
 
 
 async def messages_for_dispatch(

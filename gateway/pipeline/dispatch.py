@@ -132,7 +132,10 @@ class MessageDispatcher:
     async def __call__(self, job: queue.Job) -> None:
         message_id = uuid.UUID(job.payload["message_id"])
         bind(message_id=str(message_id))
-        msg = await self._loads.submit(message_id)
+        # Read by the claim (batch_repo.DISPATCH_ATTACH) unless it could not match the id.
+        msg = job.attached if job.attached is not None and job.attached["id"] is not None else None
+        if msg is None:
+            msg = await self._loads.submit(message_id)
         if msg is None or msg["status"] in FINAL:
             return
         if msg["status"] == "dead_lettered":  # an operator replayed its dead letter

@@ -70,29 +70,35 @@ async def fanout_step(pool: asyncpg.Pool, batch: int) -> int:
             "SELECT seq FROM event_cursors WHERE name = $1 FOR UPDATE", CURSOR
         )
         cursor = max(cursor, await log.pruned_through(conn))
-        rows = await log.global_range(conn, cursor, None, batch)
+        # Decided by type, tenant and time: the data is read only for the events delivered.
+        rows = await log.global_heads(conn, cursor, batch)
         if not rows:
             return 0
         endpoints = await repo.enabled_endpoints(conn, list({r["tenant_id"] for r in rows}))
         by_tenant: dict[uuid.UUID, list[tuple[asyncpg.Record, TypeFilter]]] = defaultdict(list)
         for ep in endpoints:
             by_tenant[ep["tenant_id"]].append((ep, TypeFilter.parse(list(ep["event_types"]))))
-        new = []
+        matched: list[tuple[asyncpg.Record, asyncpg.Record]] = []
         for row in rows:
             for ep, types in by_tenant.get(row["tenant_id"], ()):
                 # An endpoint gets what happened after it was created, never history.
                 if ep["created_at"] <= row["created_at"] and types.matches(row["type"]):
-                    new.append(
-                        (
-                            new_id(),
-                            row["tenant_id"],
-                            ep["id"],
-                            row["seq"],
-                            row["type"],
-                            row["trace_id"],
-                            public_event(row),
-                        )
-                    )
+                    matched.append((row, ep))
+        whole = {}
+        if matched:
+            whole = {r["seq"]: r for r in await log.by_seqs(conn, [r["seq"] for r, _ in matched])}
+        new = [
+            (
+                new_id(),
+                row["tenant_id"],
+                ep["id"],
+                row["seq"],
+                row["type"],
+                row["trace_id"],
+                public_event(whole[row["seq"]]),
+            )
+            for row, ep in matched
+        ]
         deliveries = await repo.insert_deliveries(conn, new)
         job_ids = await queue.enqueue_many(
             conn,

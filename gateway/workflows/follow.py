@@ -26,13 +26,17 @@ from gateway.workflows import repo, runs, waits
 from gateway.workflows.engine import CURSOR
 from gateway.workflows.schemas import TRIGGER_EVENTS
 
+# The events whose data the subscriber reads (waits.subject_of_event, waits.match).
+DATA_OF = ("message.received",)
+
 
 async def subscriber_step(pool: asyncpg.Pool, batch: int) -> int:
     """Consume the next batch of logged events; returns how many were read."""
     async with pool.acquire() as conn, conn.transaction():
         cursor = await repo.lock_cursor(conn, CURSOR)
         cursor = max(cursor, await log.pruned_through(conn))
-        rows = await log.global_range(conn, cursor, None, batch)
+        # Waits and triggers decide by type, tenant and subject; only a reply's `from` is data.
+        rows = await log.global_heads(conn, cursor, batch, data_of=DATA_OF)
         if not rows:
             return 0
         await _end_waits(conn, rows)
