@@ -30,14 +30,21 @@ def tenant_of(channel_name: bytes | str) -> str:
     return name[len(CHANNEL_PREFIX) :]
 
 
-# Every (channel, message) pair of a batch in one command, published in order: one command
-# with many arguments costs the client far less than a pipeline of one command per event.
+# Every (channel, message) pair of a batch in one command, published in order, packed in ONE
+# argument as lines (channel, message, channel, message, …): an event's JSON is one line
+# (model.event_json), and one argument costs the client a fraction of two per event.
 _PUBLISH_MANY = LuaScript(
     """
-for i = 1, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+local s, i, n = ARGV[1], 1, 0
+while true do
+  local a = string.find(s, '\\n', i, true)
+  if not a then break end
+  local b = string.find(s, '\\n', a + 1, true) or (#s + 1)
+  redis.call('PUBLISH', string.sub(s, i, a - 1), string.sub(s, a + 1, b - 1))
+  n = n + 1
+  i = b + 1
 end
-return #ARGV / 2
+return n
 """,
     name="publish_many",
 )
@@ -47,7 +54,7 @@ async def publish(redis: aioredis.Redis, rows: Sequence[asyncpg.Record]) -> None
     """Publish sequenced rows (in seq order) with one round trip."""
     if not rows:
         return
-    args: list[str | bytes] = []
+    lines: list[str] = []
     for row in rows:
-        args += (channel(row["tenant_id"]), event_json(row))
-    await _PUBLISH_MANY(redis, (), args)
+        lines += (channel(row["tenant_id"]), event_json(row))
+    await _PUBLISH_MANY(redis, (), ["\n".join(lines)])
