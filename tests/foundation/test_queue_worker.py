@@ -90,3 +90,71 @@ async def test_a_failing_job_is_retried_then_buried_with_its_error(
     row = await pg_pool.fetchrow("SELECT state, attempts, last_error FROM jobs")
     assert (row["state"], row["attempts"]) == ("dead", 2)
     assert "try 2" in row["last_error"]
+
+
+async def test_a_claim_reads_what_the_owner_attaches_with_each_job(pg_pool, database_url):
+    """`Attach`: the claim's own statement reads a row per job (here: the payload's number
+    squared and the job's attempt), so a handler need not read it again."""
+    seen: dict[int, tuple[int, int]] = {}
+
+    async def handler(job: queue.Job) -> None:
+        assert job.attached is not None
+        seen[job.payload["n"]] = (job.attached["square"], job.attached["job_attempts"])
+
+    attach = queue.Attach(
+        select="sq.square",
+        joins="CROSS JOIN LATERAL (SELECT (claimed.payload->>'n')::int ^ 2 AS square) sq",
+    )
+    worker = queue.Worker(pg_pool, database_url, "work", handler, concurrency=8, attach=attach)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(worker.run(stopping))
+    try:
+        await enqueue(pg_pool, 50)
+
+        async def drained() -> bool:
+            return await pg_pool.fetchval("SELECT count(*) FROM jobs") == 0
+
+        await eventually(drained)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(running, 10)
+    assert seen == {n: (n * n, 1) for n in range(50)}
+
+
+async def test_one_statement_renews_the_leases_of_every_job_in_hand(pg_pool, database_url):
+    """The worker renews the leases of the jobs it runs (one statement per lease/3), so a
+    job that runs longer than its lease is not claimed again meanwhile."""
+    release = asyncio.Event()
+    runs: Counter[int] = Counter()
+
+    async def handler(job: queue.Job) -> None:
+        runs[job.payload["n"]] += 1
+        await release.wait()
+
+    worker = queue.Worker(pg_pool, database_url, "work", handler, concurrency=8, lease=0.6)
+    other = queue.Worker(
+        pg_pool, database_url, "work", handler, concurrency=8, lease=0.6, idle_wait_max=0.1
+    )
+    stopping = asyncio.Event()
+    running = asyncio.create_task(worker.run(stopping))
+    try:
+        await enqueue(pg_pool, 5)
+
+        async def all_started() -> bool:
+            return sum(runs.values()) == 5
+
+        await eventually(all_started)
+        rival = asyncio.create_task(other.run(stopping))  # would take any lapsed lease
+        await asyncio.sleep(2.0)  # more than three leases
+        assert runs == Counter(range(5)), "a job in hand was claimed again"
+        release.set()
+
+        async def drained() -> bool:
+            return await pg_pool.fetchval("SELECT count(*) FROM jobs") == 0
+
+        await eventually(drained)
+    finally:
+        release.set()
+        stopping.set()
+        await asyncio.wait_for(running, 10)
+        await asyncio.wait_for(rival, 10)
