@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -48,31 +49,40 @@ async def global_range(db: Db, after: int, before: int | None, limit: int) -> li
     )
 
 
-async def global_heads(
-    db: Db, after: int, limit: int, *, data_of: Sequence[str] = ()
-) -> list[asyncpg.Record]:
-    """`global_range` (no upper bound) for a reader that decides by type, tenant and subject:
-    the same columns, but `data` only for the types in `data_of` (NULL for the others), so
-    the rows it will not use are not decoded (most events are read by several subscribers)."""
-    return await db.fetch(
-        """
-        SELECT seq, tenant_id, type, subject, trace_id,
-               CASE WHEN type = ANY($3::text[]) THEN data END AS data, created_at
-        FROM events
-        WHERE seq > $1
-        ORDER BY seq LIMIT $2
+async def global_candidates(
+    db: Db,
+    after: int,
+    limit: int,
+    where: str,
+    *args: Any,
+    data_of: Sequence[str] | None = None,
+) -> tuple[int, int | None, list[asyncpg.Record]]:
+    """Of the next `limit` events (`global_range`'s order, no upper bound), those the SQL
+    condition `where` (over `b`, one event: seq, tenant_id, type, subject, created_at; its
+    parameters from $4 on, `args`) may concern, with `data` only for the types in `data_of`
+    (None: every type). Also how many events that span held and its last seq, for the
+    reader's cursor: a subscriber that acts on few of the events does not transfer and
+    decode all of them (every event is read by several subscribers)."""
+    rows = await db.fetch(
+        f"""
+        WITH batch AS (
+            SELECT seq, tenant_id, type, subject, trace_id, data, created_at FROM events
+            WHERE seq > $1 ORDER BY seq LIMIT $2
+        ), span AS (SELECT count(*) AS n, max(seq) AS last FROM batch)
+        SELECT span.n AS span_n, span.last AS span_last, b.seq, b.tenant_id, b.type, b.subject,
+               b.trace_id, CASE WHEN $3::text[] IS NULL OR b.type = ANY($3::text[])
+                                THEN b.data END AS data, b.created_at
+        FROM span LEFT JOIN batch b ON ({where})
+        ORDER BY b.seq
         """,
         after,
         limit,
-        list(data_of),
+        None if data_of is None else list(data_of),
+        *args,
     )
-
-
-async def by_seqs(db: Db, seqs: Sequence[int]) -> list[asyncpg.Record]:
-    """Whole rows of these sequenced events, in seq order."""
-    return await db.fetch(
-        f"SELECT {COLUMNS} FROM events WHERE seq = ANY($1::bigint[]) ORDER BY seq", list(seqs)
-    )
+    if not rows:
+        return 0, None, []
+    return rows[0]["span_n"], rows[0]["span_last"], [r for r in rows if r["seq"] is not None]
 
 
 async def max_seq(db: Db) -> int:

@@ -59,6 +59,12 @@ USER_AGENT = "Trunkline-Webhooks/1"
 
 # --- fan-out --------------------------------------------------------------------------
 
+# The events fan-out may deliver: of a tenant with an enabled endpoint created by then.
+_ENDPOINT_THEN = """
+EXISTS (SELECT 1 FROM webhook_endpoints w
+        WHERE w.tenant_id = b.tenant_id AND w.status = 'enabled' AND w.created_at <= b.created_at)
+"""
+
 
 async def fanout_step(pool: asyncpg.Pool, batch: int) -> int:
     """Turn the next batch of logged events into deliveries; returns events consumed."""
@@ -70,35 +76,32 @@ async def fanout_step(pool: asyncpg.Pool, batch: int) -> int:
             "SELECT seq FROM event_cursors WHERE name = $1 FOR UPDATE", CURSOR
         )
         cursor = max(cursor, await log.pruned_through(conn))
-        # Decided by type, tenant and time: the data is read only for the events delivered.
-        rows = await log.global_heads(conn, cursor, batch)
-        if not rows:
+        # Only the events of tenants with an endpoint that existed then are read whole.
+        span, last, rows = await log.global_candidates(conn, cursor, batch, _ENDPOINT_THEN)
+        if not span:
             return 0
-        endpoints = await repo.enabled_endpoints(conn, list({r["tenant_id"] for r in rows}))
+        endpoints = []
+        if rows:
+            endpoints = await repo.enabled_endpoints(conn, list({r["tenant_id"] for r in rows}))
         by_tenant: dict[uuid.UUID, list[tuple[asyncpg.Record, TypeFilter]]] = defaultdict(list)
         for ep in endpoints:
             by_tenant[ep["tenant_id"]].append((ep, TypeFilter.parse(list(ep["event_types"]))))
-        matched: list[tuple[asyncpg.Record, asyncpg.Record]] = []
+        new = []
         for row in rows:
             for ep, types in by_tenant.get(row["tenant_id"], ()):
                 # An endpoint gets what happened after it was created, never history.
                 if ep["created_at"] <= row["created_at"] and types.matches(row["type"]):
-                    matched.append((row, ep))
-        whole = {}
-        if matched:
-            whole = {r["seq"]: r for r in await log.by_seqs(conn, [r["seq"] for r, _ in matched])}
-        new = [
-            (
-                new_id(),
-                row["tenant_id"],
-                ep["id"],
-                row["seq"],
-                row["type"],
-                row["trace_id"],
-                public_event(whole[row["seq"]]),
-            )
-            for row, ep in matched
-        ]
+                    new.append(
+                        (
+                            new_id(),
+                            row["tenant_id"],
+                            ep["id"],
+                            row["seq"],
+                            row["type"],
+                            row["trace_id"],
+                            public_event(row),
+                        )
+                    )
         deliveries = await repo.insert_deliveries(conn, new)
         job_ids = await queue.enqueue_many(
             conn,
@@ -117,9 +120,9 @@ async def fanout_step(pool: asyncpg.Pool, batch: int) -> int:
         await conn.execute(
             "UPDATE event_cursors SET seq = $2, updated_at = now() WHERE name = $1",
             CURSOR,
-            rows[-1]["seq"],
+            last,
         )
-        return len(rows)
+        return span
 
 
 class Fanout:

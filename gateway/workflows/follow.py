@@ -28,6 +28,15 @@ from gateway.workflows.schemas import TRIGGER_EVENTS
 
 # The events whose data the subscriber reads (waits.subject_of_event, waits.match).
 DATA_OF = ("message.received",)
+# Read whatever the runs: triggers, and replies (a wait on a number, not a subject).
+_READ_ALWAYS = (*TRIGGER_EVENTS, "message.received")
+# Other message and call events matter only to a run waiting on their subject (the cursor's
+# lock keeps a run from starting to wait meanwhile: see waits.py).
+_MAY_CONCERN = """
+b.type = ANY($4::text[])
+OR ((b.type LIKE 'message.%' OR b.type LIKE 'call.%') AND EXISTS (
+    SELECT 1 FROM workflow_runs r WHERE r.status = 'waiting' AND r.wait_subject = b.subject))
+"""
 
 
 async def subscriber_step(pool: asyncpg.Pool, batch: int) -> int:
@@ -35,14 +44,16 @@ async def subscriber_step(pool: asyncpg.Pool, batch: int) -> int:
     async with pool.acquire() as conn, conn.transaction():
         cursor = await repo.lock_cursor(conn, CURSOR)
         cursor = max(cursor, await log.pruned_through(conn))
-        # Waits and triggers decide by type, tenant and subject; only a reply's `from` is data.
-        rows = await log.global_heads(conn, cursor, batch, data_of=DATA_OF)
-        if not rows:
+        # Only the events that may trigger a run or end a wait are read (no other is used).
+        span, last, rows = await log.global_candidates(
+            conn, cursor, batch, _MAY_CONCERN, list(_READ_ALWAYS), data_of=DATA_OF
+        )
+        if not span:
             return 0
         await _end_waits(conn, rows)
         await _start_triggered(conn, rows)
-        await repo.move_cursor(conn, CURSOR, rows[-1]["seq"])
-        return len(rows)
+        await repo.move_cursor(conn, CURSOR, last)
+        return span
 
 
 async def _end_waits(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
