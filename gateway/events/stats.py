@@ -60,36 +60,49 @@ return 1
 )
 
 
-# What counting needs of the next events (log.global_range's order and bound): a string
-# `data.status` and a pool event's data, not every event's whole data decoded.
+# The next events (log.global_range's order and bound) folded by PostgreSQL: one row with the
+# span's size and last seq, one per (tenant, counter) with its increment, and the pool events
+# in seq order (their latest occupancy wins) — not every event transferred and decoded.
+# A counter: `<kind>s:<x>` for a `<kind>.<x>` event (message, call), or the event's string
+# `data.status` in place of x.
 _COUNTED = """
-SELECT seq, tenant_id, type,
-       CASE WHEN jsonb_typeof(data->'status') = 'string' THEN data->>'status' END AS status,
-       CASE WHEN type LIKE 'pool.%' THEN data END AS data
-FROM events
-WHERE seq > $1
-ORDER BY seq LIMIT $2
+WITH batch AS (
+    SELECT seq, tenant_id, type, data, split_part(type, '.', 1) AS kind FROM events
+    WHERE seq > $1 ORDER BY seq LIMIT $2
+)
+SELECT 'span' AS row, max(seq) AS seq, NULL::uuid AS tenant_id, NULL::text AS field,
+       count(*) AS n, NULL::jsonb AS data
+FROM batch
+UNION ALL
+SELECT 'count', min(seq), tenant_id, field, count(*), NULL FROM (
+    SELECT seq, tenant_id, kind || 's:' || CASE
+        WHEN jsonb_typeof(data->'status') = 'string' THEN data->>'status'
+        WHEN strpos(type, '.') > 0 THEN substr(type, strpos(type, '.') + 1)
+        ELSE '' END AS field
+    FROM batch WHERE kind IN ('message', 'call')) counted
+GROUP BY tenant_id, field
+UNION ALL
+SELECT 'pool', seq, tenant_id, NULL, NULL, data FROM batch WHERE kind = 'pool'
+ORDER BY seq
 """
 
 
 def _changes(rows: Sequence[asyncpg.Record]) -> dict[str, dict[str, tuple[str, int]]]:
-    """tenant -> field -> (op, value), folded over a batch in seq order (rows as `_COUNTED`
-    reads them: `status`, the string `data.status` if any; `data` for pool events)."""
+    """tenant -> field -> (op, value), from `_COUNTED`'s rows (pool events in seq order)."""
     out: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
     for row in rows:
-        kind, _, rest = row["type"].partition(".")
-        data: dict[str, Any] = row["data"] or {}
-        fields = out[str(row["tenant_id"])]
-        if kind in ("message", "call"):
-            status = row["status"] if row["status"] is not None else rest
-            field = f"{kind}s:{status}"
-            _, n = fields.get(field, ("i", 0))
-            fields[field] = ("i", n + 1)
-        elif kind == "pool" and isinstance(data.get("pool"), str):
-            if isinstance(data.get("in_use"), int):
-                fields[f"pools:{data['pool']}:in_use"] = ("s", data["in_use"])
-            if isinstance(data.get("size"), int):
-                fields[f"pools:{data['pool']}:size"] = ("s", data["size"])
+        if row["row"] == "count":
+            fields = out[str(row["tenant_id"])]
+            _, n = fields.get(row["field"], ("i", 0))
+            fields[row["field"]] = ("i", n + row["n"])
+        elif row["row"] == "pool":
+            data: dict[str, Any] = row["data"] or {}
+            if isinstance(data.get("pool"), str):
+                fields = out[str(row["tenant_id"])]
+                if isinstance(data.get("in_use"), int):
+                    fields[f"pools:{data['pool']}:in_use"] = ("s", data["in_use"])
+                if isinstance(data.get("size"), int):
+                    fields[f"pools:{data['pool']}:size"] = ("s", data["size"])
     return {t: f for t, f in out.items() if f}
 
 
@@ -128,7 +141,8 @@ class StatsAggregator:
         if cursor == 0:
             cursor = await log.pruned_through(self.pool)
         rows = await self.pool.fetch(_COUNTED, cursor, self.batch)
-        if not rows:
+        span = next(r for r in rows if r["row"] == "span")
+        if not span["n"]:
             if raw and cursor > max(
                 await log.max_seq(self.pool), await log.pruned_through(self.pool)
             ):
@@ -136,13 +150,13 @@ class StatsAggregator:
             return 0
         changes = _changes(rows)
         keys = [CURSOR_KEY]
-        args: list[str | int] = [raw.decode() if raw else "0", rows[-1]["seq"]]
+        args: list[str | int] = [raw.decode() if raw else "0", span["seq"]]
         for tenant, fields in changes.items():
             keys.append(stats_key(tenant))
             for field, (op, value) in fields.items():
                 args += [len(keys), op, field, value]
         await _APPLY(self.redis, keys, args)  # 0 = another aggregator moved first: re-read
-        return len(rows)
+        return span["n"]
 
     async def reset(self) -> None:
         """Forget every counter and the cursor; the next step counts the log from its start."""
