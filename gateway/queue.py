@@ -2,7 +2,9 @@
 
 Jobs are claimed with `FOR UPDATE SKIP LOCKED` under a lease, so any number
 of worker processes share a queue and a worker killed mid-job loses nothing:
-its lease runs out and the job is claimed again. Workers sleep on
+its lease runs out and the job is claimed again. A worker renews the leases of
+every job in hand with one statement each lease/3, and a queue's owner may have
+the claim read what its handler needs with each job (`Attach`): no read again. Workers sleep on
 LISTEN/NOTIFY (sent once the enqueueing transaction has committed)
 and otherwise only until the next scheduled retry or lease expiry, never in a
 busy loop. Failures are retried with exponential backoff and full jitter until
