@@ -111,7 +111,8 @@ class Waker:
         """Send what is pending (bounded by `timeout`), then stop."""
         if self._task is not None and not self._task.done():
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._task)
             self._task.cancel()
         self.pool = None
 

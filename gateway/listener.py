@@ -22,7 +22,6 @@ and the caches answer nothing until it listens again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateway.logs import get_logger
+from gateway.stopping import cancel_and_wait
 
 log = get_logger(__name__)
 APPLICATION_NAME = "trunkline-listener"  # its connection, in pg_stat_activity
@@ -90,14 +90,7 @@ class ChangeListener:
         self._closing = True
         self._lost()
         task, self._task = self._task, None
-        for _ in range(20):
-            if task is None or task.done():
-                break
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
-        if task is not None and task.done() and not task.cancelled():
-            with contextlib.suppress(BaseException):
-                task.exception()  # retrieved: no "never retrieved" warning at exit
+        await cancel_and_wait(task)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()

@@ -37,6 +37,7 @@ from redis import exceptions as redis_errors
 
 from gateway.core.errors import Problem
 from gateway.logs import get_logger
+from gateway.stopping import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -172,6 +173,7 @@ class OutageMonitor:
         self._last_failure: dict[Dependency, float] = {}
         self._up: dict[Dependency, asyncio.Event] = {}
         self._probes: dict[Dependency, asyncio.Task[None]] = {}
+        self._closing = False
         self.transitions: list[tuple[Dependency, str]] = []  # (dependency, "down" | "up")
 
     def is_down(self, dependency: Dependency) -> bool:
@@ -216,16 +218,17 @@ class OutageMonitor:
             await asyncio.wait({watch}, timeout=timeout)
         elif self.is_down(dependency):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event(dependency).wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._event(dependency).wait()
         return not self.is_down(dependency) and dependency not in self._probes
 
     async def aclose(self) -> None:
+        """Stop probing (bounded: a probe is a redis-py or asyncpg call, and a cancel that
+        lands as one completes can be swallowed: gateway/stopping.py)."""
+        self._closing = True
         tasks = list(self._probes.values())
         self._probes.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        await asyncio.gather(*(cancel_and_wait(t, attempts=10) for t in tasks))
 
     def _event(self, dependency: Dependency) -> asyncio.Event:
         if dependency not in self._up:
@@ -263,7 +266,8 @@ class OutageMonitor:
 
     async def _answers(self, dependency: Dependency) -> bool:
         try:
-            await asyncio.wait_for(self.probes[dependency](), self.probe_timeout)
+            async with asyncio.timeout(self.probe_timeout):
+                await self.probes[dependency]()
         except Exception:  # down (or the probe itself failed): ask again later
             return False
         return True
@@ -274,7 +278,7 @@ class OutageMonitor:
             if await self._answers(dependency):
                 return  # a lost connection, not a lost server: nothing to report
             self._declare(dependency, exc)
-            while True:
+            while not self._closing:
                 await asyncio.sleep(self.probe_interval)
                 if await self._answers(dependency):
                     self._recovered(dependency)

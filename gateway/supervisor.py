@@ -15,6 +15,7 @@ running at the deadline is cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -83,10 +84,7 @@ class Supervisor:
                 delay = min(self.backoff_max, delay * 2)
 
     async def _pause(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await _wait_until_set(self.stopping, seconds)
 
     async def _until_back(self, dependency: str, wait: float) -> None:
         """Wait out an outage: until the monitor sees the dependency back (then a short
@@ -124,7 +122,12 @@ async def periodic(
     """Run `job` every `interval` seconds until stopping (the loop shape most janitors need)."""
     while not stopping.is_set():
         await job()
-        try:
-            await asyncio.wait_for(stopping.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+        await _wait_until_set(stopping, interval)
+
+
+async def _wait_until_set(event: asyncio.Event, seconds: float) -> None:
+    """Wait for `event`, `seconds` at most. `asyncio.timeout`, not `wait_for`: Python 3.11's
+    wait_for swallows a cancel that lands as the event is set (gateway/stopping.py)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()

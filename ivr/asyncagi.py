@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from gateway.events.outbox import NewEvent, emit
 from gateway.logs import get_logger
+from gateway.stopping import cancel_and_wait
 from ivr import repo
 from ivr.agi import (
     AgiConfig,
@@ -163,6 +164,7 @@ class AsyncAgiTransport:
         self.takeovers = 0
         self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._maintainer: asyncio.Task[None] | None = None
+        self._stopping = False
         # Calls this worker gave back (uniqueid → when): not orphans, though a listing read
         # before the release may still show them. Kept for one lease.
         self._closing: dict[str, float] = {}
@@ -181,11 +183,12 @@ class AsyncAgiTransport:
             self._maintainer = asyncio.ensure_future(self._maintain())
 
     async def close(self, timeout: float = 5.0) -> None:
+        """Stop the lease maintenance (bounded: its Redis calls can swallow a cancel, see
+        gateway/stopping.py), then the calls this worker drives."""
+        self._stopping = True
         for unregister in self._unregister:
             unregister()
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            await asyncio.gather(self._maintainer, return_exceptions=True)
+        await cancel_and_wait(self._maintainer)
         tasks = [c.task for c in self.calls.values() if c.task is not None]
         for task in tasks:
             task.cancel()
@@ -224,7 +227,7 @@ class AsyncAgiTransport:
 
     async def _maintain(self) -> None:
         interval = self.lease.seconds / 3 if self.lease is not None else 5.0
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             try:
                 await self._maintain_once()

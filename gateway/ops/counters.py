@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from gateway.http.metrics import Labels
 from gateway.logs import get_logger
 from gateway.outage import OutageMonitor
+from gateway.stopping import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -56,6 +57,7 @@ class SharedCounters:
         self._pending: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def inc(self, family: str, amount: float = 1.0, **labels: str) -> None:
         assert family in FAMILIES, family
@@ -72,7 +74,8 @@ class SharedCounters:
                     for family, samples in pending.items():
                         for labels, amount in samples.items():
                             pipe.hincrbyfloat(_key(family), json.dumps(labels), amount)
-                    await asyncio.wait_for(pipe.execute(), _TIMEOUT)
+                    async with asyncio.timeout(_TIMEOUT):
+                        await pipe.execute()
             except BaseException:
                 for family, samples in pending.items():  # kept for the next flush
                     for labels, amount in samples.items():
@@ -85,7 +88,8 @@ class SharedCounters:
         async with self.redis.pipeline(transaction=False) as pipe:
             for family in FAMILIES:
                 pipe.hgetall(_key(family))
-            rows = await asyncio.wait_for(pipe.execute(), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                rows = await pipe.execute()
         out: dict[str, dict[Labels, float]] = {}
         for family, row in zip(FAMILIES, rows, strict=True):
             out[family] = {
@@ -97,17 +101,18 @@ class SharedCounters:
         self._task = asyncio.create_task(self._run(), name="shared-counters")
 
     async def close(self) -> None:
-        """Stop flushing on a timer, then flush what is left (bounded: Redis may be away)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop flushing on a timer, then flush what is left (bounded: Redis may be away, and
+        the timer's task may have swallowed a cancel in a redis-py call: gateway/stopping.py)."""
+        self._closing = True
+        await cancel_and_wait(self._task)
         try:
-            await asyncio.wait_for(self.flush(), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                await self.flush()
         except Exception as exc:
             log.warning("counters not flushed on the way out", error=repr(exc))
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.interval)
             try:
                 await self.flush()

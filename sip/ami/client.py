@@ -253,15 +253,17 @@ class AMIClient:
                 )
         if session is not None:
             session.fail(AMIClosed("client closed"))
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        # Bounded: a cancel can be swallowed (Python 3.11's wait_for, in a library call, when
+        # it lands as the call completes), so the supervisor also stops on `_closing` and is
+        # cancelled again while it goes on.
+        if self._supervisor is not None and not await _stop(self._supervisor):
+            self._log.warning("ami.supervisor_stuck_on_close")
         if self._dispatcher is not None:
             self._queue.put_nowait(("stop", None))
-            try:
-                await asyncio.wait_for(self._dispatcher, timeout=self.handler_timeout)
-            except TimeoutError:
+            done, _ = await asyncio.wait({self._dispatcher}, timeout=self.handler_timeout)
+            if not done:
                 self._log.warning("ami.dispatcher_stuck_on_close")
+                await _stop(self._dispatcher)
 
     def _launch(self, first: asyncio.Future[None] | None) -> None:
         if self._supervisor is not None:
@@ -412,6 +414,8 @@ class AMIClient:
             while not self._closing:
                 try:
                     session = await self._open_session()
+                    if self._closing:  # close() ran meanwhile: this session is not wanted
+                        return
                 except AMIError as exc:
                     if first is not None:
                         if not first.done():  # done = the caller of start() gave up
@@ -448,9 +452,8 @@ class AMIClient:
 
     async def _open_session(self) -> _Session:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.connect_timeout
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise AMIConnectError(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
         session = _Session(next(self._session_numbers), reader, writer)
@@ -649,6 +652,19 @@ class AMIClient:
             self._log.exception(
                 "ami.handler_failed", handler=getattr(handler, "__qualname__", None)
             )
+
+
+async def _stop(task: asyncio.Task[None], attempts: int = 20, each: float = 0.5) -> bool:
+    """Cancel `task` until it ends (at most `attempts` times, `each` s apart); True if it did."""
+    for _ in range(attempts):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=each)
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()  # retrieved: no "never retrieved" warning
+    return task.done()
 
 
 def _register(registry: list[Any], entry: Any) -> Callable[[], None]:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from gateway.redis import LuaScript
+from gateway.stopping import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -64,12 +65,13 @@ class LeaderLease:
         self.held = False
         self._task: asyncio.Task[None] | None = None
         self._hook: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"leader:{self.key}")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 took = bool(
                     await _TAKE(self.redis, [self.key], [self.holder, int(self.ttl * 1000)])
@@ -80,7 +82,8 @@ class LeaderLease:
             gained, self.held = took and not self.held, took
             if gained:
                 log.info("tracker leadership taken", key=self.key)
-                if self.on_gained is not None:  # its own task: a slow hook must not lapse us
+                # its own task: a slow hook must not lapse us
+                if self.on_gained is not None and not self._closing:
                     self._hook = asyncio.create_task(self._gained(self.on_gained))
             await asyncio.sleep(self.ttl / 3 if self.held else self.ttl / 2)
 
@@ -91,12 +94,13 @@ class LeaderLease:
             log.exception("leadership hook failed", key=self.key)
 
     async def close(self) -> None:
-        if self._hook is not None:
+        """Stop renewing and give the lease back. Bounded: every renewal is a redis-py call,
+        whose send can swallow a cancel (gateway/stopping.py), so the loop also stops on
+        `_closing` and the task is cancelled again while it goes on."""
+        self._closing = True
+        await cancel_and_wait(self._task)
+        if self._hook is not None:  # after the loop: it starts the hook
             self._hook.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         if self.held:
             self.held = False
             with contextlib.suppress(Exception):

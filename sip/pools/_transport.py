@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis import EncodableT, LuaScript
+from gateway.stopping import cancel_and_wait
 from sip.pools.errors import PoolError
 
 log = structlog.get_logger(__name__)
@@ -228,7 +229,7 @@ class Waker:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                while True:
+                while not self._closed:
                     msg = await pubsub.get_message(timeout=None)
                     if msg is None:
                         continue
@@ -272,11 +273,11 @@ class Waker:
             waiter.future.set_result(expiry)
 
     async def aclose(self) -> None:
+        """Stop listening. Bounded: a cancel that lands as the SUBSCRIBE's send completes is
+        swallowed by redis-py's wait_for (gateway/stopping.py), and the loop would then
+        block in `get_message` for good; the task is cancelled again while it goes on."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for task in list(self._rechecks):
             task.cancel()
         for waiter in self._waiters.values():

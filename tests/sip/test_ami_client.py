@@ -387,3 +387,32 @@ async def test_close_fails_pending_actions_and_logs_off(ami: AMISimServer) -> No
     with pytest.raises(AMIConnectionLost):
         await task
     assert ami.actions("Logoff")
+
+
+class SwallowsCancelWhileConnecting(AMIClient):
+    """Its connect swallows a cancel and then succeeds, as Python 3.11's wait_for around
+    `open_connection` did when close() cancelled it the moment the connection was made."""
+
+    swallowed = 0
+
+    async def _open_session(self):  # type: ignore[no-untyped-def]
+        self.connecting.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        session = type("Session", (), {"dead": asyncio.Event()})()  # alive: never dies
+        return session
+
+
+async def test_close_returns_when_the_connect_swallowed_its_cancel():
+    """A session opened as close() cancels the reconnect would be waited on for good."""
+    client = SwallowsCancelWhileConnecting("127.0.0.1", 1, "gateway", "secret", **FAST)  # type: ignore[arg-type]
+    client.connecting = asyncio.Event()
+    client.start_background()
+    await client.connecting.wait()
+    closing = asyncio.get_running_loop().create_task(client.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)  # not asyncio.timeout: see test_stopping
+    assert closing in done, "close() hung on a supervisor that swallowed its cancel"
+    assert client.swallowed == 1
