@@ -31,7 +31,7 @@ time (inside a spring-forward gap) resolves with the pre-transition offset.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -276,6 +276,11 @@ class _Plan:
     recipient: Recipient
     applied: tuple[HoursRule, ...]
     frequency_caps: tuple[FrequencyCap, ...]
+    # [(UTC minute, the Allow's inputs but "now")]: open for all of that minute (see
+    # `_open_this_minute`), so the next checks in it copy the answer instead of working it out.
+    open_minute: list[tuple[datetime, dict[str, Any]]] = field(
+        default_factory=list, compare=False, repr=False
+    )
 
 
 @lru_cache(maxsize=65536)
@@ -319,6 +324,12 @@ def check_calling_hours(
     if when_closed not in ("defer", "deny"):
         raise ValueError(f"when_closed must be 'defer' or 'deny', got {when_closed!r}")
     plan = _plan(number, address_state, channel, purpose, rules)
+    exempt = purpose == "transactional" and exempt_transactional
+    minute = now.replace(second=0, microsecond=0)
+    if not exempt and plan.open_minute and plan.open_minute[0][0] == minute:
+        inputs = dict(plan.open_minute[0][1])  # the same answer, at this instant
+        inputs["now"] = now.isoformat()
+        return Allow(inputs=inputs)
     recipient, applied = plan.recipient, plan.applied
     local = [(z, now.astimezone(_zone(z))) for z in recipient.zones]
     stamps = {z: t.isoformat(timespec="minutes") for z, t in local}
@@ -345,10 +356,11 @@ def check_calling_hours(
         ],
     }
 
-    if purpose == "transactional" and exempt_transactional:
+    if exempt:
         inputs["exempt_transactional"] = True
         return Allow(inputs=inputs)
     if not applied:
+        _open_this_minute(plan, minute, local, inputs)
         return Allow(inputs=inputs)
     if not recipient.zones:
         inputs["closed_by"] = []
@@ -361,6 +373,7 @@ def check_calling_hours(
 
     closures = _closures_of(local, stamps, applied, rules)
     if not closures:
+        _open_this_minute(plan, minute, local, inputs)
         return Allow(inputs=inputs)
 
     inputs["closed_by"] = [c.as_dict() for c in closures]
@@ -381,3 +394,17 @@ def check_calling_hours(
             f"({', '.join(recipient.zones)})"
         )
     return Deny(code=DenyCode.OUTSIDE_CALLING_HOURS, reason=reason, rule=rule_ids, inputs=inputs)
+
+
+def _open_this_minute(
+    plan: _Plan, minute: datetime, local: Sequence[tuple[str, datetime]], inputs: dict[str, Any]
+) -> None:
+    """Remember that `plan` is open for the whole UTC `minute`. True for every instant in it:
+    windows start and end on whole local minutes (rules.py), holidays on local dates, and each
+    zone's offset is a whole number of minutes (checked) that changes only at a whole minute.
+    The nested values are shared by the copies: inputs are only read after a decision."""
+    for _, when in local:
+        offset = when.utcoffset()
+        if offset is None or offset.seconds % 60 or offset.microseconds:
+            return
+    plan.open_minute[:] = [(minute, dict(inputs))]

@@ -338,3 +338,29 @@ def test_defer_is_the_earliest_open_instant(
     assert next_open(recipient, now, channel=channel, purpose="marketing", rules=RULES) == (  # type: ignore[arg-type]
         verdict.until
     )
+
+
+def test_the_open_minute_memo_answers_as_a_fresh_check_would() -> None:
+    """Checks of one number in one minute reuse the first open answer (issue 14): every
+    instant, seconds apart across window starts, ends and a DST change, gets what a check
+    with nothing remembered gives, but its own `now`."""
+    from guardrails.calling_hours import _plan
+
+    start = at("2025-03-09 07:58", NY)  # the spring-forward day
+    instants = [start + timedelta(seconds=13 * i) for i in range(0, 5 * 3600 // 13)]
+    instants += [at("2025-03-09 20:58", NY) + timedelta(seconds=7 * i) for i in range(60)]
+    for number, state in (("+12125550100", None), ("+12085550100", None), ("+18005550100", "FL")):
+        for purpose in ("marketing", "transactional"):
+            warm = [
+                check_calling_hours(
+                    number, t, channel="sms", purpose=purpose, rules=RULES, address_state=state
+                )
+                for t in instants
+            ]
+            for t, got in zip(instants, warm, strict=True):
+                _plan.cache_clear()
+                fresh = check_calling_hours(
+                    number, t, channel="sms", purpose=purpose, rules=RULES, address_state=state
+                )
+                assert got == fresh, (number, purpose, t)
+                assert got.inputs["now"] == t.astimezone(UTC).isoformat()
