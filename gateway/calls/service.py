@@ -184,12 +184,18 @@ class CallService:
                 try:  # lapsed (a stalled worker, a reconcile): take it back if there is room
                     await pool.try_acquire(str(row["id"]))
                 except PoolExhausted:
-                    log.warning("a live call lost its pool permit", call_id=str(row["id"]))
+                    # Or it ended (and gave its permit back, which the next call took) since
+                    # it was read as live: no permit and no room is then no loss. Only a call
+                    # still on the trunk without one means the pool is over-committed.
                     async with self.db.acquire() as conn, conn.transaction():
+                        call = await repo.get_call(conn, row["id"], lock=True)
+                        if call is None or call["status"] not in LIVE:
+                            return
+                        log.warning("a live call lost its pool permit", call_id=str(row["id"]))
                         await emit(conn, event(row, "permit_lost", {"pool": row["pool"]}))
                     return
-                # Or it ended (and gave its permit back) since it was read as live: the
-                # permit just taken would be held by nobody until its lease ran out.
+                # Or it ended since it was read as live: the permit just taken would be held
+                # by nobody until its lease ran out.
                 call = await repo.get_call(self.db, row["id"])
                 if call is None or call["status"] in FINAL:
                     await self.release_permit(row["id"], row["pool"])

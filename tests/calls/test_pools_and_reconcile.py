@@ -224,3 +224,32 @@ async def test_renewing_a_call_that_just_ended_does_not_take_its_channel_back(
     monkeypatch.setattr(repo, "live_calls", as_read_before)
     await service.renew_permits()
     assert await voice.in_use("api") == 0
+
+
+async def test_a_call_that_ended_before_its_renewal_into_a_full_pool_lost_no_permit(
+    voice, ami, monkeypatch
+):
+    """As above, with its channel taken by the next calls meanwhile (the pool full, as at a
+    campaign's start): the renewal finds neither its permit nor room. That call is over, not
+    a live call without a permit — no `permit_lost` (the false alarm bench.campaign logged
+    once at start), and the pool still holds just the calls on the trunk."""
+    from gateway.calls import repo
+
+    service = voice.runtime.service
+    call_id = (await voice.place(to="+14155550451"))["id"]
+    await voice.wait(call_id, "answered")
+    stale = await repo.live_calls(service.db)
+    await voice.post(f"/v1/calls/{call_id}/hangup")
+    await voice.wait(call_id, "completed")
+    await voice.wait_in_use("api", 0)
+    for to in ("+14155550452", "+14155550453"):  # the pool (api: 2) is full again
+        await voice.wait((await voice.place(to=to))["id"], "answered")
+
+    async def as_read_before(db):
+        return stale
+
+    monkeypatch.setattr(repo, "live_calls", as_read_before)
+    await service.renew_permits()
+    lost = await service.db.fetch("SELECT subject FROM events WHERE type = 'call.permit_lost'")
+    assert lost == []
+    assert await voice.in_use("api") == 2
