@@ -186,11 +186,11 @@ async def end_live(db: Any, holder: str) -> None:
     await db.execute("DELETE FROM ivr_live WHERE holder = $1", holder)
 
 
-async def is_live(conn: asyncpg.Connection, session_id: str) -> bool:
+async def is_live(db: Any, session_id: str) -> bool:
     """Is the session a call in progress (started, not summarised)? Lets the worker driving it
     restore it after Redis lost it."""
     return bool(
-        await conn.fetchval(
+        await db.fetchval(
             "SELECT EXISTS (SELECT 1 FROM ivr_live WHERE session_id = $1)"
             " AND NOT EXISTS (SELECT 1 FROM ivr_sessions WHERE id = $1)",
             uuid.UUID(session_id),

@@ -3,9 +3,10 @@
 Each step loads nothing but the session and its flow version (immutable, so cached per
 process), asks the engine, then commits: the step's events (`ivr.started`, `ivr.node`,
 `ivr.input`, `ivr.transfer`, `ivr.ended`) in one PostgreSQL transaction, the session saved
-to Redis (compare-and-set on its step count) before that transaction commits, and — when the session has ended — its summary row in the same
-transaction. A step that fails to commit leaves the session where it was, so the input can
-be fed again by any worker.
+to Redis first (compare-and-set on its step count; no database connection is held across it),
+and — when the session has ended — its summary row in the same transaction. The commands are
+handed back only once that transaction has committed; a step that fails to commit sets the
+session back where it was, so the input can be fed again by any worker.
 
 The clock is the guardrail chain's (DESIGN principle 12): a business-hours condition and the
 calling-hours check of a transfer read the same time.
@@ -13,6 +14,7 @@ calling-hours check of a transfer read the same time.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import asyncpg
 
 from gateway.core.ids import new_id, new_trace_id
 from gateway.events.outbox import NewEvent, emit
+from gateway.logs import get_logger
 from guardrails.chain import GuardrailChain
 from ivr import repo
 from ivr.engine import (
@@ -39,6 +42,8 @@ from ivr.engine import (
 from ivr.flow import Flow
 from ivr.sessions import SessionMissing, SessionStore
 from ivr.webhook import WebhookCaller
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -149,24 +154,44 @@ class FlowRunner:
         now = self.now()
         commands, after, notes = step(loaded.flow, session, event, now)
         events = [*self._events(after, notes, started=new), *extra]
-        async with self.db.acquire() as conn, conn.transaction():
-            await emit(conn, *events)
-            # In the transaction: a session someone else moved first rolls back these events.
-            try:
-                await self.store.save(after, previous_steps=None if new else session.steps)
-            except SessionMissing:
-                # Redis lost it (restarted empty) while this worker held the call: the copy
-                # stepped from is the latest there is, as long as the call is still live.
-                if not await repo.is_live(conn, session.id):
-                    raise
-                await self.store.save(after, previous_steps=None)
-            if live is not None:
-                await repo.insert_live(conn, live[0], after, live[1])
-            if after.ended is not None:
-                await repo.insert_summary(conn, after, now)
+        # The compare-and-set first, with no database connection held (a burst of steps
+        # queued for the pool while each held one across its Redis round trip): a session
+        # someone else moved first writes nothing. Then the durable write, and only then are
+        # the commands handed back; should it fail, the session is set back (_undo) so the
+        # same input can be fed again.
+        previous = None if new else session.steps
+        try:
+            await self.store.save(after, previous_steps=previous)
+        except SessionMissing:
+            # Redis lost it (restarted empty) while this worker held the call: the copy
+            # stepped from is the latest there is, as long as the call is still live.
+            if not await repo.is_live(self.db, session.id):
+                raise
+            previous = None
+            await self.store.save(after, previous_steps=None)
+        try:
+            async with self.db.acquire() as conn, conn.transaction():
+                await emit(conn, *events)
+                if live is not None:
+                    await repo.insert_live(conn, live[0], after, live[1])
+                if after.ended is not None:
+                    await repo.insert_summary(conn, after, now)
+        except BaseException:
+            await asyncio.shield(self._undo(session, after, previous))
+            raise
         if after.ended is not None:
             await self.store.drop(after.id)
         return Stepped(commands, after, notes)
+
+    async def _undo(self, session: Session, after: Session, previous: int | None) -> None:
+        """Set the session back to `session` (or remove it, if the step created it) after its
+        step's events could not be stored, unless another step moved it since. If Redis is
+        away too, the session stays one step ahead of its events, as a crash between the two
+        writes leaves it."""
+        try:
+            await self.store.restore(after, session if previous is not None else None)
+        except Exception as exc:
+            log.warning("IVR session not set back", session_id=after.id, error=repr(exc))
 
     def _events(self, s: Session, notes: list[dict[str, Any]], *, started: bool) -> list[NewEvent]:
         base = {"session_id": s.id, "flow": s.flow_name, "version": s.version}

@@ -43,6 +43,23 @@ return 1
 )
 
 
+# KEYS[1] session key; ARGV: the steps of the copy to replace, the JSON to put back ("" to
+# remove it), ttl seconds. Returns 1 when set back, 0 when the stored copy is another one.
+_UNDO = LuaScript(
+    """
+local cur = redis.call('GET', KEYS[1])
+if not cur or cjson.decode(cur)['steps'] ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+end
+return 1
+""",
+    name="ivr_session_undo",
+)
+
+
 class SessionConflict(Exception):
     """Another worker stepped this session first."""
 
@@ -74,6 +91,13 @@ class SessionStore:
             raise SessionMissing(session.id)
         if not saved:
             raise SessionConflict(session.id)
+
+    async def restore(self, saved: Session, before: Session | None) -> bool:
+        """Undo the save of `saved`: put `before` back (None: remove the session), unless
+        another save has replaced `saved` since. True when set back."""
+        body = "" if before is None else json.dumps(before.to_json(), separators=(",", ":"))
+        undone = await _UNDO(self.redis, [self.key(saved.id)], [saved.steps, body, self.ttl])
+        return bool(undone)
 
     async def drop(self, session_id: str) -> None:
         await self.redis.delete(self.key(session_id))
