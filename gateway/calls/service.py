@@ -19,6 +19,7 @@ left: the attempt is closed as ``failed_over`` and the call is dispatched again.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,16 @@ CALL_CONTROL_QUEUE = "call_control"
 # amd_result when no verdict came within calls.amd_timeout: not a machine, so on_answer goes on.
 AMD_UNKNOWN = "unknown"
 After = list[Callable[[], Awaitable[object]]]
+# Runs a committed control job in this process at an instant of time.monotonic() (job id,
+# call id, op, when): pipeline/calls/control.py run_locally.
+LocalHook = Callable[[int, uuid.UUID, str, float], Awaitable[None]]
+# The control ops on the way from a person's answer to the agent, or to the abandon message
+# (16 CFR 310.4(b)(4): within 2 s), run by the process that applied the report that calls
+# for them, without waiting for a worker to claim them; their jobs are the durable fallback.
+LOCAL_OPS = frozenset({"connect", "bridge_legs", "abandon_check"})
+# With a local run due, its job (the fallback) is due this much later: the worker does not
+# race the cheaper local run to the claim (and then play the message one round trip later).
+LOCAL_FIRST = 0.2
 
 
 def event(call: asyncpg.Record | dict[str, Any], kind: str, data: dict[str, Any]) -> NewEvent:
@@ -90,6 +101,9 @@ class CallService:
     pools: TrunkPools
     registry: ProviderRegistry
     settings: Settings
+    # Set where this process runs the call-control worker (pipeline/calls/runtime.py): the
+    # LOCAL_OPS of the reports it applies run here once committed (control.py run_locally).
+    local_hook: LocalHook | None = None
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -235,7 +249,7 @@ class CallService:
             return
         call, n = found
         if r.leg == "agent":
-            await self._agent_report(conn, call, r)
+            await self._agent_report(conn, call, r, after)
             return
         if n != call["attempt_n"]:
             if r.status is not None:
@@ -262,7 +276,7 @@ class CallService:
         if r.channel and r.channel != call["channel"]:
             await repo.update_call(conn, call["id"], channel=r.channel, alive_at=repo.LATEST)
         if r.amd is not None and call["amd_result"] is None:
-            call = await self._amd(conn, call, r)
+            call = await self._amd(conn, call, r, after)
         elif r.amd is not None and call["amd_result"] == AMD_UNKNOWN:
             # The wait gave up already and the call went on: recorded, never acted on.
             late = {"result": r.amd, "detail": r.amd_detail, "source": r.source}
@@ -341,7 +355,7 @@ class CallService:
             data = {k: v for k, v in data.items() if k != "error_code"} | {"reported": r.status}
         await emit(conn, event(moved, new, data))
         if new == "answered":
-            await self._answered(conn, moved)
+            await self._answered(conn, moved, after)
         if new in FINAL:
             await self._ended(conn, moved, n, after)
 
@@ -360,11 +374,11 @@ class CallService:
         if agent.get("session_id"):
             await self._control(conn, call, "end_agent_session")
 
-    async def _answered(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
+    async def _answered(self, conn: asyncpg.Connection, call: asyncpg.Record, after: After) -> None:
         await self._schedule_deadlines(conn, call)
         if call["amd"] and call["amd_result"] is None:
             return  # the verdict decides what happens next (_amd), or its timeout does
-        await self._after_verdict(conn, call)
+        await self._after_verdict(conn, call, after)
 
     def max_duration_of(self, call: asyncpg.Record) -> int:
         return call["max_duration"] or self.settings.calls.max_duration
@@ -383,6 +397,7 @@ class CallService:
         """No AMD verdict in time (AMD() never ran, its VarSets were filtered or lost, the
         provider never said AnsweredBy): go on as 'unknown' instead of holding the called
         party in silence forever. A verdict that beat this job wins."""
+        after: After = []
         async with self.db.acquire() as conn, conn.transaction():
             call = await repo.get_call(conn, call_id, lock=True)
             if call is None or call["status"] != "answered" or call["amd_result"] is not None:
@@ -397,7 +412,9 @@ class CallService:
             )
             fresh = await repo.get_call(conn, call_id)
             assert fresh is not None
-            await self._after_verdict(conn, fresh)
+            await self._after_verdict(conn, fresh, after)
+        for work in after:
+            await work()
 
     async def max_duration_reached(self, call_id: uuid.UUID) -> None:
         """Hang up an answered call at its max_duration, the way POST …/hangup does, with
@@ -422,7 +439,9 @@ class CallService:
             await emit(conn, event(call, "max_duration", data))
             await self._request_hangup(conn, call, reason="max_duration")
 
-    async def _after_verdict(self, conn: asyncpg.Connection, call: asyncpg.Record) -> None:
+    async def _after_verdict(
+        self, conn: asyncpg.Connection, call: asyncpg.Record, after: After
+    ) -> None:
         if call["amd"] and call["amd_result"] == "machine" and call["on_machine"] == "hangup":
             if call["hangup_requested_at"] is None:  # the end's reason, as max_duration has
                 detail = "an answering machine answered (on_machine: hangup)"
@@ -438,18 +457,26 @@ class CallService:
             await self._control(conn, call, "voicemail_drop")
             return
         if call["on_answer"] and not call["agent"]:
-            await self._control(conn, call, "connect")
+            await self._control(conn, call, "connect", after=after)
             if (call["metadata"] or {}).get("campaign_id"):
                 # A person answered a campaign call: connected to its target within 2 s, or
-                # abandoned (16 CFR 310.4(b)(4); gateway/pipeline/calls/control.py).
-                due = await conn.fetchval(
-                    "SELECT now() + make_interval(secs => $1)",
+                # abandoned (16 CFR 310.4(b)(4); gateway/pipeline/calls/control.py). Decided
+                # in this process at the deadline once the answer is committed (no queue
+                # claim and no free worker slot on the way to the message); the job is the
+                # durable fallback should this process die (due LOCAL_FIRST later then).
+                grace = LOCAL_FIRST if self.local_hook is not None else 0.0
+                due, left = await conn.fetchrow(
+                    "SELECT d + make_interval(secs => $2),"
+                    " extract(epoch FROM d - clock_timestamp())::float8"
+                    " FROM (SELECT now() + make_interval(secs => $1) AS d) x",
                     self.settings.campaigns.abandon_after,
+                    grace,
                 )
-                await self._control(conn, call, "abandon_check", run_at=due)
+                at = time.monotonic() + left
+                await self._control(conn, call, "abandon_check", run_at=due, after=after, at=at)
 
     async def _amd(
-        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport
+        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport, after: After
     ) -> asyncpg.Record:
         await repo.update_call(conn, call["id"], amd_result=r.amd, amd_detail=r.amd_detail)
         await emit(
@@ -458,7 +485,7 @@ class CallService:
         fresh = await repo.get_call(conn, call["id"])
         assert fresh is not None
         if fresh["status"] == "answered" and fresh["amd"]:
-            await self._after_verdict(conn, fresh)
+            await self._after_verdict(conn, fresh, after)
         return fresh
 
     async def _bridge_fact(
@@ -490,7 +517,7 @@ class CallService:
             await emit(conn, event(call, "bridged", {"with": with_, "source": source}))
 
     async def _agent_report(
-        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport
+        self, conn: asyncpg.Connection, call: asyncpg.Record, r: CallReport, after: After
     ) -> None:
         agent = dict(call["agent"] or {})
         state = agent.get("state")
@@ -515,7 +542,7 @@ class CallService:
             await repo.update_call(conn, call["id"], agent=agent | changed)
         await emit(conn, *events)
         if changed.get("state") == "answered" and call["status"] == "answered":
-            await self._control(conn, call, "bridge_legs")
+            await self._control(conn, call, "bridge_legs", after=after)
         elif changed.get("state") == "answered" and call["status"] in FINAL:
             await self._control(conn, call, "hangup_agent")  # the call ended while it rang
         if changed.get("state") == "ended" and call["status"] in LIVE:
@@ -546,9 +573,13 @@ class CallService:
         op: str,
         *,
         run_at: datetime | None = None,
+        after: After | None = None,
+        at: float | None = None,
         **extra: Any,
     ) -> None:
-        await queue.enqueue(
+        """Queue a control job; one of LOCAL_OPS also runs here after commit (`after`) at
+        `at` (time.monotonic(); default at once), when this process runs call control."""
+        job = await queue.enqueue(
             conn,
             CALL_CONTROL_QUEUE,
             {"op": op, "call_id": str(call["id"]), **extra},
@@ -557,6 +588,10 @@ class CallService:
             max_attempts=self.settings.calls.max_attempts + 2,
             run_at=run_at,
         )
+        hook, call_id = self.local_hook, call["id"]
+        if hook is not None and after is not None and op in LOCAL_OPS:
+            when = time.monotonic() if at is None else at
+            after.append(lambda: hook(job, call_id, op, when))
 
     async def _request_hangup(
         self, conn: asyncpg.Connection, call: asyncpg.Record, *, reason: str

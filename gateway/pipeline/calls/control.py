@@ -6,15 +6,17 @@ dies mid-action loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from campaigns import pacing
+from gateway import db as gateway_db
 from gateway import queue
 from gateway.calls import repo
 from gateway.calls.service import (
@@ -22,6 +24,7 @@ from gateway.calls.service import (
     event,
 )
 from gateway.calls.states import FINAL
+from gateway.events.outbox import NOTIFY_CHANNEL as OUTBOX_CHANNEL
 from gateway.events.outbox import emit
 from gateway.logs import bind, get_logger
 from gateway.messages.templates import render
@@ -43,6 +46,57 @@ from sip.asterisk import AsteriskVoice
 log = get_logger(__name__)
 
 SEAT_RETRY = 0.2  # seconds between tries for a free agent session (campaigns)
+# Connects and bridges run in-process at once (run_locally) at most this many at a time; the
+# others are left to the workers. Unbounded, a burst of answers queued that many transactions
+# on a campaign's seat lock (campaigns/pacing.py take_seat), each holding a pooled connection,
+# and starved the rest of the process (reports, abandon checks) of the database pool.
+LOCAL_SLOTS = 4
+DEADLINE_CONNECTIONS = 2  # abandon decisions are one statement each: a few connections serve
+
+# An op run in-process (run_locally) holds its queued job, pushed back by a lease ($2 s),
+# while it acts: should the process die, the job runs it then. A job a worker has claimed
+# already ('running') is that worker's. Done, the job is dropped; rescheduled or failed, it
+# is given back to the workers (due at $2, or $3 s after now()).
+_HOLD_JOB = """
+UPDATE jobs SET run_at = now() + make_interval(secs => $2), updated_at = now()
+WHERE id = $1 AND state = 'ready'
+RETURNING id, queue, tenant_id, payload, attempts, max_attempts, trace_id
+"""
+_RELEASE_JOB = """
+UPDATE jobs SET run_at = coalesce(now() + make_interval(secs => $3), $2), updated_at = now()
+WHERE id = $1 AND state = 'ready'
+"""
+_DROP_JOB = "DELETE FROM jobs WHERE id = $1 AND state = 'ready'"
+
+# The abandon decision in one round trip: hold the job (in-process only: $2 not null), lock
+# an answered, unbridged, unhung campaign call, record 'abandoned' with its event (once: a
+# check re-run after its player died only plays), and return it with the campaign's message.
+_DECIDE_ABANDON = f"""
+WITH held AS (
+    UPDATE jobs SET run_at = now() + make_interval(secs => $3), updated_at = now()
+    WHERE id = $2::bigint AND state = 'ready' RETURNING id
+), target AS (
+    SELECT c.*, k.config->'abandon_message'->>'say' AS abandon_say,
+           extract(epoch FROM now() - c.answered_at)::float8 AS since_answer
+    FROM calls c
+    JOIN campaigns k ON k.id = (c.metadata->>'campaign_id')::uuid AND k.tenant_id = c.tenant_id
+    WHERE c.id = $1 AND c.status = 'answered' AND c.bridged_at IS NULL
+      AND c.hangup_requested_at IS NULL
+      AND ($2::bigint IS NULL OR EXISTS (SELECT FROM held))
+    FOR UPDATE OF c
+), marked AS (
+    UPDATE calls SET error_code = 'abandoned', error_detail = $4, updated_at = now()
+    FROM target WHERE calls.id = target.id AND target.error_code IS DISTINCT FROM 'abandoned'
+    RETURNING calls.id, target.tenant_id, target.trace_id, target.metadata
+), ev AS (
+    INSERT INTO events (tenant_id, type, subject, trace_id, data)
+    SELECT tenant_id, 'call.abandoned', id::text, trace_id,
+           jsonb_build_object('campaign_id', metadata->>'campaign_id')
+    FROM marked RETURNING id
+), wake AS (SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM ev LIMIT 1)
+SELECT t.*, EXISTS (SELECT FROM held) AS held, (SELECT count(*) FROM wake) AS woke
+FROM (SELECT 1) one LEFT JOIN target t ON true
+"""
 
 # Providers whose own events say when two legs are bridged (AMI BridgeEnter, the sandbox).
 _REPORTS_BRIDGES = (AsteriskVoice, SandboxVoice)
@@ -54,6 +108,13 @@ class CallController:
     registry: ProviderRegistry
     service: CallService
     settings: Settings
+    _local: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _local_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(LOCAL_SLOTS), init=False
+    )
+    # The abandon decisions' own connections (run_local): a deadline does not queue behind
+    # the rest of the process for the shared pool.
+    _deadline_db: asyncpg.Pool | None = field(default=None, init=False)
 
     async def __call__(self, job: queue.Job) -> None:
         op = job.payload["op"]
@@ -241,24 +302,94 @@ class CallController:
         return agent
 
     async def _op_abandon_check(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
+        """The queued abandon check (run_locally's fallback: the process that applied the
+        answer died before the deadline, or does not run call control): the same decision."""
+        await self._abandon(call["id"], None)
+
+    async def run_locally(self, job_id: int, call_id: uuid.UUID, op: str, at: float) -> None:
+        """CallService.local_hook: a job of CallService.LOCAL_OPS that the report this process
+        just applied queued, run here at `at` (time.monotonic()) rather than when a worker
+        claims it, so a person's answer reaches the agent or the abandon message without a
+        claim or a free worker slot on the way, however loaded the workers are."""
+        task = asyncio.create_task(self._run_local(job_id, call_id, op, at), name=f"local:{op}")
+        self._local.add(task)
+        task.add_done_callback(self._local.discard)
+
+    async def _run_local(self, job_id: int, call_id: uuid.UUID, op: str, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        bind(call_id=str(call_id), op=op, job_id=job_id)
+        try:
+            if op == "abandon_check":  # held in its decision's statement: one round trip
+                if await self._abandon(call_id, job_id):
+                    await self.db.execute(_DROP_JOB, job_id)
+                return
+            if self._local_slots.locked():
+                return  # busy here: the workers have it
+            async with self._local_slots:
+                await self._run_held(job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # its job, held or given back, runs it
+            log.exception("in-process control op failed", call_id=str(call_id), op=op)
+
+    async def _abandon(self, call_id: uuid.UUID, job_id: int | None) -> bool:
         """A campaign call a person answered `campaigns.abandon_after` ago: connected to its
-        target (bridged) it is not abandoned; else it is — the campaign's abandon message is
-        played (16 CFR 310.4(b)(4): within 2 s of the answer) and the call ends. The call ends
-        with error_code 'abandoned' (its prospect: `abandoned`, campaigns/outcomes.py)."""
-        async with self.db.acquire() as conn, conn.transaction():
-            fresh = await repo.get_call(conn, call["id"], lock=True)
-            if fresh is None or fresh["bridged_at"] is not None:
-                return
-            config = await self._campaign_config(conn, fresh)
-            if config is None:
-                return
-            message = (config.get("abandon_message") or {}).get("say")
-            since = await _since_answer(conn, fresh)
-            detail = "answered by a person, not connected to its target within 2 s"
-            await repo.update_call(conn, call["id"], error_code="abandoned", error_detail=detail)
-            campaign_id = fresh["metadata"]["campaign_id"]
-            await emit(conn, event(fresh, "abandoned", {"campaign_id": campaign_id}))
-        await self._say_then_end(fresh, message, "abandon_message", since, reason="abandoned")
+        target (bridged) it is not abandoned; else it is — recorded (error_code 'abandoned';
+        its prospect: `abandoned`, campaigns/outcomes.py), then the campaign's abandon
+        message is played (16 CFR 310.4(b)(4): within 2 s of the answer) and the call ends.
+
+        The decision is one statement (one round trip between the deadline and the message,
+        whatever the load). In-process (`job_id`), it also holds the queued job, pushed back
+        by a lease: should this process die before the message is played, the job plays it
+        then. False: a worker had claimed that job already, the check is its."""
+        row = await (self._deadline_db or self.db).fetchrow(
+            _DECIDE_ABANDON,
+            call_id,
+            job_id,
+            self.settings.calls.lease_seconds,
+            "answered by a person, not connected to its target within 2 s",
+        )
+        if row is None:
+            return job_id is None
+        if job_id is not None and not row["held"]:
+            return False
+        if row["id"] is not None:
+            since = (row["since_answer"], time.monotonic())
+            await self._say_then_end(
+                row, row["abandon_say"], since, "abandon_message", reason="abandoned"
+            )
+        return True
+
+    async def _run_held(self, job_id: int) -> None:
+        row = await self.db.fetchrow(_HOLD_JOB, job_id, self.settings.calls.lease_seconds)
+        if row is None:
+            return  # a worker has it
+        try:
+            await self(queue.Job.from_row(row))
+        except queue.Reschedule as exc:
+            await self.db.execute(_RELEASE_JOB, job_id, exc.until, exc.delay)
+            return
+        except BaseException:  # the workers retry it, with the queue's budget and backoff
+            await asyncio.shield(self.db.execute(_RELEASE_JOB, job_id, None, 0.0))
+            raise
+        await self.db.execute(_DROP_JOB, job_id)
+
+    async def run_local(self, stopping: asyncio.Event) -> None:
+        """The lifetime of the in-process ops and of the abandon decisions' connections: the
+        ops are cancelled when the process stops (their jobs, held or not, are then the
+        workers')."""
+        try:
+            self._deadline_db = await gateway_db.create_pool(
+                self.settings.database_url(), min_size=1, max_size=DEADLINE_CONNECTIONS
+            )
+            await stopping.wait()
+        finally:
+            for task in list(self._local):
+                task.cancel()
+            await asyncio.gather(*self._local, return_exceptions=True)
+            deadline_db, self._deadline_db = self._deadline_db, None
+            if deadline_db is not None:
+                await deadline_db.close()
 
     async def _op_voicemail_drop(self, call: asyncpg.Record, payload: dict[str, Any]) -> None:
         """A campaign call (on_machine voicemail_drop) an answering machine took: its
@@ -289,8 +420,8 @@ class CallController:
         await self._say_then_end(
             fresh,
             message,
-            "voicemail_drop",
             since,
+            "voicemail_drop",
             reason="voicemail_dropped",
             after_greeting=True,
         )
@@ -314,8 +445,8 @@ class CallController:
         self,
         call: asyncpg.Record,
         message: str | None,
-        kind: str,
         since: tuple[float, float],
+        kind: str,
         *,
         reason: str,
         after_greeting: bool = False,

@@ -215,6 +215,8 @@ def call_tasks(
     settings = res.settings
     dispatcher = CallDispatcher(res.db, chain, rt.registry, health, rt.service, settings)
     controller = CallController(res.db, rt.registry, rt.service, settings)
+    # This process runs call control: the reports it applies run their LOCAL_OPS here.
+    rt.service.local_hook = controller.run_locally
     dispatch = queue.Worker(
         db=res.db,
         database_url=settings.database_url(),
@@ -240,6 +242,7 @@ def call_tasks(
     return {
         "call-dispatch": dispatch.run,
         "call-control": control.run,
+        "abandon-checks": controller.run_local,
         "pool-renewer": lambda stopping: periodic(
             stopping, settings.pools.renew_interval, rt.service.renew_permits
         ),
