@@ -157,7 +157,9 @@ async def test_supervisor_backoff_starts_over_after_a_healthy_run():
     # sixth crash, after a healthy run, would wait 0.64 ± 20 %. With it, the initial 0.02.
     assert gaps[4] >= 0.32 * 0.8
     assert sup.last_wait["events"] <= 0.02 * 1.2
-    assert gaps[5] < 0.3
+    # and that wait is what happened: below the shortest no-reset wait (0.64 - 20 %), with
+    # room for a loaded machine's scheduling (0.3 failed at 0.37 s under load)
+    assert gaps[5] < 0.64 * 0.8
 
 
 async def test_a_task_stopped_by_an_outage_restarts_when_it_ends_without_a_traceback():
