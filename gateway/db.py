@@ -196,21 +196,6 @@ def defer_wake(conn: asyncpg.Connection, channel: str, payload: str = "") -> boo
     return bool(wake is not None and wake(channel, payload))
 
 
-async def wake_committed(conn: asyncpg.Connection, wakes: set[tuple[str, str]]) -> None:
-    """Wake (channel, payload) listeners of work a statement just committed on its own (no
-    transaction block): through the pool's Waker, as a transaction's wake-ups are."""
-    waker = getattr(conn, "waker", None)
-    if waker is not None:
-        waker.poke(wakes)
-        return
-    channels, payloads = zip(*sorted(wakes), strict=True)
-    await conn.execute(
-        "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS w(c, p)",
-        list(channels),
-        list(payloads),
-    )
-
-
 class Pool(asyncpg.Pool):
     """asyncpg's pool, owning the Waker its connections hand their wake-ups to."""
 

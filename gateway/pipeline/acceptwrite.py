@@ -13,6 +13,13 @@ statement's (and so the rows') own timestamp, which the caller cannot know in ad
 The statement sets them into the stored answer and returns them, formatted as the API
 formats them (pydantic: `…THH:MM:SS[.ffffff]Z`), so the answer, its replays and a later
 GET agree to the character.
+
+The wake-ups (the event sequencer's, the dispatch workers') are `pg_notify` calls in the
+statement itself, so they are sent when it commits, with no round trip of their own. A
+commit that carries NOTIFY holds PostgreSQL's notify lock across its WAL flush (see
+gateway.db.Waker), which serializes such commits; here that is one commit per batch (at
+most two batches in flight per process), while the Waker's own NOTIFY was a commit and
+flush of its own after every batch anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from typing import Any
 
 import asyncpg
 
-from gateway.db import wake_committed
 from gateway.events.outbox import NOTIFY_CHANNEL as EVENTS_CHANNEL
 from gateway.events.outbox import NewEvent
 from gateway.http import idempotency
@@ -86,6 +92,7 @@ WITH w AS (
          WITH ORDINALITY AS e(i, tenant_id, type, subject, trace_id, data, n)
     WHERE e.i IN (SELECT i FROM mine)
     ORDER BY e.n
+    RETURNING 1
 ), job AS (
     INSERT INTO jobs (queue, tenant_id, payload, max_attempts, trace_id, run_at)
     SELECT {_p(19)}, tenant_id, jsonb_build_object('message_id', id::text), {_p(20)}, trace_id,
@@ -94,7 +101,10 @@ WITH w AS (
     ORDER BY i
 )
 SELECT ARRAY(SELECT i FROM mine) AS written, (SELECT at FROM at) AS at,
-       (SELECT count(*) FROM mine WHERE job) AS jobs
+       CASE WHEN EXISTS (SELECT FROM ev) THEN pg_notify('{EVENTS_CHANNEL}', '') IS NULL END
+           AS woke_events,
+       CASE WHEN EXISTS (SELECT FROM mine WHERE job) THEN pg_notify('{JOBS_CHANNEL}', {_p(19)})
+           IS NULL END AS woke_jobs
 """
 
 
@@ -140,13 +150,4 @@ async def write_batch(
         queue,
         max_attempts,
     )
-    written = {i - 1 for i in result["written"]}
-    # Committed: wake the event sequencer and the queue's workers (once per process, coalesced)
-    wakes = set()
-    if any(events[i] for i in written):
-        wakes.add((EVENTS_CHANNEL, ""))
-    if result["jobs"]:
-        wakes.add((JOBS_CHANNEL, queue))
-    if wakes:
-        await wake_committed(conn, wakes)
-    return written, result["at"]
+    return {i - 1 for i in result["written"]}, result["at"]
