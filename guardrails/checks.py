@@ -580,7 +580,7 @@ class RateLimitCheck:
         if (
             ctx.stage != "accept"
             or action.tenant_id not in self.facts.tenant_names
-            # A number not parsed yet costs ~0.4 ms (guardrails/calling_hours.py): that is
+            # A number not parsed yet costs ~40 µs (guardrails/calling_hours.py): that is
             # better spent in `prepare`, while the query is on its way.
             or (action.channel != "email" and not is_parsed(action.to))
         ):

@@ -1,0 +1,58 @@
+"""E.164 normalization: validity asked as the number's type (so the guardrails reuse it)."""
+
+from __future__ import annotations
+
+import phonenumbers
+import pytest
+from pydantic_core import PydanticCustomError
+
+from gateway.core.phone import normalize_e164, typed_e164
+
+# Valid and invalid numbers of regions sharing a calling code (NANP, +44 with its crown
+# dependencies, +7), non-geographic entities (+800, +882), short and overlong ones.
+SAMPLES = [
+    "+12125550123",
+    "+12015550123",
+    "+14165550123",  # Canada
+    "+18095550123",  # Dominican Republic
+    "+11235550123",  # no NPA 123
+    "+447911123456",
+    "+447624123456",  # Isle of Man
+    "+441624123456",
+    "+74951234567",
+    "+77012345678",  # Kazakhstan
+    "+80012345678",
+    "+882345678901",
+    "+4930123456",
+    "+493012",
+    "+61412345678",
+    "+6141234567890123",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_valid_exactly_when_typed(text: str) -> None:
+    """normalize_e164 refuses exactly what phonenumbers.is_valid_number refuses, and what it
+    remembers for the chain is the type phonenumbers gives the number."""
+    parsed = phonenumbers.parse(text, None)
+    if phonenumbers.is_valid_number(parsed):
+        e164 = normalize_e164(text)
+        assert e164 == phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        known, formatted, ntype = typed_e164(e164)
+        assert formatted == e164
+        assert ntype == phonenumbers.number_type(parsed) != phonenumbers.PhoneNumberType.UNKNOWN
+        assert known.country_code == parsed.country_code
+        assert known.national_number == parsed.national_number
+    else:
+        with pytest.raises(PydanticCustomError) as refused:
+            normalize_e164(text)
+        assert refused.value.type == "invalid_phone_number"
+        assert "is not a valid phone number" in str(refused.value)
+
+
+def test_typed_e164_of_a_number_never_normalized() -> None:
+    parsed, e164, ntype = typed_e164("+12125550199")
+    assert e164 == "+12125550199"
+    assert ntype == phonenumbers.number_type(parsed)
+    with pytest.raises(phonenumbers.NumberParseException):
+        typed_e164("not a number")
