@@ -358,7 +358,10 @@ async def test_a_refused_action_gives_its_tokens_back_and_a_deferred_one_keeps_t
     make_chain, tenant, pg_pool
 ):
     tid, _ = tenant
-    chain = make_chain()
+    # A bucket that refills no token while the test runs (at the default 50/s one comes back
+    # every 20 ms, and a slow step on a loaded machine read 99 where the test meant 98).
+    slow = {"rate_limits": {"tenant": {"rate": 0.001, "burst": 100}}}
+    chain = make_chain(guardrails=slow)
     limits = chain.checks[2]
 
     async def tenant_tokens() -> int:
@@ -384,7 +387,7 @@ async def test_a_refused_action_gives_its_tokens_back_and_a_deferred_one_keeps_t
     d = await chain.evaluate(action(tid, to="+12125550180"), stage="accept", now=OPEN)
     assert d.allowed and await tenant_tokens() == 98
     # a Florida marketing number: the refused 4th contact does not take a cap slot either
-    fl_chain = make_chain(guardrails={"checks": ["rate_limits"]})
+    fl_chain = make_chain(guardrails={"checks": ["rate_limits"], **slow})
     fl = "+13055550143"
     for _ in range(3):
         assert (await fl_chain.evaluate(action(tid, to=fl), stage="accept")).allowed
