@@ -41,6 +41,7 @@ from gateway.events import bus, log
 from gateway.events.model import TypeFilter, event_json
 from gateway.logs import get_logger
 from gateway.outage import unavailable
+from gateway.stopping import cancel_and_wait
 
 _log = get_logger(__name__)
 
@@ -286,9 +287,8 @@ class Hub:
                 sub.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in self._tasks:  # bounded: a loop in redis-py may swallow one cancel
+            await cancel_and_wait(task)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()

@@ -36,6 +36,7 @@ from gateway.http import idempotency
 from gateway.http.metrics import Registry
 from gateway.logs import get_logger
 from gateway.outage import unavailable
+from gateway.stopping import cancel_and_wait
 
 log = get_logger(__name__)
 P = TypeVar("P")
@@ -121,11 +122,9 @@ class GroupCommitter(Generic[P]):
         """Stop taking writes, commit what is queued, and wait for batches in flight."""
         self._closed = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            async with asyncio.timeout(timeout):  # (3.11's wait_for can swallow our cancel)
+                await self._queue.join()
+        await cancel_and_wait(self._flusher)
         while not self._queue.empty():
             self._resolve(self._queue.get_nowait(), _unavailable("the server is shutting down"))
 

@@ -32,6 +32,7 @@ from gateway.core.errors import Problem
 from gateway.http import idempotency
 from gateway.logs import get_logger
 from gateway.pipeline.groupcommit import Outcome
+from gateway.stopping import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -108,10 +109,7 @@ class KeyGate:
     async def close(self) -> None:
         """Stop the renewer and the claims on their way (the pipeline's close calls this)."""
         renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        await cancel_and_wait(renewer)  # bounded, even if its query swallowed the cancel
         await self._begin.aclose()
 
     async def run(self, claim: idempotency.Claim, work: Work) -> Outcome:
