@@ -120,58 +120,46 @@ MAX_FACTS_BATCH = 256
 
 
 class _FactsBatcher:
-    """Concurrent evaluations' fact queries, sent as one: while a query runs, the next ones
-    gather (as the group commit does for writes), so under load one round trip answers
-    many actions. Alone, an action waits for no one: its query goes out at once, from its
-    own task, with no task or loop turn in between."""
+    """Concurrent evaluations' fact queries, sent as one: while a batch runs, the next one
+    gathers (as the group commit does for writes), so under load one round trip answers
+    many actions, and alone an action waits for no one (one loop turn). (A lone query sent
+    at once from its caller's task was tried: it made a dispatch batch's N concurrent
+    checks two round trips, one alone and then the rest, and the worker ~15 % slower.)"""
 
     def __init__(self, owner: SuppressionFacts) -> None:
         self.owner = owner  # its `lease` (one action alone: lease.py) and `db` (a batch)
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[asyncpg.Record]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._busy = False  # a query (alone, or a batch) is on its way
 
     async def fetch(self, *args: Any) -> asyncpg.Record:
-        if not self._busy:
-            self._busy = True
-            try:
-                return await self.owner.lease.fetchrow(_FACTS_SQL, *args)
-            finally:
-                self._busy = False
-                if self._queue:
-                    self._start()
-        answer: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[asyncpg.Record] = loop.create_future()
         self._queue.append((args, answer))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain(), name="suppression-facts")
         return await answer
 
-    def _start(self) -> None:
-        self._busy = True
-        self._task = asyncio.get_running_loop().create_task(self._drain(), name="suppression-facts")
-
     async def _drain(self) -> None:
-        try:
-            while self._queue:
-                await asyncio.sleep(0)  # callers of this loop turn join the batch
-                batch = self._queue[:MAX_FACTS_BATCH]
-                del self._queue[:MAX_FACTS_BATCH]
-                try:
-                    if len(batch) == 1:
-                        rows = [await self.owner.lease.fetchrow(_FACTS_SQL, *batch[0][0])]
-                    else:
-                        columns = zip(*(args for args, _ in batch), strict=True)
-                        rows = await self.owner.db.fetch(_FACTS_BATCH_SQL, *map(list, columns))
-                except Exception as exc:
-                    _fail(batch, exc)
-                    continue
-                except BaseException as exc:  # cancelled: nobody is left to answer them
-                    _fail(batch + self._queue, exc)
-                    self._queue.clear()
-                    raise
-                for (_, answer), row in zip(batch, rows, strict=True):
-                    if not answer.done():
-                        answer.set_result(row)
-        finally:
-            self._busy = False
+        while self._queue:
+            await asyncio.sleep(0)  # callers of this loop turn join the batch
+            batch = self._queue[:MAX_FACTS_BATCH]
+            del self._queue[:MAX_FACTS_BATCH]
+            try:
+                if len(batch) == 1:
+                    rows = [await self.owner.lease.fetchrow(_FACTS_SQL, *batch[0][0])]
+                else:
+                    columns = zip(*(args for args, _ in batch), strict=True)
+                    rows = await self.owner.db.fetch(_FACTS_BATCH_SQL, *map(list, columns))
+            except Exception as exc:
+                _fail(batch, exc)
+                continue
+            except BaseException as exc:  # cancelled: nobody is left to answer them
+                _fail(batch + self._queue, exc)
+                self._queue.clear()
+                raise
+            for (_, answer), row in zip(batch, rows, strict=True):
+                if not answer.done():
+                    answer.set_result(row)
 
 
 def _fail(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
