@@ -79,28 +79,18 @@ class Job:
     attached: asyncpg.Record | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Job:
+    def from_row(cls, row: asyncpg.Record, prefix: str = "") -> Job:
+        """A job from its row; `prefix` "job_": a claim row with attached columns (Attach),
+        kept on the job as `attached`."""
         return cls(
-            row["id"],
-            row["queue"],
-            row["tenant_id"],
-            row["payload"],
-            row["attempts"],
-            row["max_attempts"],
-            row["trace_id"],
-        )
-
-    @classmethod
-    def from_attached_row(cls, row: asyncpg.Record) -> Job:
-        return cls(
-            row["job_id"],
-            row["job_queue"],
-            row["job_tenant_id"],
-            row["job_payload"],
-            row["job_attempts"],
-            row["job_max_attempts"],
-            row["job_trace_id"],
-            row,
+            row[f"{prefix}id"],
+            row[f"{prefix}queue"],
+            row[f"{prefix}tenant_id"],
+            row[f"{prefix}payload"],
+            row[f"{prefix}attempts"],
+            row[f"{prefix}max_attempts"],
+            row[f"{prefix}trace_id"],
+            row if prefix else None,
         )
 
 
@@ -240,7 +230,7 @@ async def claim(
     rows = await db.fetch(sql, queue, limit, worker_id, lease, completed or [])
     if attach is None:
         return [Job.from_row(r) for r in rows]
-    return [Job.from_attached_row(r) for r in rows]
+    return [Job.from_row(r, "job_") for r in rows]
 
 
 async def complete(db: asyncpg.Pool | asyncpg.Connection, job: Job, worker_id: str) -> bool:

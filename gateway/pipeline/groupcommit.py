@@ -237,9 +237,7 @@ class GroupCommitter(Generic[P]):
                 stored = await idempotency.answers_of(conn, [batch[i].claim for i in taken])  # type: ignore[misc]
                 for i in taken:
                     found = stored[batch[i].claim.ident]  # type: ignore[union-attr]
-                    answers[i] = (
-                        Outcome.replay(found) if isinstance(found, idempotency.Replay) else found
-                    )
+                    answers[i] = _stored(found)
         return True
 
     async def _transaction(
@@ -255,9 +253,7 @@ class GroupCommitter(Generic[P]):
             for i in first.values():
                 found = claimed[batch[i].claim.ident]  # type: ignore[union-attr]
                 if found is not None:
-                    answers[i] = (
-                        Outcome.replay(found) if isinstance(found, idempotency.Replay) else found
-                    )
+                    answers[i] = _stored(found)
             mine = [
                 i
                 for i, w in enumerate(batch)
@@ -284,6 +280,11 @@ class GroupCommitter(Generic[P]):
             write.answer.exception()  # retrieved: a caller that gave up leaves no warning
         else:
             write.answer.set_result(answer)
+
+
+def _stored(found: idempotency.Replay | Exception) -> Outcome | Exception:
+    """What a key already taken answers: its stored answer replayed, or why not."""
+    return Outcome.replay(found) if isinstance(found, idempotency.Replay) else found
 
 
 def _follow(
