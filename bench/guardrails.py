@@ -11,6 +11,12 @@
    same client. Latency at concurrency 1; throughput at `--concurrency`.
 
     python -m bench.guardrails [--numbers 10000000] [--duration 5] [--concurrency 16]
+                               [--keep DIR]
+
+`--keep DIR` (to iterate on the checks): the private PostgreSQL and Redis keep their data in
+DIR (a short path: Redis' socket lives there) and stay there after the run; a later run with
+the same DIR and --numbers skips generating and importing the list (its figures are then not
+printed) and measures the checks on the list imported before. Remove DIR when done.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from guardrails.policy import GuardrailPolicy
 
 OPEN = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)  # a Tuesday, noon in New York
 PER_NPA = 8_000_000  # exchanges 200-999 x 10,000 lines
+IMPORTED_MARK = "bench_guardrails_imported"  # (numbers): a kept database's list is complete
 
 
 def listed_number(i: int) -> str:
@@ -77,49 +84,79 @@ async def timed(conn: asyncpg.Connection, sql: str, *args) -> float:
     return time.perf_counter() - t0
 
 
+async def import_list(pool: asyncpg.Pool, path: Path, args: argparse.Namespace) -> dict:
+    """The import phase: the floor (raw COPY + CREATE UNIQUE INDEX), then the real importer.
+    Returns its results and figures for the report."""
+    if not os.environ.get("TRUNKLINE_DATABASE__URL"):
+        # The private server has PostgreSQL's stock 1 GB max_wal_size; a bulk load of this
+        # size would spend its time in forced checkpoints. Tuned as a DBA would (both the
+        # floor and the import run with it). A configured server is left as it is.
+        await pool.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
+        await pool.execute("SELECT pg_reload_conf()")
+    async with pool.acquire() as conn:
+        await conn.execute('CREATE TABLE dnc_raw (number text COLLATE "C")')  # as dnc_entries
+        await conn.execute("CHECKPOINT")
+        t0 = time.perf_counter()
+        await conn.copy_to_table("dnc_raw", source=str(path), columns=["number"])
+        copy_s = time.perf_counter() - t0
+        await conn.execute("SET maintenance_work_mem = '256MB'")
+        index_s = await timed(conn, "CREATE UNIQUE INDEX dnc_raw_number ON dnc_raw (number)")
+        await conn.execute("DROP TABLE dnc_raw")
+        await conn.execute("CHECKPOINT")
+    raw_s = copy_s + index_s
+    print(f"raw COPY {copy_s:.1f} s + CREATE INDEX {index_s:.1f} s", flush=True)
+    imported = await import_file(pool, path, source="national_registry")
+    assert imported.inserted == args.numbers, imported
+    how = "into the new partition" if imported.direct else "to staging"
+    print(
+        f"dnc import {imported.seconds:.1f} s (read+normalise+COPY {how} "
+        f"{imported.copy_seconds:.1f} s, then insert+index+swap "
+        f"{imported.seconds - imported.copy_seconds:.1f} s)",
+        flush=True,
+    )
+    async with pool.acquire() as conn:
+        await conn.execute("VACUUM ANALYZE dnc_entries")
+        await conn.execute(f"CREATE TABLE {IMPORTED_MARK} (numbers bigint NOT NULL)")
+        await conn.execute(f"INSERT INTO {IMPORTED_MARK} VALUES ($1)", args.numbers)
+    return {
+        "results": [
+            Result("raw COPY + CREATE UNIQUE INDEX", args.numbers, raw_s),
+            Result("trunkline dnc import (COPY+validate+INSERT)", args.numbers, imported.seconds),
+        ],
+        "figures": {
+            "import_numbers_per_s": round(imported.rate),
+            "raw_copy_plus_index_numbers_per_s": round(args.numbers / raw_s),
+            "import_vs_raw": round(imported.rate / (args.numbers / raw_s), 3),
+            "import_direct": imported.direct,
+            "import_copy_s": round(imported.copy_seconds, 2),
+            "import_apply_s": round(imported.seconds - imported.copy_seconds, 2),
+            "raw_copy_s": round(copy_s, 2),
+            "raw_index_s": round(index_s, 2),
+        },
+    }
+
+
+async def imported_before(pool: asyncpg.Pool, numbers: int) -> bool:
+    """Whether a kept database (--keep) already holds the list of this size."""
+    found = await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", IMPORTED_MARK)
+    return bool(found) and await pool.fetchval(f"SELECT numbers FROM {IMPORTED_MARK}") == numbers
+
+
 async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) -> None:
     pool = await db.create_pool(
         url, min_size=2, max_size=args.concurrency + 2, command_timeout=3600
     )
     try:
-        if not os.environ.get("TRUNKLINE_DATABASE__URL"):
-            # The private server has PostgreSQL's stock 1 GB max_wal_size; a bulk load of this
-            # size would spend its time in forced checkpoints. Tuned as a DBA would (both the
-            # floor and the import run with it). A configured server is left as it is.
-            await pool.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
-            await pool.execute("SELECT pg_reload_conf()")
-        # ---- import: raw COPY + index (the floor), then the real importer ----------------
-        async with pool.acquire() as conn:
-            await conn.execute('CREATE TABLE dnc_raw (number text COLLATE "C")')  # as dnc_entries
-            await conn.execute("CHECKPOINT")
-            t0 = time.perf_counter()
-            await conn.copy_to_table("dnc_raw", source=str(path), columns=["number"])
-            copy_s = time.perf_counter() - t0
-            await conn.execute("SET maintenance_work_mem = '256MB'")
-            index_s = await timed(conn, "CREATE UNIQUE INDEX dnc_raw_number ON dnc_raw (number)")
-            await conn.execute("DROP TABLE dnc_raw")
-            await conn.execute("CHECKPOINT")
-        raw_s = copy_s + index_s
+        if await imported_before(pool, args.numbers):
+            print(f"reusing the {args.numbers:,}-number list imported before (--keep)")
+            phase: dict = {"results": [], "figures": {"import_reused": True}}
+        else:
+            await asyncio.to_thread(generate_timed, path, args.numbers)
+            phase = await import_list(pool, path, args)
         wal = await pool.fetchval("SHOW max_wal_size")
-        print(f"raw COPY {copy_s:.1f} s + CREATE INDEX {index_s:.1f} s", flush=True)
-        imported = await import_file(pool, path, source="national_registry")
-        assert imported.inserted == args.numbers, imported
-        how = "into the new partition" if imported.direct else "to staging"
-        print(
-            f"dnc import {imported.seconds:.1f} s (read+normalise+COPY {how} "
-            f"{imported.copy_seconds:.1f} s, then insert+index+swap "
-            f"{imported.seconds - imported.copy_seconds:.1f} s)",
-            flush=True,
-        )
-        async with pool.acquire() as conn:
-            await conn.execute("VACUUM ANALYZE dnc_entries")
-            size = await conn.fetchval(
-                "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) "
-                "FROM pg_inherits WHERE inhparent = 'dnc_entries'::regclass"
-            )
-        raw_result = Result("raw COPY + CREATE UNIQUE INDEX", args.numbers, raw_s)
-        import_result = Result(
-            "trunkline dnc import (COPY+validate+INSERT)", args.numbers, imported.seconds
+        size = await pool.fetchval(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) "
+            "FROM pg_inherits WHERE inhparent = 'dnc_entries'::regclass"
         )
 
         # ---- checks --------------------------------------------------------------------------
@@ -139,8 +176,11 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
         redis = create_redis(redis_url, max_connections=args.concurrency * 2 + 8)
         policy = GuardrailPolicy.from_settings(settings)
         chain = GuardrailChain(build_checks(policy, pool, redis), clock=lambda: OPEN, policy=policy)
-        tenant_id = new_id()
-        await pool.execute("INSERT INTO tenants (id, name) VALUES ($1, 'bench')", tenant_id)
+        tenant_id = await pool.fetchval(  # (a kept database has it from an earlier run)
+            "INSERT INTO tenants (id, name) VALUES ($1, 'bench') "
+            "ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+            new_id(),
+        )
         rng = random.Random(7)
         # Destinations not on the list, seen before by this process: number parsing is cached
         # (calling_hours._number_facts), as it is for the dispatch-time re-check of every
@@ -210,7 +250,7 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
         for r in (paired_floor, paired_chain):
             r.ops, r.seconds = len(r.latencies_ms), time.perf_counter() - started
 
-        results: list[Result] = [raw_result, import_result, paired_floor, paired_chain]
+        results: list[Result] = [*phase["results"], paired_floor, paired_chain]
         for name, op in (
             ("floor: bare index lookup (not listed)", floor_miss),
             ("floor: bare index lookup (listed)", floor_hit),
@@ -246,14 +286,7 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
         results,
         dnc_rows=args.numbers,
         dnc_table_size=size,
-        import_numbers_per_s=round(imported.rate),
-        raw_copy_plus_index_numbers_per_s=round(args.numbers / raw_s),
-        import_vs_raw=round(imported.rate / (args.numbers / raw_s), 3),
-        import_direct=imported.direct,
-        import_copy_s=round(imported.copy_seconds, 2),
-        import_apply_s=round(imported.seconds - imported.copy_seconds, 2),
-        raw_copy_s=round(copy_s, 2),
-        raw_index_s=round(index_s, 2),
+        **phase["figures"],
         chain_p50_vs_floor_p50=round((full.pct(50) or 0) / (floor.pct(50) or 1), 2),
         paired_chain_p50_vs_floor_p50=round(
             (paired_chain.pct(50) or 0) / (paired_floor.pct(50) or 1), 2
@@ -265,23 +298,34 @@ async def run(url: str, redis_url: str, path: Path, args: argparse.Namespace) ->
     )
 
 
+def generate_timed(path: Path, n: int) -> None:
+    t0 = time.perf_counter()
+    generate(path, n)
+    print(
+        f"generated {n:,} numbers ({path.stat().st_size / 1e6:.0f} MB) "
+        f"in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numbers", type=int, default=10_000_000, help="DNC list size")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load phase")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the private servers' data in DIR and reuse an earlier run's import there",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tl-bench-dnc-"))
     path = workdir / "numbers.txt"
+    # One database per list size, so a kept directory can hold several.
+    database = "trunkline_bench_guardrails" + (f"_{args.numbers}" if args.keep else "")
     try:
-        t0 = time.perf_counter()
-        generate(path, args.numbers)
-        print(
-            f"generated {args.numbers:,} numbers ({path.stat().st_size / 1e6:.0f} MB) "
-            f"in {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
-        with bench_services("trunkline_bench_guardrails") as services:
+        with bench_services(database, keep=args.keep) as services:
             asyncio.run(run(services.database_url, services.redis_url, path, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

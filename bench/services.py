@@ -28,14 +28,21 @@ class BenchServices:
 
 
 @contextmanager
-def bench_services(database: str = "trunkline_bench") -> Iterator[BenchServices]:
-    """A fresh, migrated database and a Redis; private servers unless TRUNKLINE_*__URL are set."""
-    runtime = short_runtime_dir("tl-bench-")
+def bench_services(
+    database: str = "trunkline_bench", *, keep: Path | None = None
+) -> Iterator[BenchServices]:
+    """A fresh, migrated database and a Redis; private servers unless TRUNKLINE_*__URL are set.
+
+    `keep`: the private servers' data lives in that directory and stays there after the run,
+    and an existing database is migrated, not dropped — for a benchmark whose set-up (a big
+    import) a later run can reuse. The caller removes the directory when done with it.
+    """
+    runtime = keep or short_runtime_dir("tl-bench-")
     started: list[PrivatePostgres | PrivateRedis] = []
     try:
         pg_url = os.environ.get("TRUNKLINE_DATABASE__URL")
         if not pg_url:
-            pg = PrivatePostgres(runtime / "pg", delete_on_stop=True)
+            pg = PrivatePostgres(runtime / "pg", delete_on_stop=keep is None)
             pg_url = pg.start()
             started.append(pg)
         redis_url = os.environ.get("TRUNKLINE_REDIS__URL")
@@ -48,8 +55,12 @@ def bench_services(database: str = "trunkline_bench") -> Iterator[BenchServices]
         async def prepare() -> None:
             admin = await asyncpg.connect(pg_url)
             try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-                await admin.execute(f'CREATE DATABASE "{database}"')
+                exists = await admin.fetchval(
+                    "SELECT true FROM pg_database WHERE datname = $1", database
+                )
+                if keep is None or not exists:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                    await admin.execute(f'CREATE DATABASE "{database}"')
             finally:
                 await admin.close()
             await db.migrate(url)
@@ -59,7 +70,8 @@ def bench_services(database: str = "trunkline_bench") -> Iterator[BenchServices]
     finally:
         for server in reversed(started):
             server.stop()
-        shutil.rmtree(runtime, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(runtime, ignore_errors=True)
 
 
 def free_port() -> int:
