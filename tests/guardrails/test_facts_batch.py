@@ -51,3 +51,38 @@ async def test_concurrent_evaluations_share_one_query_and_keep_their_own_facts(
         else:
             assert not d.allowed and d.verdict.code == code, (t == tid, to, now, d.verdict)
     assert sent and sum(sent) >= len(cases) - 1 and len(sent) < len(cases) // 4, sent
+
+
+async def test_a_lone_query_goes_out_at_once_and_concurrent_ones_do_not_wait_for_it(
+    make_chain, tenant, pg_pool
+):
+    """Alone, the query leaves from its caller's task (no batch task); queries arriving while
+    it is on its way go out as a batch beside it, not after it."""
+    tid, _ = tenant
+    await add_entry(pg_pool, "+12125550143", "internal", tid)
+    chain = make_chain(guardrails={"checks": ["suppression"]})
+    batcher = chain.checks[0].facts.batcher
+
+    def evaluate(to: str):
+        return chain.evaluate(action(tid, to=to, purpose="transactional"), stage="accept", now=OPEN)
+
+    assert (await evaluate("+12125550145")).allowed
+    assert batcher._task is None  # alone: no task was needed
+    lease = chain.checks[0].facts.lease
+    gate, fetchrow = asyncio.Event(), lease.fetchrow
+
+    async def held(query, *args):
+        await gate.wait()
+        return await fetchrow(query, *args)
+
+    lease.fetchrow = held
+    lone = asyncio.create_task(evaluate("+12125550146"))
+    await asyncio.sleep(0)  # on its way, held
+    others = [("+12125550143", False), ("+12125550147", True), ("+12125550148", True)]
+    decisions = await asyncio.wait_for(
+        asyncio.gather(*(evaluate(to) for to, _ in others)), timeout=10
+    )
+    assert [d.allowed for d in decisions] == [allowed for _, allowed in others]
+    assert not lone.done()  # the batch did not wait for the lone query
+    gate.set()
+    assert (await lone).allowed
