@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from bench.harness import Result, cpu_seconds, report, run_load
+from bench.harness import Result, cpu_seconds, report, run_load, tree_cpu_seconds
 from bench.services import bench_services, daemon_env, free_port, spawn, wait_http
 from gateway import db
 from gateway.tenants.service import create_key, create_tenant
@@ -98,8 +98,22 @@ async def provision(database_url: str) -> str:
         await pool.close()
 
 
+def servers_cpu(servers: dict[str, int]) -> dict[str, float]:
+    return {name: tree_cpu_seconds(pid) for name, pid in servers.items()}
+
+
+def per_message(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Each server's CPU per accepted message (µs): with the API's, where the cores go."""
+    return {f"{k}_cpu_us_per_message": round((after[k] - before[k]) / n * 1e6, 1) for k in before}
+
+
 async def accept_load(
-    base: str, token: str, concurrency: int, duration: float, pids: list[int]
+    base: str,
+    token: str,
+    concurrency: int,
+    duration: float,
+    pids: list[int],
+    servers: dict[str, int],
 ) -> Result:
     """The load, and the API processes' own CPU time per accepted message (`pids`)."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -121,13 +135,14 @@ async def accept_load(
                     raise RuntimeError(f"accept answered {resp.status}: {await resp.text()}")
             served += 1
 
-        cpu0, own0 = sum(map(cpu_seconds, pids)), time.process_time()
+        cpu0, own0, srv0 = sum(map(cpu_seconds, pids)), time.process_time(), servers_cpu(servers)
         result = await run_load(
             "POST /v1/messages (accept, durable)", op, concurrency=concurrency, duration=duration
         )
         cpu, own = sum(map(cpu_seconds, pids)) - cpu0, time.process_time() - own0
         result.extra["api_cpu_us_per_message"] = round(cpu / served * 1e6, 1)
         result.extra["client_cpu_us_per_message"] = round(own / served * 1e6, 1)
+        result.extra |= per_message(srv0, servers_cpu(servers), served)
         return result
 
 
@@ -187,7 +202,14 @@ end
 """
 
 
-def wrk_load(base: str, token: str, concurrency: int, duration: float, pids: list[int]) -> Result:
+def wrk_load(
+    base: str,
+    token: str,
+    concurrency: int,
+    duration: float,
+    pids: list[int],
+    servers: dict[str, int],
+) -> Result:
     """The same load from wrk: one thread (a C client needs no more for this rate, and a
     second would take CPU from the server). Raises on any answer but 201."""
     binary = shutil.which("wrk")
@@ -197,9 +219,10 @@ def wrk_load(base: str, token: str, concurrency: int, duration: float, pids: lis
         script.write(_WRK_SCRIPT)
     try:
 
-        def run(seconds: float, run_id: str, first: int) -> tuple[dict, float, float]:
+        def run(seconds: float, run_id: str, first: int) -> tuple[dict, float, float, dict]:
             cpu0 = sum(map(cpu_seconds, pids))
             own0 = _children_cpu()
+            srv0 = servers_cpu(servers)
             out = subprocess.run(
                 [
                     binary,
@@ -225,6 +248,7 @@ def wrk_load(base: str, token: str, concurrency: int, duration: float, pids: lis
                 timeout=seconds + 90,
             )
             cpu, own = sum(map(cpu_seconds, pids)) - cpu0, _children_cpu() - own0
+            srv = per_message(srv0, servers_cpu(servers), 1)
             line = next(
                 (x for x in out.stdout.splitlines() if x.startswith("TRUNKLINE_WRK ")), None
             )
@@ -236,11 +260,11 @@ def wrk_load(base: str, token: str, concurrency: int, duration: float, pids: lis
                     f"accept answered {stats['not_201']} request(s) with something else than 201 "
                     f"(first: {stats['first_not_201']}), {stats['socket_errors']} socket errors"
                 )
-            return stats, cpu, own
+            return stats, cpu, own, srv
 
         run_id = uuid.uuid4().hex
         run(1.0, f"{run_id}w", 50_000)  # warm-up, as run_load's, on other numbers
-        stats, cpu, own = run(duration, run_id, 0)
+        stats, cpu, own, srv = run(duration, run_id, 0)
     finally:
         os.unlink(script.name)
     served = stats["requests"]
@@ -252,6 +276,7 @@ def wrk_load(base: str, token: str, concurrency: int, duration: float, pids: lis
         "api_cpu_us_per_message": round(cpu / served * 1e6, 1),
         "client_cpu_us_per_message": round(own / served * 1e6, 1),
     }
+    result.extra |= {k: round(v / served, 1) for k, v in srv.items()}
     return result
 
 
@@ -332,7 +357,8 @@ def main() -> None:
         worker = None
         try:
             wait_http(f"http://127.0.0.1:{port}/readyz")
-            load = (token, args.concurrency, args.duration, [p.pid for p in api])
+            pids = [p.pid for p in api]
+            load = (token, args.concurrency, args.duration, pids, services.server_pids)
             if client == "wrk":
                 accepted = wrk_load(f"http://127.0.0.1:{port}", *load)
             else:
@@ -354,6 +380,7 @@ def main() -> None:
         "api_cpu_us_per_message": accepted.extra["api_cpu_us_per_message"],
         "load_generator": client,
         "client_cpu_us_per_message": accepted.extra["client_cpu_us_per_message"],
+        **{k: v for k, v in accepted.extra.items() if k.endswith("_cpu_us_per_message")},
         "api_processes": args.api_processes,
         "concurrency": args.concurrency,
     }

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +25,9 @@ from gateway.devservices import PrivatePostgres, PrivateRedis, short_runtime_dir
 class BenchServices:
     database_url: str
     redis_url: str
+    # The private servers' process ids (PostgreSQL: the postmaster), to count their CPU;
+    # empty when the configured servers are used.
+    server_pids: dict[str, int] = field(default_factory=dict)
 
 
 @contextmanager
@@ -66,7 +69,13 @@ def bench_services(
             await db.migrate(url)
 
         asyncio.run(prepare())
-        yield BenchServices(database_url=url, redis_url=redis_url)
+        pids = {}
+        for server in started:
+            if isinstance(server, PrivatePostgres):
+                pids["postgresql"] = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+            else:
+                pids["redis"] = server.pid
+        yield BenchServices(database_url=url, redis_url=redis_url, server_pids=pids)
     finally:
         for server in reversed(started):
             server.stop()

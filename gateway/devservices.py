@@ -96,6 +96,11 @@ class PrivateRedis:
     def socket_path(self) -> Path:
         return self.data_dir / "redis.sock"
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     def start(self, timeout: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
