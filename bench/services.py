@@ -72,7 +72,9 @@ def bench_services(
         pids = {}
         for server in started:
             if isinstance(server, PrivatePostgres):
-                pids["postgresql"] = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+                pids["postgresql"] = int(
+                    (server.data_dir / "postmaster.pid").read_text().split()[0]
+                )
             else:
                 pids["redis"] = server.pid
         yield BenchServices(database_url=url, redis_url=redis_url, server_pids=pids)

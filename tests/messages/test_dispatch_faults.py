@@ -9,13 +9,14 @@ from gateway.app import create_app
 from gateway.core.actions import OutboundAction
 from gateway.pipeline.accept import DISPATCH_QUEUE
 from gateway.pipeline.dispatch import MessageDispatcher
+from gateway.pipeline.receipts import ReceiptReconciler
 from gateway.pipeline.wiring import CHAIN, PROVIDERS
 from gateway.providers.contracts import MessagingProvider, SendResult, TransientProviderError
 from gateway.providers.health import ProviderHealth
 from gateway.providers.sandbox import messaging as sandbox
 from gateway.providers.sandbox.messaging import SandboxMessaging
 from gateway.resources import RESOURCES
-from gateway.settings import load_settings
+from gateway.settings import ReceiptsSettings, load_settings
 from tests.helpers import EXEMPT_TRANSACTIONAL, auth, eventually
 
 
@@ -87,6 +88,75 @@ async def test_worker_killed_mid_send_loses_nothing_and_sends_once_per_attempt_k
     )
     assert [(a["n"], a["attempt_key"], a["outcome"]) for a in attempts] == [(1, key, "accepted")]
     assert await pg_pool.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+class LosesItsReceipts(SandboxMessaging):
+    """The send reaches "the network", then the process that was to apply its receipts dies
+    (kill -9 of a worker): they never come."""
+
+    async def _send(self, action: OutboundAction, attempt_key: str) -> SendResult:
+        result = await super()._send(action, attempt_key)
+        for task in list(self._tasks):
+            task.cancel()
+        return result
+
+
+@pytest.mark.parametrize(
+    ("to", "final", "error"),
+    [
+        (sandbox.DELIVERS, "delivered", None),
+        (sandbox.UNDELIVERED, "undelivered", "30003"),
+        (sandbox.OUT_OF_ORDER, "delivered", None),
+    ],
+)
+async def test_receipts_lost_with_a_worker_are_recovered_by_asking_the_sandbox(
+    aiohttp_client, settings, make_key, pg_pool, to, final, error
+):
+    app = create_app(settings, role="api")  # we run the worker and the reconciler ourselves
+    client = await aiohttp_client(app)
+    token = await make_key("acme")
+    msg = await (
+        await client.post(
+            "/v1/messages",
+            json={"to": to, "body": "hi", "purpose": "transactional"},
+            headers=auth(token),
+        )
+    ).json()
+    res, registry = app[RESOURCES], app[PROVIDERS]
+    real = registry.messaging("sandbox")
+    lossy = LosesItsReceipts(real.redis, real.sink, name="sandbox", receipt_delay=0.01)
+    registry.add(lossy)
+    dispatcher = MessageDispatcher(
+        res.db, app[CHAIN], registry, ProviderHealth(res.redis, res.db, settings.providers.breaker)
+    )
+    stopping = asyncio.Event()
+    worker = queue.Worker(
+        res.db, settings.database_url(), DISPATCH_QUEUE, dispatcher, lease=5, idle_wait_max=0.2
+    )
+    running = asyncio.create_task(worker.run(stopping))
+    try:
+
+        async def handed_on():
+            return await pg_pool.fetchval("SELECT provider_message_id IS NOT NULL FROM messages")
+
+        await eventually(handed_on)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(running, 10)
+    await asyncio.sleep(0.05)  # longer than the receipts' delay: none is coming
+    assert await pg_pool.fetchval("SELECT status FROM messages") == "queued"
+
+    reconciler = ReceiptReconciler(
+        res.db, registry, None, ReceiptsSettings(interval=0.1, message_age=0.01)
+    )
+    await pg_pool.execute("UPDATE messages SET updated_at = now() - interval '1 second'")
+    done = await reconciler.run_once()
+    await lossy.close()
+    assert (done.asked, done.moved) == (1, 1)
+    row = await pg_pool.fetchrow("SELECT status, error_code FROM messages WHERE id = $1", msg["id"])
+    assert (row["status"], row["error_code"]) == (final, error)
+    # A message whose receipts never come is not made up: the sandbox has nothing to say.
+    assert await lossy.fetch_status("SB" + "0" * 32) is None
 
 
 class Switchable(MessagingProvider):

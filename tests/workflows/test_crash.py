@@ -166,13 +166,14 @@ async def _mid_step(pool, after: int = 0) -> set[tuple[str, str]]:
 
 
 async def _all_completed(pool) -> bool:
-    """Every run completed and every message it accepted handed on: a run's last step
-    completes when its message is queued, and a job the killed worker held is taken again
-    only once its lease lapses."""
+    """Every run completed and every message it accepted handed to "the network" (it has the
+    provider's id): a run's last step completes when its message is queued, and a job the
+    killed worker held is taken again only once its lease lapses."""
     left = await pool.fetchval(
         """
         SELECT (SELECT count(*) FROM workflow_runs WHERE status <> 'completed')
-             + (SELECT count(*) FROM messages WHERE status IN ('scheduled', 'queued'))
+             + (SELECT count(*) FROM messages
+                 WHERE provider_message_id IS NULL AND status IN ('scheduled', 'queued'))
         """
     )
     return left == 0

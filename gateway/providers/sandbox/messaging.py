@@ -64,24 +64,29 @@ _RECEIPTS: dict[str, list[tuple[MessageStatus, str | None]]] = {
     UNDELIVERED: [("sent", None), ("undelivered", "30003")],
 }
 _DEFAULT_RECEIPTS: list[tuple[MessageStatus, str | None]] = [("sent", None), ("delivered", None)]
-# One round trip for the concurrent sends: for each (KEYS[2i-1] its attempt key's id,
-# KEYS[2i] its count, ARGV[i] a new id) the attempt key's message id if it has one, else the
-# new one stored and the send counted ("the network" saw it). Flat {fresh, id, fresh, id, …}.
-# One command for the batch: a pipeline of one script run per send cost the client ~3 % of
-# the worker's CPU in packing and parsing.
+# One round trip for the concurrent sends: for each (KEYS[3i-2] its attempt key's id,
+# KEYS[3i-1] its count, KEYS[3i] the new id's final status; ARGV[2i-1] the new id, ARGV[2i]
+# that status, "" for none) the attempt key's message id if it has one, else the new one
+# stored, its final status kept for `fetch_status` and the send counted ("the network" saw
+# it). Flat {fresh, id, fresh, id, …}. One command for the batch: a pipeline of one script
+# run per send cost the client ~3 % of the worker's CPU in packing and parsing.
 _SEND_MANY = LuaScript(
     """
 local out = {}
-for i = 1, #ARGV do
-  local idem, sent = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #ARGV / 2 do
+  local idem, sent, final = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local new_id, status = ARGV[2 * i - 1], ARGV[2 * i]
   local earlier = redis.call('GET', idem)
   if earlier then
     out[2 * i - 1], out[2 * i] = 0, earlier
   else
-    redis.call('SET', idem, ARGV[i], 'EX', 86400)
+    redis.call('SET', idem, new_id, 'EX', 86400)
     redis.call('INCR', sent)
     redis.call('EXPIRE', sent, 86400)
-    out[2 * i - 1], out[2 * i] = 1, ARGV[i]
+    if status ~= '' then
+      redis.call('SET', final, status, 'EX', 86400)
+    end
+    out[2 * i - 1], out[2 * i] = 1, new_id
   end
 end
 return out
@@ -91,8 +96,21 @@ return out
 RECEIPT_RETRY_FOR = 120.0  # seconds a receipt is retried while the gateway is unavailable
 
 
+def _final(receipts: list[tuple[MessageStatus, str | None]]) -> str:
+    """The status the receipts end the message in ("status" or "status error"), "" for none:
+    the last one past `queued` (out of order, `queued` can come last)."""
+    for status, error in reversed(receipts):
+        if status != "queued":
+            return status if error is None else f"{status} {error}"
+    return ""
+
+
 class SandboxMessaging(MessagingProvider):
     channels = frozenset({"sms", "whatsapp", "email"})
+    # "The network" keeps each message's final status, so a receipt lost with the process
+    # that was to deliver it (kill -9 of a worker) is recovered by the receipt reconciler,
+    # as a real provider's is by asking it.
+    fetches_status = True
 
     def __init__(
         self,
@@ -108,7 +126,7 @@ class SandboxMessaging(MessagingProvider):
         self.receipt_delay = receipt_delay
         self._tasks: set[asyncio.Task[None]] = set()
         # Concurrent sends share a round trip: one script run for all of them.
-        self._sends: Coalescer[tuple[str, str], tuple[int, Any]] = Coalescer(
+        self._sends: Coalescer[tuple[str, str, str], tuple[int, Any]] = Coalescer(
             self._send_many, name=f"sandbox-send:{name}"
         )
 
@@ -157,7 +175,7 @@ class SandboxMessaging(MessagingProvider):
     ) -> SendResult:
         """Taken: one provider id per attempt key, the receipts on their way."""
         new_id = "SB" + secrets.token_hex(16)
-        fresh, stored = await self._sends.submit((attempt_key, new_id))
+        fresh, stored = await self._sends.submit((attempt_key, new_id, _final(receipts)))
         if not fresh:
             # The same attempt key was sent before: the same message, not a new one.
             return SendResult(stored.decode() if isinstance(stored, bytes) else stored, "queued")
@@ -166,12 +184,33 @@ class SandboxMessaging(MessagingProvider):
         task.add_done_callback(self._tasks.discard)
         return SendResult(new_id, "queued")
 
-    async def _send_many(self, sends: list[tuple[str, str]]) -> list[tuple[int, Any]]:
+    async def _send_many(self, sends: list[tuple[str, str, str]]) -> list[tuple[int, Any]]:
         keys: list[str] = []
-        for attempt_key, _ in sends:
-            keys += (self._key("idem", attempt_key), self._key("sent", attempt_key))
-        flat = await _SEND_MANY(self.redis, keys, [new_id for _, new_id in sends])
+        args: list[str] = []
+        for attempt_key, new_id, final in sends:
+            keys += (
+                self._key("idem", attempt_key),
+                self._key("sent", attempt_key),
+                self._key("final", new_id),
+            )
+            args += (new_id, final)
+        flat = await _SEND_MANY(self.redis, keys, args)
         return [(int(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def fetch_status(self, provider_message_id: str) -> StatusReport | None:
+        """What "the network" says of a message: the final status of its receipts (None for a
+        message whose receipts never come, or an id it never gave)."""
+        found = await self.redis.get(self._key("final", provider_message_id))
+        if found is None:
+            return None
+        status, _, error = found.decode().partition(" ")
+        return StatusReport(
+            self.name,
+            provider_message_id,
+            status,
+            error or None,
+            {"sandbox": True},  # type: ignore[arg-type]
+        )
 
     async def _deliver_receipts(
         self, provider_id: str, receipts: list[tuple[MessageStatus, str | None]]
