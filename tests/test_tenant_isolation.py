@@ -33,6 +33,10 @@ BODIES: dict[tuple[str, str], dict] = {
         "name": "a-workflow",
         "steps": [{"wait": {"duration": "1h"}}],
     },
+    ("PUT", "/v1/workflows/{workflow_id}"): {
+        "name": "a-workflow",
+        "steps": [{"wait": {"duration": "2h"}}],
+    },
     ("POST", "/v1/workflows/{workflow_id}/runs"): {"variables": {}},
     ("POST", "/v1/email/suppressions"): {"address": "someone@example.com"},
 }

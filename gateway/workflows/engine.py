@@ -15,6 +15,9 @@ Webhook steps POST a signed body (Trunkline-Signature, as customer webhooks are 
 the workflow's secret) and are retried with the job; a receiver dedupes on the
 Idempotency-Key header (the same per step), since a crash after the POST posts it again.
 
+A run takes the steps of the workflow version it started on (`workflow_runs.workflow_version`;
+versions are immutable rows), so editing or archiving a workflow never changes a run under way.
+
 Waits record what they wait for and until when, on the engine's injected clock (tests move
 it a day on); the event subscriber and the timer (gateway/workflows/follow.py) end them.
 """
@@ -92,7 +95,8 @@ class WorkflowEngine:
             run = await repo.get_run(conn, run_id, lock=True)
             if run is None or run["status"] != "running":
                 return False
-            workflow = await repo.get_workflow(conn, run["workflow_id"])
+            # The version the run started on: an edit since then does not change its steps.
+            workflow = await repo.get_version(conn, run["workflow_id"], run["workflow_version"])
             assert workflow is not None
             steps: list[dict[str, Any]] = workflow["steps"]
             i = run["step"]

@@ -4,7 +4,9 @@ The subscriber reads the event log in seq order from its durable cursor (`event_
 row `workflows`), like webhook fan-out: one transaction locks the cursor, reads a batch, ends
 the waits its events answer (waits.match), starts a run of every workflow whose trigger the
 event matches (unique per (workflow, event seq): a replayed batch starts nothing twice) and
-moves the cursor. Any number of workers run it; they take turns on the row lock.
+moves the cursor. Triggers are matched on the workflows' current versions, read FOR SHARE and
+skipping archived ones: an edit or a DELETE waits for the batch's runs to commit, and once
+it has answered, no match uses what it replaced. Any number of workers run it; they take turns on the row lock.
 
 The timer ends the waits whose deadline has passed on the engine's clock (injected: one
 clock decides both when a wait was due and whether it is), FOR UPDATE SKIP LOCKED.
@@ -89,7 +91,8 @@ async def _start_triggered(conn: asyncpg.Connection, rows: list[asyncpg.Record])
             if (
                 wf["tenant_id"] != event["tenant_id"]
                 or trigger.get("event") != event["type"]
-                or wf["created_at"] > event["created_at"]  # what happened after it existed
+                # what happened after this trigger held (its creation, or the edit that set it)
+                or wf["trigger_since"] > event["created_at"]
             ):
                 continue
             variables = await _variables(conn, event, trigger)

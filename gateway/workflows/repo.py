@@ -10,8 +10,13 @@ import asyncpg
 
 Conn = asyncpg.Pool | asyncpg.Connection
 
+# A workflow's current definition and its life; its secret only where a caller needs it.
+WORKFLOW_COLUMNS = """
+    id, tenant_id, name, steps, trigger, version, created_at, updated_at, trigger_since,
+    archived_at
+"""
 RUN_COLUMNS = """
-    r.id, r.tenant_id, r.workflow_id, r.status, r.variables, r.trace_id, r.step, r.context,
+    r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.status, r.variables, r.trace_id, r.step, r.context,
     r.wait_until, r.wait_subject, r.wait_since, r.wake_at, r.trigger_seq, r.error,
     r.created_at, r.updated_at, r.ended_at
 """
@@ -19,10 +24,10 @@ RUN_COLUMNS = """
 
 async def insert_workflow(conn: Conn, row: dict[str, Any]) -> asyncpg.Record:
     return await conn.fetchrow(
-        """
+        f"""
         INSERT INTO workflows (id, tenant_id, name, steps, trigger, trigger_event, webhook_secret)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
-        RETURNING id, tenant_id, name, steps, trigger, webhook_secret, created_at
+        RETURNING {WORKFLOW_COLUMNS}, webhook_secret
         """,
         row["id"],
         row["tenant_id"],
@@ -35,15 +40,88 @@ async def insert_workflow(conn: Conn, row: dict[str, Any]) -> asyncpg.Record:
 
 
 async def get_workflow(
-    conn: Conn, workflow_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+    conn: Conn, workflow_id: uuid.UUID, tenant_id: uuid.UUID | None = None, *, lock: str = ""
 ) -> asyncpg.Record | None:
+    """The workflow's current definition; `lock` "SHARE" to start a run of it (an edit or an
+    archive waits for the start to commit), "UPDATE" to edit or archive it."""
+    assert lock in ("", "SHARE", "UPDATE")
     return await conn.fetchrow(
-        """
-        SELECT id, tenant_id, name, steps, trigger, webhook_secret, created_at FROM workflows
+        f"""
+        SELECT {WORKFLOW_COLUMNS} FROM workflows
          WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+        {f"FOR {lock}" if lock else ""}
         """,
         workflow_id,
         tenant_id,
+    )
+
+
+async def get_version(conn: Conn, workflow_id: uuid.UUID, version: int) -> asyncpg.Record | None:
+    """One version of a workflow's definition, with the workflow's secret (a run's steps)."""
+    return await conn.fetchrow(
+        """
+        SELECT w.id, w.tenant_id, v.version, v.name, v.steps, v.trigger, v.created_at,
+               w.webhook_secret
+          FROM workflow_versions v JOIN workflows w ON w.id = v.workflow_id
+         WHERE v.workflow_id = $1 AND v.version = $2
+        """,
+        workflow_id,
+        version,
+    )
+
+
+async def list_versions(
+    conn: Conn, workflow_id: uuid.UUID, *, limit: int, before: int | None
+) -> list[asyncpg.Record]:
+    """Newest version first; `limit + 1` rows so the page knows it is not last."""
+    return await conn.fetch(
+        """
+        SELECT version, name, steps, trigger, created_at FROM workflow_versions
+         WHERE workflow_id = $1 AND ($2::int IS NULL OR version < $2)
+         ORDER BY version DESC LIMIT $3
+        """,
+        workflow_id,
+        before,
+        limit + 1,
+    )
+
+
+async def update_workflow(
+    conn: asyncpg.Connection,
+    workflow_id: uuid.UUID,
+    *,
+    name: str,
+    steps: list[dict[str, Any]],
+    trigger: dict[str, Any] | None,
+) -> asyncpg.Record:
+    """The next version (the caller holds the row FOR UPDATE); the trigger on `workflows`
+    records it in workflow_versions. A changed trigger holds from now on."""
+    return await conn.fetchrow(
+        f"""
+        UPDATE workflows
+           SET version = version + 1, name = $2, steps = $3, trigger = $4, trigger_event = $5,
+               updated_at = now(),
+               trigger_since = CASE WHEN trigger IS DISTINCT FROM $4::jsonb
+                                    THEN now() ELSE trigger_since END
+         WHERE id = $1
+        RETURNING {WORKFLOW_COLUMNS}
+        """,
+        workflow_id,
+        name,
+        steps,
+        trigger,
+        (trigger or {}).get("event"),
+    )
+
+
+async def archive_workflow(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> asyncpg.Record:
+    """Mark it archived (the first time; archiving again keeps the first instant)."""
+    return await conn.fetchrow(
+        f"""
+        UPDATE workflows SET archived_at = coalesce(archived_at, now()) WHERE id = $1
+        RETURNING {WORKFLOW_COLUMNS}
+        """,
+        workflow_id,
     )
 
 
@@ -53,18 +131,21 @@ async def list_workflows(
     *,
     limit: int,
     after: tuple[datetime | None, uuid.UUID | None],
+    include_archived: bool = False,
 ) -> list[asyncpg.Record]:
     """Newest first on (created_at, id); `limit + 1` rows so the page knows it is not last."""
     return await conn.fetch(
-        """
-        SELECT id, tenant_id, name, steps, trigger, created_at FROM workflows
+        f"""
+        SELECT {WORKFLOW_COLUMNS} FROM workflows
          WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+           AND ($5 OR archived_at IS NULL)
          ORDER BY created_at DESC, id DESC LIMIT $4
         """,
         tenant_id,
         after[0],
         after[1],
         limit + 1,
+        include_archived,
     )
 
 
@@ -76,17 +157,20 @@ async def insert_run(
     trace_id: str,
     trigger_seq: int | None = None,
 ) -> asyncpg.Record | None:
-    """A new run at step 0; None when this trigger event already started one."""
+    """A new run at step 0 of the workflow's current version (the caller read it FOR SHARE);
+    None when this trigger event already started one."""
     return await conn.fetchrow(
         f"""
-        INSERT INTO workflow_runs AS r (id, tenant_id, workflow_id, variables, trace_id, trigger_seq)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO workflow_runs AS r
+               (id, tenant_id, workflow_id, workflow_version, variables, trace_id, trigger_seq)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         ON CONFLICT (workflow_id, trigger_seq) DO NOTHING
         RETURNING {RUN_COLUMNS}
         """,
         run_id,
         workflow["tenant_id"],
         workflow["id"],
+        workflow["version"],
         variables,
         trace_id,
         trigger_seq,
@@ -263,11 +347,15 @@ async def waiting_on(conn: asyncpg.Connection, subjects: list[str]) -> list[asyn
 async def triggered(
     conn: asyncpg.Connection, tenant_ids: list[uuid.UUID], events: list[str]
 ) -> list[asyncpg.Record]:
+    """The live workflows these events may trigger, FOR SHARE: an edit or archive waits for
+    the runs started from them to commit, and one that committed first is seen (re-checked)."""
     return await conn.fetch(
-        """
-        SELECT id, tenant_id, name, steps, trigger, created_at FROM workflows
+        f"""
+        SELECT {WORKFLOW_COLUMNS} FROM workflows
          WHERE tenant_id = ANY($1::uuid[]) AND trigger_event = ANY($2::text[])
+           AND archived_at IS NULL
          ORDER BY created_at, id
+         FOR SHARE
         """,
         tenant_ids,
         events,

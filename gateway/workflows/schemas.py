@@ -202,12 +202,43 @@ class Workflow(BaseModel):
     name: str
     steps: list[dict[str, Any]]
     trigger: dict[str, Any] | None
+    version: int = Field(
+        description="the current version (also the ETag): what new runs and triggers use"
+    )
+    created_at: datetime
+    updated_at: datetime = Field(description="when the current version was made")
+    archived_at: datetime | None = Field(
+        description="set by DELETE: no new runs or trigger matches; runs in flight finish"
+    )
+
+
+class WorkflowVersion(BaseModel):
+    """One immutable definition a workflow has had; a run records the version it runs."""
+
+    version: int
+    name: str
+    steps: list[dict[str, Any]]
+    trigger: dict[str, Any] | None
     created_at: datetime
 
 
 class WorkflowCreated(Workflow):
     webhook_secret: str = Field(
         description="signs the POSTs of webhook steps (Trunkline-Signature); shown once"
+    )
+
+
+class WorkflowQuery(ListQuery):
+    include_archived: bool = Field(
+        default=False, description="also list archived (deleted) workflows"
+    )
+
+
+class VersionQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="a past version; default the current"
     )
 
 
@@ -234,6 +265,7 @@ class Waiting(BaseModel):
 class Run(BaseModel):
     id: uuid.UUID
     workflow_id: uuid.UUID
+    workflow_version: int = Field(description="the workflow version this run takes its steps from")
     status: Literal["running", "waiting", "completed", "canceled", "failed"]
     step: int
     variables: dict[str, Any]
@@ -250,6 +282,10 @@ class RunDetail(Run):
 
 
 class WorkflowList(Page[Workflow]):
+    pass
+
+
+class WorkflowVersionList(Page[WorkflowVersion]):
     pass
 
 

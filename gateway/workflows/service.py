@@ -1,4 +1,5 @@
-"""Workflows for the API: define, start a run, read runs and their timelines, cancel.
+"""Workflows for the API: define, start a run, read runs and their timelines, cancel (edits
+and DELETE: gateway/workflows/edits.py).
 
 Every state change and its `workflow.*` event commit together (gateway/workflows/runs.py);
 a POST with an Idempotency-Key claims the key in the same transaction and stores the answer.
@@ -47,7 +48,10 @@ def workflow_from_row(row: asyncpg.Record) -> Workflow:
         name=row["name"],
         steps=row["steps"],
         trigger=row["trigger"],
+        version=row["version"],
         created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        archived_at=row["archived_at"],
     )
 
 
@@ -58,6 +62,7 @@ def run_from_row(row: asyncpg.Record) -> Run:
     return Run(
         id=row["id"],
         workflow_id=row["workflow_id"],
+        workflow_version=row["workflow_version"],
         status=row["status"],
         step=row["step"],
         variables=row["variables"],
@@ -70,7 +75,7 @@ def run_from_row(row: asyncpg.Record) -> Run:
     )
 
 
-def _check_scopes(principal: Principal, steps: list[dict[str, Any]]) -> None:
+def check_scopes(principal: Principal, steps: list[dict[str, Any]]) -> None:
     """A workflow sends on behalf of its author: the key must be allowed to send what it holds."""
     for i, step in enumerate(steps):
         if "send" in step:
@@ -88,7 +93,7 @@ async def create(
     digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
     steps = definition.validate(body)
-    _check_scopes(principal, steps)
+    check_scopes(principal, steps)
     trigger = body.trigger.model_dump() if body.trigger is not None else None
 
     async def work(conn: asyncpg.Connection) -> dict[str, Any]:
@@ -113,18 +118,57 @@ async def create(
     )
 
 
-async def get_workflow(db: asyncpg.Pool, tenant_id: uuid.UUID, workflow_id: uuid.UUID) -> Workflow:
+def not_found() -> NotFound:
+    return NotFound("no such workflow", code="workflow_not_found")
+
+
+def archived(row: asyncpg.Record) -> Conflict:
+    return Conflict(
+        f"the workflow was archived (deleted) at {row['archived_at'].isoformat()}: it starts no "
+        "new runs and cannot be edited; it and its runs stay readable",
+        code="workflow_archived",
+        archived_at=row["archived_at"].isoformat(),
+    )
+
+
+async def get_workflow(
+    db: asyncpg.Pool, tenant_id: uuid.UUID, workflow_id: uuid.UUID, version: int | None = None
+) -> Workflow:
+    """The current definition, or a past `version` of it (what runs of that version take)."""
     row = await repo.get_workflow(db, workflow_id, tenant_id)
     if row is None:
-        raise NotFound("no such workflow", code="workflow_not_found")
-    return workflow_from_row(row)
+        raise not_found()
+    out = workflow_from_row(row)
+    if version is None or version == row["version"]:
+        return out
+    past = await repo.get_version(db, workflow_id, version)
+    if past is None:
+        raise NotFound(
+            f"the workflow has no version {version} (its current is {row['version']})",
+            code="workflow_version_not_found",
+        )
+    return out.model_copy(
+        update={
+            "version": version,
+            "name": past["name"],
+            "steps": past["steps"],
+            "trigger": past["trigger"],
+            "updated_at": past["created_at"],
+        }
+    )
 
 
 async def list_workflows(
-    db: asyncpg.Pool, tenant_id: uuid.UUID, limit: int, cursor: str | None
+    db: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    include_archived: bool = False,
 ) -> WorkflowList:
     after = decode_cursor("workflows", cursor, (datetime, uuid.UUID))
-    rows = await repo.list_workflows(db, tenant_id, limit=limit, after=after)
+    rows = await repo.list_workflows(
+        db, tenant_id, limit=limit, after=after, include_archived=include_archived
+    )
     page, next_cursor = page_of("workflows", rows, limit, lambda r: (r["created_at"], r["id"]))
     return WorkflowList(data=[workflow_from_row(r) for r in page], next_cursor=next_cursor)
 
@@ -139,12 +183,15 @@ async def start_run(
     idempotency_key: str | None = None,
     digest: bytes = b"",
 ) -> tuple[int, dict[str, Any]]:
-    workflow = await repo.get_workflow(db, workflow_id, tenant_id)
-    if workflow is None:
-        raise NotFound("no such workflow", code="workflow_not_found")
-    definition.check_run(workflow["steps"], variables)
-
     async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+        # FOR SHARE: an edit or a DELETE answered before this start is seen here, and one
+        # coming after waits for the run to commit (the run records the version it read).
+        workflow = await repo.get_workflow(conn, workflow_id, tenant_id, lock="SHARE")
+        if workflow is None:
+            raise not_found()
+        if workflow["archived_at"] is not None:
+            raise archived(workflow)
+        definition.check_run(workflow["steps"], variables)
         run = await runs.start(conn, workflow, variables, trace_id=trace_id)
         assert run is not None  # only a trigger's event can have started it before
         return (await _detail(conn, run, workflow["steps"])).model_dump(mode="json")
@@ -176,9 +223,14 @@ async def get_run(db: asyncpg.Pool, tenant_id: uuid.UUID, run_id: uuid.UUID) -> 
     run = await repo.get_run(db, run_id, tenant_id)
     if run is None:
         raise NotFound("no such workflow run", code="workflow_run_not_found")
-    workflow = await repo.get_workflow(db, run["workflow_id"])
-    assert workflow is not None
-    return await _detail(db, run, workflow["steps"])
+    return await _detail(db, run, await _steps_of(db, run))
+
+
+async def _steps_of(conn: asyncpg.Pool | asyncpg.Connection, run: asyncpg.Record) -> list[Any]:
+    """The steps the run takes: its own version's, whatever was edited since."""
+    version = await repo.get_version(conn, run["workflow_id"], run["workflow_version"])
+    assert version is not None  # a foreign key
+    return version["steps"]
 
 
 async def list_runs(
@@ -212,6 +264,4 @@ async def cancel_run(db: asyncpg.Pool, tenant_id: uuid.UUID, run_id: uuid.UUID) 
             raise Conflict(f"the run is {run['status']}", code="workflow_run_ended")
         if run["status"] != "canceled":
             run = await runs.cancel(conn, run)
-        workflow = await repo.get_workflow(conn, run["workflow_id"])
-        assert workflow is not None
-        return await _detail(conn, run, workflow["steps"])
+        return await _detail(conn, run, await _steps_of(conn, run))

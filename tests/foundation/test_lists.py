@@ -159,8 +159,8 @@ async def add_workflow_runs(db: asyncpg.Pool, tenant: uuid.UUID, count: int) -> 
     [workflow] = await add_workflows(db, tenant, 1)
     rows = await db.fetch(
         """
-        INSERT INTO workflow_runs (id, tenant_id, workflow_id, status, trace_id)
-        SELECT gen_random_uuid(), $1, $3::uuid, 'completed', md5(n::text)
+        INSERT INTO workflow_runs (id, tenant_id, workflow_id, workflow_version, status, trace_id)
+        SELECT gen_random_uuid(), $1, $3::uuid, 1, 'completed', md5(n::text)
         FROM unnest($2::int[]) n RETURNING id::text
         """,
         tenant,
