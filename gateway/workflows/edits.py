@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.core.errors import Problem
+from gateway.core.errors import Problem, ValidationFailed
 from gateway.events.outbox import NewEvent, emit
 from gateway.http import idempotency
 from gateway.http.pagination import ListQuery, decode_cursor, page_of
@@ -32,6 +32,8 @@ from gateway.workflows.schemas import (
     WorkflowVersionList,
 )
 from gateway.workflows.service import archived, check_scopes, not_found, workflow_from_row
+
+MAX_VERSION = 2**31 - 1  # workflow_versions.version is a PostgreSQL integer
 
 
 def etag(version: int) -> str:
@@ -144,6 +146,8 @@ async def list_versions(
     if await repo.get_workflow(db, workflow_id, tenant_id) is None:
         raise not_found()
     (before,) = decode_cursor("workflow-versions", query.cursor, (int,))
+    if before is not None and not 1 <= before <= MAX_VERSION:  # not one this list issued
+        raise ValidationFailed("cursor: not a cursor this list issued", code="invalid_cursor")
     rows = await repo.list_versions(db, workflow_id, limit=query.limit, before=before)
     page, cursor = page_of("workflow-versions", rows, query.limit, lambda r: (r["version"],))
     return WorkflowVersionList(

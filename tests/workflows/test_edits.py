@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.http.pagination import encode_cursor
 from tests.helpers import auth
 from tests.workflows.conftest import CUSTOMER
 
@@ -79,6 +80,11 @@ async def test_a_run_started_before_an_edit_finishes_on_the_old_steps(flows):
     )
     assert [v["version"] for v in page["data"] + rest["data"]] == [2, 1]
     assert rest["next_cursor"] is None
+    for forged in (encode_cursor("workflow-versions", [2**40]), page["next_cursor"][:-2]):
+        resp = await flows.client.get(
+            f"/v1/workflows/{wf['id']}/versions?cursor={forged}", headers=auth(flows.token)
+        )
+        assert resp.status == 422 and (await resp.json())["code"] == "invalid_cursor"
     past = await flows.get(f"/v1/workflows/{wf['id']}?version=1")
     assert (past["version"], past["steps"], past["name"]) == (1, wf["steps"], "t")
     assert (await flows.get(f"/v1/workflows/{wf['id']}"))["version"] == 2
