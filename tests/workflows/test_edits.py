@@ -7,12 +7,15 @@ readable, twice is the same); another tenant gets 404 and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 
 from gateway.http.pagination import encode_cursor
+from gateway.workflows import repo
+from gateway.workflows.schemas import WorkflowIn
 from tests.helpers import auth
 from tests.workflows.conftest import CUSTOMER
 
@@ -310,3 +313,47 @@ async def test_versions_are_immutable_and_no_writer_skips_one(flows):
         await flows.db.execute("UPDATE workflows SET name = 'sneaky' WHERE id = $1::uuid", wf["id"])
     past = await flows.get(f"/v1/workflows/{wf['id']}?version=1")
     assert (past["name"], past["steps"]) == ("t", wf["steps"])
+
+
+async def test_a_trigger_added_by_an_edit_starts_runs_only_for_later_events(flows):
+    """The subscriber is held (its cursor locked) while a message arrives and then an edit
+    gives a workflow a trigger for it: the older event starts nothing for that workflow, while
+    a workflow whose trigger predates it (the control) starts a run from the same event."""
+    trigger = {"event": "message.received"}
+    control = await flows.post(
+        "/v1/workflows", {"name": "control", "trigger": trigger, "steps": [sms("c")]}, 201
+    )
+    late = await flows.define([sms("late")])
+    async with flows.db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT seq FROM event_cursors WHERE name = 'workflows' FOR UPDATE")
+        await flows.reply("before the edit")
+        edit = {"name": "late", "trigger": trigger, "steps": [sms("late")]}
+        assert (await put(flows, late["id"], edit, 200))[0]["version"] == 2
+    await until_runs(flows, control["id"], 1)
+    assert await runs_of(flows, late["id"]) == []
+    await flows.reply("after the edit")
+    [run] = await until_runs(flows, late["id"], 1)
+    assert run["workflow_version"] == 2 and run["variables"]["body"] == "after the edit"
+
+
+async def test_a_start_during_an_edit_waits_for_it_and_runs_the_new_version(flows):
+    """An edit in flight holds the workflow's row: a run start meanwhile waits (it reads the
+    workflow FOR SHARE) and then runs the version the edit made, never the one it replaced."""
+    wf = await flows.define([sms("old")])
+    async with flows.db.acquire() as conn:
+        edit = conn.transaction()
+        await edit.start()
+        await repo.get_workflow(conn, uuid.UUID(wf["id"]), lock="UPDATE")
+        steps = [
+            s.model_dump(by_alias=True, exclude_none=True)
+            for s in WorkflowIn(name="t", steps=[sms("new")]).steps
+        ]
+        await repo.update_workflow(conn, uuid.UUID(wf["id"]), name="t", steps=steps, trigger=None)
+        start = asyncio.create_task(flows.start(wf["id"], to=CUSTOMER))
+        await asyncio.sleep(0.5)
+        assert not start.done()
+        await edit.commit()
+    run = await start
+    assert run["workflow_version"] == 2
+    await flows.status(run["id"], "completed")
+    assert [m["body"] for m in await flows.sent(run["id"])] == ["new"]
