@@ -8,7 +8,9 @@ pages must be cut inside runs of equal timestamps by the id that breaks the tie.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -370,6 +372,15 @@ async def test_a_cursor_of_one_list_is_refused_by_another(client, make_key, pg_p
     resp = await client.get(
         "/v1/messages", params={"cursor": page["next_cursor"]}, headers=auth(token)
     )
+    assert resp.status == 422 and (await resp.json())["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize("key", [2**63, -(2**63) - 1, "12", 1.5, True])
+async def test_a_forged_integer_cursor_is_a_422_not_a_500(client, make_key, key):
+    """The integer-keyed lists (dead letters here) take only a bigint back."""
+    token = await make_key("acme")
+    forged = base64.urlsafe_b64encode(json.dumps(["dead-letters", key]).encode()).decode()
+    resp = await client.get("/v1/dead-letters", params={"cursor": forged}, headers=auth(token))
     assert resp.status == 422 and (await resp.json())["code"] == "invalid_cursor"
 
 
