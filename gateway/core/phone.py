@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import phonenumbers
@@ -16,6 +17,9 @@ DEFAULT_REGION = "US"
 # API validates it, not again by the chain.
 _KNOWN: dict[str, tuple[phonenumbers.PhoneNumber, int]] = {}
 _KNOWN_MAX = 65536
+# A NANP number in E.164 as stored: +1, then ten digits, the first not 0 or 1 (so no national
+# prefix to strip, no leading zero, no extension).
+_NANP = re.compile(r"\+1[2-9][0-9]{9}")
 
 
 def typed_e164(number: str) -> tuple[phonenumbers.PhoneNumber, str, int]:
@@ -25,6 +29,11 @@ def typed_e164(number: str) -> tuple[phonenumbers.PhoneNumber, str, int]:
     found = _KNOWN.get(number)
     if found is not None:
         return found[0], number, found[1]
+    if _NANP.fullmatch(number):
+        # What parse gives for this shape (checked against it in the tests), in ~1 µs not ~26:
+        # a worker meets each recipient for the first time (the API process typed it).
+        parsed = phonenumbers.PhoneNumber(country_code=1, national_number=int(number[2:]))
+        return parsed, number, phonenumbers.number_type(parsed)
     parsed = phonenumbers.parse(number, None)
     return (
         parsed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import phonenumbers
 import pytest
 from pydantic_core import PydanticCustomError
@@ -56,3 +58,26 @@ def test_typed_e164_of_a_number_never_normalized() -> None:
     assert ntype == phonenumbers.number_type(parsed)
     with pytest.raises(phonenumbers.NumberParseException):
         typed_e164("not a number")
+
+
+def test_typed_e164_of_a_nanp_number_is_what_parsing_gives() -> None:
+    """A +1 number of ten digits starting 2-9 is built without phonenumbers.parse (the
+    dispatch worker's first sight of a recipient): equal to the parsed one, same E.164 and
+    type, for numbers of every first digit (valid, unassigned, toll-free, premium, N11)."""
+    rng = random.Random(14)
+    numbers = ["+12005550100", "+18005550199", "+19005550123", "+12125550199", "+14115550123"]
+    numbers += [f"+1{rng.randint(2, 9)}{rng.randrange(10**9):09d}" for _ in range(3000)]
+    for number in numbers:
+        parsed = phonenumbers.parse(number, None)
+        fast, e164, ntype = typed_e164(number)
+        assert fast == parsed, number
+        assert e164 == phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        assert ntype == phonenumbers.number_type(parsed), number
+    for other in ("+11235550123", "+10235550123", "+1212555012", "+121255501234", "+1 212"):
+        try:  # any other shape: parsed, as before
+            parsed = phonenumbers.parse(other, None)
+        except phonenumbers.NumberParseException:
+            with pytest.raises(phonenumbers.NumberParseException):
+                typed_e164(other)
+            continue
+        assert typed_e164(other)[0] == parsed
