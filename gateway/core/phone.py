@@ -60,12 +60,17 @@ def normalize_e164(raw: str, region: str = DEFAULT_REGION) -> str:
     text = raw.strip()
     if text.lower().startswith("whatsapp:"):
         text = text[len("whatsapp:") :]
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException as exc:
-        raise PydanticCustomError(
-            "invalid_phone_number", "not a phone number: {why}", {"why": str(exc)}
-        ) from None
+    if text in _KNOWN:  # this E.164 text was normalized (so found valid) before
+        return text
+    if _NANP.fullmatch(text):  # E.164 as most clients send it: built, not parsed (~20 µs)
+        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(text[2:]))
+    else:
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException as exc:
+            raise PydanticCustomError(
+                "invalid_phone_number", "not a phone number: {why}", {"why": str(exc)}
+            ) from None
     # `is_valid_number` is exactly "its type is known" (both match the number's region's
     # patterns); asked as the type, the guardrails get it without matching them again.
     ntype = phonenumbers.number_type(number)

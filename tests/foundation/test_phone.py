@@ -81,3 +81,24 @@ def test_typed_e164_of_a_nanp_number_is_what_parsing_gives() -> None:
                 typed_e164(other)
             continue
         assert typed_e164(other)[0] == parsed
+
+
+def test_normalize_e164_agrees_with_parsing_and_is_valid_number() -> None:
+    """The API's validation takes E.164 NANP text without parsing it and answers a number it
+    normalized before from memory: the same E.164, or the same refusal, as parsing and
+    `is_valid_number` give, first time and again, for numbers of every first digit and
+    other shapes."""
+    rng = random.Random(15)
+    numbers = [f"+1{rng.randint(2, 9)}{rng.randrange(10**9):09d}" for _ in range(2000)]
+    numbers += ["+11235550123", " +12125550123 ", "whatsapp:+12125550123", "(212) 555-0123"]
+    numbers += ["+447911123456", "+1212555012", "+121255501234"]
+    for number in numbers:
+        text = number.strip().removeprefix("whatsapp:")
+        parsed = phonenumbers.parse(text, "US")
+        for _ in range(2):
+            if phonenumbers.is_valid_number(parsed):
+                expected = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+                assert normalize_e164(number) == expected, number
+            else:
+                with pytest.raises(PydanticCustomError):
+                    normalize_e164(number)
