@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gateway.dnc.importer import ImportFailed, ImportRejected, import_file, import_numbers
-from guardrails.checks import _FACTS_SQL
+from guardrails.checks import _FACTS_SQLS, _facts_query
 from tests.helpers import trunkline
 
 GOOD = """phone_number,name
@@ -126,18 +126,18 @@ async def test_the_lookup_is_one_index_probe(pg_pool):
         managed = "".join(f"+1303{n:07d}\n" for n in range(2_000_000, 2_005_000)).encode()
         await import_numbers(conn, io.BytesIO(managed), source="internal")
         await conn.execute("ANALYZE dnc_entries")
-        plan = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) " + _FACTS_SQL,
-            "+12022049999",
-            None,
-            None,
-            False,
-            "x",
-        )
-    text = json.dumps(plan)
-    # one index probe per partition, no scan
-    assert "Seq Scan" not in text
-    assert text.count('"Index Name"') == 2 and "dnc_entries_registry" in text
+        # every form of the query (by prior marketing wanted, an email address)
+        for wants, email in _FACTS_SQLS:
+            to = "x@example.com" if email else "+12022049999"
+            sql, args = _facts_query((to, None, None, wants, "x"))
+            plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+            text = json.dumps(plan)
+            # one index probe per partition, no scan (the other subqueries are pruned: $2 NULL)
+            assert "Seq Scan" not in text, (wants, email)
+            assert text.count('"Index Name"') == 2 and "dnc_entries_registry" in text, (
+                wants,
+                email,
+            )
 
 
 def test_the_cli_imports_with_progress_and_reports_bad_lines(daemon_env, tmp_path):

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from gateway.core.ids import new_id
+from guardrails.checks import _FACTS_SQL, _facts_query
 from tests.guardrails.conftest import action
 from tests.guardrails.test_chain_checks import add_entry
 
@@ -86,3 +87,47 @@ async def test_a_lone_query_goes_out_at_once_and_concurrent_ones_do_not_wait_for
     assert not lone.done()  # the batch did not wait for the lone query
     gate.set()
     assert (await lone).allowed
+
+
+async def test_each_form_of_the_one_action_query_answers_as_the_full_one(tenant, pg_pool):
+    """The query leaves out what an action cannot use (prior marketing when not asked, email
+    suppressions for a telephone number): what it answers is the full query's answer."""
+    tid, _ = tenant
+    number, address = "+12125550143", "pat@example.com"
+    await add_entry(pg_pool, number, "internal", tid)
+    await pg_pool.execute(
+        "INSERT INTO messages (id, tenant_id, direction, channel, to_number, body, purpose, "
+        "status, encoding, segments, trace_id) VALUES ($1, $2, 'outbound', 'sms', $3, 'Hi', "
+        "'marketing', 'delivered', 'GSM-7', 1, 't')",
+        new_id(),
+        tid,
+        number,
+    )
+    await pg_pool.execute(
+        "INSERT INTO email_suppressions (tenant_id, address, reason, origin) "
+        "VALUES ($1, $2, 'bounce', 'api')",
+        tid,
+        address,
+    )
+    seen, rows = set(), {}
+    for to in (number, address, "+12125550144"):
+        for wants in (True, False):
+            args = (to, tid, OPEN, wants, "x")
+            sql, params = _facts_query(args)
+            seen.add(sql)
+            rows[to, wants] = row = _timeless(await pg_pool.fetchrow(sql, *params))
+            assert row == _timeless(await pg_pool.fetchrow(_FACTS_SQL, *args)), (to, wants)
+    assert len(seen) == 4
+    # (what is there is seen)
+    assert rows[number, True]["prior_marketing"] is True and rows[number, True]["entries"]
+    assert rows[number, False]["prior_marketing"] is None
+    assert rows[address, True]["email_entries"] and rows[address, False]["email_entries"]
+
+
+def _timeless(row) -> dict:
+    """A facts row without the rows' ages (now() moves between two queries)."""
+    out = dict(row)
+    for column in ("entries", "email_entries"):
+        if out[column] is not None:
+            out[column] = [{k: v for k, v in e.items() if k != "age_s"} for e in out[column]]
+    return out
