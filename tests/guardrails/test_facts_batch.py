@@ -57,8 +57,9 @@ async def test_concurrent_evaluations_share_one_query_and_keep_their_own_facts(
 async def test_a_lone_query_goes_out_at_once_and_concurrent_ones_do_not_wait_for_it(
     make_chain, tenant, pg_pool
 ):
-    """Alone, the query leaves from its caller's task (no batch task); queries arriving while
-    it is on its way go out as a batch beside it, not after it."""
+    """At accept, alone, the query leaves from its caller's task (no batch task); queries
+    arriving while it is on its way go out as a batch beside it, not after it. The dispatch
+    worker's checks always batch (a claim's jobs come as a wave, kept together)."""
     tid, _ = tenant
     await add_entry(pg_pool, "+12125550143", "internal", tid)
     chain = make_chain(guardrails={"checks": ["suppression"]})
@@ -87,6 +88,12 @@ async def test_a_lone_query_goes_out_at_once_and_concurrent_ones_do_not_wait_for
     assert not lone.done()  # the batch did not wait for the lone query
     gate.set()
     assert (await lone).allowed
+    lease.fetchrow = fetchrow
+    before = batcher._task
+    d = await chain.evaluate(
+        action(tid, to="+12125550149", purpose="transactional"), stage="dispatch", now=OPEN
+    )
+    assert d.allowed and batcher._task not in (None, before)  # through a batch task
 
 
 async def test_each_form_of_the_one_action_query_answers_as_the_full_one(tenant, pg_pool):
