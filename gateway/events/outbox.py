@@ -39,16 +39,25 @@ async def emit(conn: asyncpg.Connection, *events: NewEvent) -> None:
     # cannot send it after commit: see gateway.db.Waker).
     notify = "" if defer_wake(conn, NOTIFY_CHANNEL) else f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
     await conn.execute(
-        f"""
-        WITH ins AS (
-            INSERT INTO events (tenant_id, type, subject, trace_id, data)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-        )
-        {notify or "SELECT"}
-        """,
+        _INSERT.format(select=notify or "SELECT"),
         [e.tenant_id for e in events],
         [e.type for e in events],
         [e.subject for e in events],
         [e.trace_id for e in events],
-        [e.data for e in events],
+        [e.data for e in events],  # ONE jsonb array (see _INSERT)
     )
+
+
+# The events' data go as one JSON array, split by the server, not as a jsonb[]: asyncpg
+# writes a jsonb[] as an array literal, escaping every quote of every document byte by
+# byte (~5 µs of client CPU for a guardrail verdict's data, the most of an event's write);
+# one array is one orjson call. `nullif`: a None still meets the column's NOT NULL.
+_INSERT = """
+WITH ins AS (
+    INSERT INTO events (tenant_id, type, subject, trace_id, data)
+    SELECT t, ty, s, tr, nullif(d, 'null')
+    FROM ROWS FROM (unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]),
+                    unnest($4::text[]), jsonb_array_elements($5::jsonb)) AS e(t, ty, s, tr, d)
+)
+{select}
+"""

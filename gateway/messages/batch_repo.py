@@ -217,11 +217,14 @@ async def park_orphan_receipts(conn: asyncpg.Connection, rows: Sequence[dict[str
     await conn.execute(
         """
         INSERT INTO orphan_receipts (provider, provider_message_id, status, error_code, raw)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+        SELECT p, ref, st, code, nullif(raw, 'null')
+        FROM ROWS FROM (unnest($1::text[]), unnest($2::text[]), unnest($3::text[]),
+                        unnest($4::text[]), jsonb_array_elements($5::jsonb))
+             AS r(p, ref, st, code, raw)
         """,
         [r["provider"] for r in rows],
         [r["provider_message_id"] for r in rows],
         [r["status"] for r in rows],
         [r["error_code"] for r in rows],
-        [r["raw"] for r in rows],
+        [r["raw"] for r in rows],  # one jsonb array, not a jsonb[] (see events.outbox)
     )
