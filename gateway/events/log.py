@@ -93,6 +93,26 @@ async def pruned_through(db: Db) -> int:
     return await db.fetchval("SELECT pruned_through FROM event_retention") or 0
 
 
+_RESUME = """
+SELECT greatest(c.seq, coalesce((SELECT pruned_through FROM event_retention), 0))
+FROM event_cursors c WHERE c.name = $1 FOR UPDATE OF c
+"""
+
+
+async def lock_cursor(conn: asyncpg.Connection, name: str) -> int:
+    """A log-tailing subscriber's durable cursor (`event_cursors` row `name`), locked FOR
+    UPDATE for the caller's transaction and moved past what retention pruned. One round trip
+    once the row exists (a subscriber steps on every sequenced batch; its fixed round trips,
+    not the events, were most of a step's cost); the row is created the first time."""
+    seq = await conn.fetchval(_RESUME, name)
+    if seq is None:
+        await conn.execute(
+            "INSERT INTO event_cursors (name, seq) VALUES ($1, 0) ON CONFLICT DO NOTHING", name
+        )
+        seq = await conn.fetchval(_RESUME, name)
+    return seq
+
+
 async def prune(db: asyncpg.Pool, older_than: float, batch: int) -> int:
     """Delete sequenced events older than `older_than` seconds, oldest seq first, in batches.
 

@@ -69,13 +69,7 @@ EXISTS (SELECT 1 FROM webhook_endpoints w
 async def fanout_step(pool: asyncpg.Pool, batch: int) -> int:
     """Turn the next batch of logged events into deliveries; returns events consumed."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO event_cursors (name, seq) VALUES ($1, 0) ON CONFLICT DO NOTHING", CURSOR
-        )
-        cursor = await conn.fetchval(
-            "SELECT seq FROM event_cursors WHERE name = $1 FOR UPDATE", CURSOR
-        )
-        cursor = max(cursor, await log.pruned_through(conn))
+        cursor = await log.lock_cursor(conn, CURSOR)
         # Only the events of tenants with an endpoint that existed then are read whole.
         span, last, rows = await log.global_candidates(conn, cursor, batch, _ENDPOINT_THEN)
         if not span:

@@ -44,8 +44,7 @@ OR ((b.type LIKE 'message.%' OR b.type LIKE 'call.%') AND EXISTS (
 async def subscriber_step(pool: asyncpg.Pool, batch: int) -> int:
     """Consume the next batch of logged events; returns how many were read."""
     async with pool.acquire() as conn, conn.transaction():
-        cursor = await repo.lock_cursor(conn, CURSOR)
-        cursor = max(cursor, await log.pruned_through(conn))
+        cursor = await log.lock_cursor(conn, CURSOR)
         # Only the events that may trigger a run or end a wait are read (no other is used).
         span, last, rows = await log.global_candidates(
             conn, cursor, batch, _MAY_CONCERN, list(_READ_ALWAYS), data_of=DATA_OF
