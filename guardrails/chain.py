@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 WhenClosed = Literal["deny", "defer"]
 _STOPS = (Deny, Defer)  # the verdicts that end an evaluation
+_STAGES = ("accept", "dispatch")  # where a check's `prepare` runs unless it says otherwise
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ class GuardrailChain:
         Checks may also have `prepare(action, ctx)`, awaited for all of them concurrently before
         the checks run in order (so the database query and the Redis call overlap), and
         `release(action, ctx)`, awaited when the decision is a Deny or an error — to give back
-        what `prepare` took (rate-limit tokens): a refused action costs nothing. A check with
+        what `prepare` took (rate-limit tokens): a refused action costs nothing. A check whose
+        `prepare` has work at some stages only names them in `prepare_stages`. A check with
         `prepare` may also have `start(action, ctx) -> bool`, called first and synchronously:
         True means its request is already sent, and its `prepare` only collects the reply.
         """
@@ -182,8 +184,8 @@ class GuardrailChain:
         steps, collect = [], []
         for check in self.checks:
             prepare = getattr(check, "prepare", None)
-            if prepare is None:
-                continue
+            if prepare is None or ctx.stage not in getattr(check, "prepare_stages", _STAGES):
+                continue  # (a prepare that has nothing to do at this stage gets no task)
             start = getattr(check, "start", None)
             (collect if start is not None and start(action, ctx) else steps).append(prepare)
         await self._run_together(steps, action, ctx)

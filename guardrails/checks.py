@@ -497,6 +497,7 @@ class RateLimitCheck:
     """Every bucket and frequency cap in one Lua call; counted once, at accept."""
 
     name = "rate_limits"
+    prepare_stages = ("accept",)  # counted once: the chain runs no `prepare` task at dispatch
 
     def __init__(
         self,
