@@ -112,6 +112,23 @@ class MessageAcceptor(Protocol):
     ) -> Any: ...
 
 
+class _Wake(Wakeup):
+    """The event log's wake-ups; `running` only for a campaign's start or resume."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__(conn, NOTIFY_CHANNEL)
+        self.running = asyncio.Event()
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        super()._notified(conn, pid, channel, payload)
+        if payload == repo.RUNNING_WAKE:
+            self.running.set()
+
+    def clear(self) -> None:
+        super().clear()
+        self.running.clear()
+
+
 def attempt_key(prospect_id: int, n: int) -> str:
     """The Idempotency-Key of one attempt: the same on every re-send of it, by any worker."""
     return f"campaign:{prospect_id}:{n}"
@@ -142,18 +159,22 @@ class Dialer:
     _health_at: float = field(default=0.0, init=False)
     # Attempts being sent (accept in flight): owned here, awaited or cancelled on the way out.
     _sending: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    idle: bool = field(default=False, init=False)  # set by each step (see `step`)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """The supervised task: step on every NOTIFY of the event log, at least every
         `interval`, until `stopping`."""
         conn = await dbmod.connect(self.database_url)
         try:
-            wake = Wakeup(conn, NOTIFY_CHANNEL)
+            wake = _Wake(conn)
             await wake.listen()
             while not stopping.is_set():
                 wake.clear()
                 await self.step()
-                await wake.wait(stopping, self.interval, self.settle_delay)
+                if self.idle:  # see `step`: only a campaign's start (or the timer) matters
+                    await wake.wait(stopping, self.interval, on=wake.running)
+                else:
+                    await wake.wait(stopping, self.interval, self.settle_delay)
         finally:
             try:
                 await self.drain(timeout=5.0)
@@ -172,12 +193,19 @@ class Dialer:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def step(self) -> int:
-        """One pass; returns how many prospects it moved (settled + dialled)."""
+        """One pass; returns how many prospects it moved (settled + dialled).
+
+        With no campaign running and nothing settled the dialer is `idle`: `run` then steps
+        on the timer or when a campaign starts or resumes (repo.set_status's NOTIFY), not on
+        each of the event log's wake-ups — every message's and call's change sends one, and a
+        step is ~8 round trips that find nothing. An attempt still in flight (a paused
+        campaign's) is settled by the timer's step, `interval` after its call or message ends."""
         moved = await self.settle_outcomes()
         await self.complete_finished()
         # Dials first: what the settling freed is claimed before the upkeep below (orphans,
         # DID reviews), which would otherwise sit between a call's end and the next dial.
-        for campaign in await repo.running_campaigns(self.db):
+        running = await repo.running_campaigns(self.db)
+        for campaign in running:
             moved += await self.dial_campaign(campaign["id"])
         if time.monotonic() - self._orphans_at >= self.orphan_every:
             self._orphans_at = time.monotonic()
@@ -185,6 +213,7 @@ class Dialer:
         if self.health is not None and time.monotonic() - self._health_at >= self.health_every:
             self._health_at = time.monotonic()
             await self.review_dids()
+        self.idle = not running and not moved and not self._sending
         return moved
 
     # --- 1. outcomes -------------------------------------------------------------------

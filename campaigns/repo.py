@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 
 from campaigns import pacing
+from gateway.db import defer_wake
+from gateway.events.outbox import NOTIFY_CHANNEL
 
 Conn = asyncpg.Connection | asyncpg.Pool
 
@@ -93,9 +95,16 @@ async def counts(conn: Conn, campaign_ids: list[uuid.UUID]) -> dict[uuid.UUID, d
     return out
 
 
+# The payload of the event log's NOTIFY that says a campaign started or resumed: an idle
+# dialer listens for it alone (campaigns/dialer.py), not for every message's and call's.
+RUNNING_WAKE = "campaign_running"
+
+
 async def set_status(
     conn: asyncpg.Connection, campaign_id: uuid.UUID, status: str
 ) -> asyncpg.Record:
+    if status == "running" and not defer_wake(conn, NOTIFY_CHANNEL, RUNNING_WAKE):
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, RUNNING_WAKE)
     return await conn.fetchrow(
         f"""
         UPDATE campaigns SET status = $2, updated_at = now(),

@@ -27,17 +27,26 @@ class Wakeup:
     def clear(self) -> None:
         self.event.clear()
 
-    async def wait(self, stopping: asyncio.Event, timeout: float, settle: float = 0.0) -> None:
-        """Return on NOTIFY (after `settle` more seconds, to batch a burst), stop or timeout.
+    async def wait(
+        self,
+        stopping: asyncio.Event,
+        timeout: float,
+        settle: float = 0.0,
+        *,
+        on: asyncio.Event | None = None,
+    ) -> None:
+        """Return on NOTIFY (after `settle` more seconds, to batch a burst), stop or timeout;
+        `on`: an event the notifications set only for some payloads, in place of any NOTIFY.
 
         Raises if the listening connection died (the supervisor restarts the task).
         """
+        flag = self.event if on is None else on
         if self.conn.is_closed():
             raise _lost(self.channel)
-        await sleep_until(stopping, self.event, timeout)
+        await sleep_until(stopping, flag, timeout)
         if self.conn.is_closed():
             raise _lost(self.channel)
-        if settle > 0 and self.event.is_set() and not stopping.is_set():
+        if settle > 0 and flag.is_set() and not stopping.is_set():
             await sleep_until(stopping, None, settle)
 
 

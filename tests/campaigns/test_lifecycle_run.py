@@ -69,6 +69,41 @@ async def _more_attempts(campaigns, cid: str, n: int) -> bool:
     return await attempts(campaigns, cid) >= n
 
 
+async def test_an_idle_dialer_skips_the_event_logs_wake_ups_and_starts_at_once(campaigns, client):
+    """With no campaign running, the event log's wake-ups (every message's and call's change
+    sends one) do not step the dialer; a campaign's start does, at once — not on the timer,
+    which this test sets beyond its own length."""
+    from gateway.campaigns.tasks import DIALER
+
+    dialer = client.app[DIALER]
+    steps = 0
+    step = dialer.step
+
+    async def counted() -> int:  # steps completed
+        nonlocal steps
+        moved = await step()
+        steps += 1
+        return moved
+
+    dialer.step = counted
+    await eventually(lambda: _stepped_idle(dialer, steps, 1), timeout=10)
+    dialer.interval = 60.0  # from the step after the next one on, only a NOTIFY wakes it
+    seen = steps
+    await eventually(lambda: _stepped_idle(dialer, steps, seen + 1), timeout=10)
+    before = steps
+    c = await campaigns.create(pacing={"max_concurrent": 2, "cps": 20})  # events, NOTIFYs
+    await campaigns.add(c["id"], [{"number": x} for x in ANSWERING[:2]])
+    await asyncio.sleep(0.5)
+    assert steps == before, "an idle dialer stepped on the event log's wake-ups"
+    await campaigns.act(c["id"], "start")
+    await eventually(lambda: _more_attempts(campaigns, c["id"], 1), timeout=10)
+    assert steps > before
+
+
+async def _stepped_idle(dialer, steps: int, at_least: int) -> bool:
+    return steps >= at_least and dialer.idle
+
+
 async def test_dnc_entry_added_while_the_call_waits_stops_it_at_dispatch(campaigns, client):
     """The call is accepted (the chain allows it), then waits for a channel: every permit of
     the campaign pool is held. The number is listed meanwhile; when a channel frees, the
