@@ -154,13 +154,14 @@ return {a[1], a[2], a[3], a[4], out}
 """
 )
 
-# ARGV[9..] trial permit ids, decided one after another -> {{granted, gen, state, retry_ms}..., out}
+# ARGV[9] a prefix, ARGV[10] n: n admissions decided one after another, the i-th (from 1)
+# with trial permit id prefix .. i -> {{granted, gen, state, retry_ms}..., out}
 _ALLOW_MANY = (
     _PRELUDE
     + _ALLOW_FN
     + """
 local answers = {}
-for i = 9, #ARGV do answers[#answers + 1] = allow(ARGV[i]) end
+for i = 1, tonumber(ARGV[10]) do answers[i] = allow(ARGV[9] .. i) end
 return {answers, out}
 """
 )
@@ -215,13 +216,19 @@ return {record_at(9), out}
 """
 )
 
-# ARGV[9..] outcomes, 7 arguments each, applied one after another -> {{counted...}, out}
+# ARGV[9] the outcomes packed as text, each as _RECORD_FN's 7 arguments joined by ',' and
+# ended by ';' (one argument, not 7 per outcome: the client's packing cost), applied one after
+# another -> {{counted...}, out}
 _RECORD_MANY = (
     _PRELUDE
     + _RECORD_FN
     + """
 local counted = {}
-for i = 9, #ARGV, 7 do counted[#counted + 1] = record_at(i) end
+local each = '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);'
+for pgen, trial, id, code, err, slow, lat in string.gmatch(ARGV[9], each) do
+  counted[#counted + 1] = record(tonumber(pgen), trial == '1', id, code, err == '1',
+                                 slow == '1', tonumber(lat))
+end
 return {counted, out}
 """
 )
@@ -399,11 +406,15 @@ class CircuitBreaker:
         return await self._admission(permit_id, raw)
 
     async def admit_many(self, n: int) -> list[Admission]:
-        """`n` admissions in one round trip, decided one by one as `n` calls of `admit`."""
-        ids = [uuid.uuid4().hex for _ in range(n)]
-        answers, out = await allow_many_script(self.redis, self.keys, [*self.config.argv(), *ids])
+        """`n` admissions in one round trip, decided one by one as `n` calls of `admit`. Their
+        permit ids share one random prefix (`<uuid4 hex>:<i>`): unique like `admit`'s, with one
+        uuid4 and two arguments for the batch instead of one each."""
+        prefix = uuid.uuid4().hex + ":"
+        answers, out = await allow_many_script(
+            self.redis, self.keys, [*self.config.argv(), prefix, n]
+        )
         await self._report(out)
-        return [self._permit(i, *a) for i, a in zip(ids, answers, strict=True)]
+        return [self._permit(f"{prefix}{i}", *a) for i, a in enumerate(answers, 1)]
 
     async def _admission(self, permit_id: str, raw: list[Any]) -> Admission:
         granted, gen, state, retry, out = raw
@@ -434,10 +445,13 @@ class CircuitBreaker:
 
     async def record_many(self, outcomes: list[tuple[Permit, Outcome, float | None]]) -> list[bool]:
         """Several `record`s in one round trip, applied one by one in this order."""
-        args = list(self.config.argv())
-        for permit, outcome, latency_s in outcomes:
-            args += self._outcome_args(permit, outcome, latency_s)
-        counted, out = await record_many_script(self.redis, self.keys, args)
+        packed = "".join(
+            ",".join(map(str, self._outcome_args(permit, outcome, latency_s))) + ";"
+            for permit, outcome, latency_s in outcomes
+        )
+        counted, out = await record_many_script(
+            self.redis, self.keys, [*self.config.argv(), packed]
+        )
         await self._report(out)
         return [bool(c) for c in counted]
 
