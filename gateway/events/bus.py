@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway.events.model import event_json
+from gateway.events.model import event_json, spliced_event_json
 from gateway.redis import LuaScript
 
 CHANNEL_PREFIX = "trunkline:events:"
@@ -51,10 +51,12 @@ return n
 
 
 async def publish(redis: aioredis.Redis, rows: Sequence[asyncpg.Record]) -> None:
-    """Publish sequenced rows (in seq order) with one round trip."""
+    """Publish sequenced rows (in seq order) with one round trip. Rows with `data_json` (the
+    sequencer's: the data as PostgreSQL's text) have it spliced in (model.spliced_event_json)."""
     if not rows:
         return
+    to_json = spliced_event_json if "data_json" in rows[0].keys() else event_json
     lines: list[str] = []
     for row in rows:
-        lines += (channel(row["tenant_id"]), event_json(row))
+        lines += (channel(row["tenant_id"]), to_json(row))
     await _PUBLISH_MANY(redis, (), ["\n".join(lines)])

@@ -42,6 +42,11 @@ SEQUENCED_CHANNEL = "trunkline_events_sequenced"
 Publisher = Callable[[Sequence[asyncpg.Record]], Awaitable[None]]
 
 
+# The log's columns, the data as its text: published as it is (bus.publish), not decoded.
+_RETURNED = [
+    "e.data::text AS data_json" if c.strip() == "data" else "e." + c.strip()
+    for c in COLUMNS.split(",")
+]
 _ASSIGN = f"""
 WITH batch AS (
     SELECT id, row_number() OVER (ORDER BY id) AS rn
@@ -54,7 +59,7 @@ WITH batch AS (
     UPDATE events e SET seq = block.base + batch.rn
     FROM batch, block
     WHERE e.id = batch.id
-    RETURNING {", ".join("e." + c.strip() for c in COLUMNS.split(","))}
+    RETURNING {", ".join(_RETURNED)}
 )
 SELECT numbered.*, pg_notify('{SEQUENCED_CHANNEL}', '') IS NULL AS notified
 FROM numbered ORDER BY seq

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from gateway import db
 from gateway.events import bus
 from gateway.events.http import HUB
+from gateway.events.model import COLUMNS, event_json, spliced_event_json
 from gateway.events.outbox import NewEvent, emit
 from gateway.events.sequencer import Sequencer, assign_batch
 from tests.events.sse import SSEStream, sse_headers
@@ -122,3 +124,32 @@ async def test_the_hub_fills_messages_lost_on_the_bus_from_the_log(
     finally:
         stopping.set()
         await task
+
+
+async def test_the_published_json_is_the_logs_with_the_data_spliced(
+    pg_pool, make_key, tenant_id, database_url
+):
+    """The sequencer publishes each event with its data as PostgreSQL's text, not decoded and
+    encoded again: the same JSON value as the log's reader gets (event_json), one line each."""
+    await make_key("acme")
+    acme = await tenant_id("acme")
+    data = {
+        "text": 'two\nlines, a "quote", a tab\t, \\ and ünïcödé ✓ \u0001',
+        "numbers": [0, -1, 2**53, 1.5, 1e-7, 0.30000000000000004, 12.34],
+        "nested": {"z": None, "a": [True, False, {}], "": "empty key"},
+    }
+    async with pg_pool.acquire() as conn, conn.transaction():
+        await emit(conn, NewEvent(acme, "message.sent", "s-1", "t" * 32, data))
+        await emit(conn, NewEvent(acme, "message.sent", "s-2", None, {}))
+    conn = await db.connect(database_url)
+    try:
+        published = await assign_batch(conn, 100)
+    finally:
+        await conn.close()
+    logged = await pg_pool.fetch(f"SELECT {COLUMNS} FROM events ORDER BY seq")
+    assert len(published) == len(logged) == 2
+    for sequenced, row in zip(published, logged, strict=True):
+        line = spliced_event_json(sequenced)
+        assert "\n" not in line
+        assert json.loads(line) == json.loads(event_json(row))
+    assert json.loads(spliced_event_json(published[0]))["data"] == data
