@@ -69,6 +69,8 @@ class _Sent:
     n: int
     provider: str
     latency_ms: float
+    permit: Permit  # the breaker's, given back with `health` (see _record_many)
+    health: Outcome
     result: SendResult | None = None
     error: ProviderError | None = None
 
@@ -84,11 +86,9 @@ class MessageDispatcher:
     _loads: Coalescer[uuid.UUID, asyncpg.Record | None] = field(init=False, repr=False)
     _opens: Coalescer[_Opening, dict] = field(init=False, repr=False)
     _outcomes: Coalescer[_Sent, None] = field(init=False, repr=False)
-    # per breaker: the admissions and outcomes of the sends in flight, one Redis round trip
+    # per breaker: the admissions of the sends in flight, one Redis round trip (their
+    # outcomes go back with the outcomes' batch: _record_many)
     _admits: dict[str, Coalescer[None, Admission]] = field(init=False, default_factory=dict)
-    _records: dict[str, Coalescer[tuple[Permit, Outcome, float], bool]] = field(
-        init=False, default_factory=dict
-    )
 
     def __post_init__(self) -> None:
         self._loads = Coalescer(self._load_many, name="dispatch-load", max_batch=self.max_batch)
@@ -110,7 +110,7 @@ class MessageDispatcher:
 
     async def aclose(self) -> None:
         batchers = [self._loads, self._opens, self._outcomes]
-        for batcher in [*batchers, *self._admits.values(), *self._records.values()]:
+        for batcher in [*batchers, *self._admits.values()]:
             await batcher.aclose()
 
     async def _admit_shared(self, breaker: CircuitBreaker) -> Admission:
@@ -120,14 +120,6 @@ class MessageDispatcher:
                 lambda items: breaker.admit_many(len(items)), name=f"admit:{breaker.name}"
             )
         return await batcher.submit(None)
-
-    def _recorder(self, breaker: CircuitBreaker) -> Coalescer[tuple[Permit, Outcome, float], bool]:
-        batcher = self._records.get(breaker.name)
-        if batcher is None:
-            batcher = self._records[breaker.name] = Coalescer(
-                breaker.record_many, name=f"record:{breaker.name}"
-            )
-        return batcher
 
     async def __call__(self, job: queue.Job) -> None:
         message_id = uuid.UUID(job.payload["message_id"])
@@ -200,14 +192,16 @@ class MessageDispatcher:
                 if isinstance(exc, PermanentProviderError)
                 else ("timeout" if exc.code == "timeout" else "failure")
             )
-            await self._record(provider_name, permit, outcome, latency / 1000)
-            await self._outcomes.submit(_Sent(msg, attempt["n"], provider_name, latency, error=exc))
+            await self._outcomes.submit(
+                _Sent(msg, attempt["n"], provider_name, latency, permit, outcome, error=exc)
+            )
             if isinstance(exc, PermanentProviderError):
                 return
             raise queue.RetryableError(f"{provider_name}: {exc.detail}") from exc
         latency = (time.perf_counter() - started) * 1000
-        await self._record(provider_name, permit, "success", latency / 1000)
-        await self._outcomes.submit(_Sent(msg, attempt["n"], provider_name, latency, result))
+        await self._outcomes.submit(
+            _Sent(msg, attempt["n"], provider_name, latency, permit, "success", result)
+        )
 
     async def _load_many(self, ids: list[uuid.UUID]) -> list[asyncpg.Record | None]:
         found = await batch_repo.messages_for_dispatch(self.db, ids)
@@ -268,6 +262,20 @@ class MessageDispatcher:
         return attempts
 
     async def _record_many(self, sends: list[_Sent]) -> list[None]:
+        """The outcomes of these sends stored (_store_outcomes), and given to their breakers
+        in the same batch (no round trip of their own per send) — once: after the write, or
+        when it failed for good. A batch that failed otherwise is run again one send at a
+        time (gateway/batching.py), and each feeds its breaker then."""
+        try:
+            await self._store_outcomes(sends)
+        except Exception as exc:
+            if len(sends) == 1 or unavailable(exc) is not None:
+                await self._feed_breakers(sends)
+            raise
+        await self._feed_breakers(sends)
+        return [None] * len(sends)
+
+    async def _store_outcomes(self, sends: list[_Sent]) -> None:
         """Every outcome of these sends in one transaction: the attempts closed; for an
         accepted send the provider's id, the usage and the `message.dispatched` event, then
         the receipts that came before the id was stored; for a failure its event and, when
@@ -355,20 +363,24 @@ class MessageDispatcher:
                     )
                 )
             await apply_statuses(conn, moves)
-        return [None] * len(sends)
 
-    async def _record(
-        self, provider: str, permit: Permit, outcome: Outcome, latency_s: float
-    ) -> None:
-        """Feed the breaker; with Redis away the provider's answer matters more than one
-        sample of its health, so the outcome is dropped and the dispatch goes on."""
-        try:
-            breaker = self.health.breaker(provider)
-            await self._recorder(breaker).submit((permit, outcome, latency_s))
-        except Exception as exc:
-            if unavailable(exc) is None:
-                raise
-            log.debug("breaker outcome not recorded (Redis away)", provider=provider)
+    async def _feed_breakers(self, sends: list[_Sent]) -> None:
+        """Give each breaker its sends' outcomes, one round trip per provider. The provider's
+        answers matter more than samples of its health: with Redis away (or a breaker that
+        fails otherwise) the samples are dropped and the outcomes are still recorded."""
+        by_provider: dict[str, list[tuple[Permit, Outcome, float]]] = {}
+        for sent in sends:
+            by_provider.setdefault(sent.provider, []).append(
+                (sent.permit, sent.health, sent.latency_ms / 1000)
+            )
+        for provider, outcomes in by_provider.items():
+            try:
+                await self.health.breaker(provider).record_many(outcomes)
+            except Exception as exc:
+                if unavailable(exc) is None:
+                    log.exception("breaker outcomes not recorded", provider=provider)
+                else:
+                    log.debug("breaker outcomes not recorded (Redis away)", provider=provider)
 
     async def _requeue(self, msg: asyncpg.Record, job: queue.Job) -> None:
         """Back from `dead_lettered` to `queued`: the one move back, an operator's replay."""
