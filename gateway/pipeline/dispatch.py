@@ -210,7 +210,8 @@ class MessageDispatcher:
     async def _open_many(self, openings: list[_Opening]) -> list[dict]:
         """Open (or reuse) each message's attempt and record that it started, in one
         transaction committed before any of these sends: a worker killed mid-send leaves
-        the attempt that the next claim reuses, key and provider alike.
+        the attempt that the next claim reuses, key and provider alike. Then ask the
+        breakers (`_pre_admit`).
 
         An attempt with no outcome is reused (a crash mid-send: the provider may already
         have the request under its key); otherwise the next one starts."""
@@ -259,6 +260,7 @@ class MessageDispatcher:
         async with self.db.acquire() as conn, conn.transaction():
             await batch_repo.insert_attempts(conn, rows)
             await emit(conn, *events)
+        await self._pre_admit(openings, attempts)
         return attempts
 
     async def _record_many(self, sends: list[_Sent]) -> list[None]:
@@ -402,6 +404,45 @@ class MessageDispatcher:
                     ),
                 )
 
+    def _breakers(
+        self, msg: asyncpg.Record, attempt: dict
+    ) -> tuple[CircuitBreaker, CircuitBreaker | None]:
+        """The breakers to ask, in order (see `_admit`)."""
+        primary = attempt["provider"]
+        fallback = self.registry.route(msg["channel"]).fallback
+        usable = (
+            fallback if fallback and fallback != primary and self.registry.has(fallback) else None
+        )
+        if attempt["reused"] or usable is None:
+            return self.health.breaker(primary), None
+        previous = attempt["previous"]
+        failed_here = (
+            previous is not None
+            and previous["provider"] == primary
+            and previous["outcome"] == "transient_error"
+        )
+        first, second = self.health.breaker(primary), self.health.breaker(usable)
+        return (second, first) if failed_here else (first, second)
+
+    async def _pre_admit(self, openings: list[_Opening], attempts: list[dict]) -> None:
+        """Ask each attempt's first breaker (`_breakers`) in the openings' batch, one
+        admit_many per breaker, the answer (or the error asking met) kept as the attempt's
+        "admission" for `_admit`: no batcher, future and loop turn of its own per send."""
+        asks: dict[str, tuple[CircuitBreaker, list[dict]]] = {}
+        for opening, attempt in zip(openings, attempts, strict=True):
+            try:  # never raises: the attempts are committed, a batch run again would reopen them
+                first, _ = self._breakers(opening.msg, attempt)
+            except Exception:
+                continue  # `_admit` meets it again, for this send alone
+            asks.setdefault(first.name, (first, []))[1].append(attempt)
+        for breaker, asking in asks.values():
+            try:
+                answers: list[Admission | Exception] = list(await breaker.admit_many(len(asking)))
+            except Exception as exc:  # each send meets it, as it would have asking alone
+                answers = [exc] * len(asking)
+            for attempt, answer in zip(asking, answers, strict=True):
+                attempt["admission"] = answer
+
     async def _admit(self, msg: asyncpg.Record, attempt: dict) -> tuple[str, Permit]:
         """The attempt's provider, or its fallback while the provider's breaker is open.
 
@@ -409,26 +450,21 @@ class MessageDispatcher:
         provider under its key, so it stays with that provider whatever the breaker says.
         A retry after a transient failure on the primary tries the fallback first: the
         breaker's half-open trials should be fresh traffic, not the message that just failed.
+        The first breaker was asked with the attempt's opening (`_pre_admit`).
         """
         primary = attempt["provider"]
-        fallback = self.registry.route(msg["channel"]).fallback
-        usable = (
-            fallback if fallback and fallback != primary and self.registry.has(fallback) else None
-        )
-        if attempt["reused"] or usable is None:
-            first, second = self.health.breaker(primary), None
-        else:
-            previous = attempt["previous"]
-            failed_here = (
-                previous is not None
-                and previous["provider"] == primary
-                and previous["outcome"] == "transient_error"
-            )
-            first, second = self.health.breaker(primary), self.health.breaker(usable)
-            if failed_here:
-                first, second = second, first
+        first, second = self._breakers(msg, attempt)
+        asked = attempt.pop("admission", None)
+
+        async def admit(breaker: CircuitBreaker) -> Admission:
+            if asked is None or breaker.name != first.name:
+                return await self._admit_shared(breaker)
+            if isinstance(asked, Exception):
+                raise asked
+            return asked
+
         try:
-            breaker, permit = await choose(first, second, admit=self._admit_shared)
+            breaker, permit = await choose(first, second, admit=admit)
         except AllProvidersOpen as exc:
             now = datetime.now(UTC)
             until = now + timedelta(seconds=max(1.0, exc.retry_after_s))
