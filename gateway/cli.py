@@ -1,4 +1,9 @@
-"""The `trunkline` command. Exit codes: 0 ok, 2 bad usage or configuration, 1 runtime failure."""
+"""The `trunkline` command. Exit codes: 0 ok, 2 bad usage or configuration, 1 runtime failure.
+
+Each command imports what it needs when it runs: the daemon (the whole app, ~1 s of CPU)
+only for `run` and `dev`, so `--help`, `check-config` and the operator's short commands start
+in a fraction of that. Keep new imports here cheap, and heavy ones inside the command.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gateway import db, devcli, opscli
+from gateway import db, opscli
 from gateway.core.errors import Problem
-from gateway.daemon import run_daemon, serve
 from gateway.devservices import DevServiceError
 from gateway.logs import configure_logging, get_logger
 from gateway.ops import reach
@@ -23,8 +27,16 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.daemon import run_daemon, serve
+
     run_daemon(serve(settings, args.role))
     return EXIT_OK
+
+
+def _cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway import devcli
+
+    return devcli.cmd_dev(args, settings)
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -232,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "dev",
         "Zero-setup mode: private PostgreSQL/Redis when no URL is set, a dev key, then serve.",
-        devcli.cmd_dev,
+        _cmd_dev,
     )
     p.add_argument("--role", choices=roles, default="all", help="as for run (default: all)")
 

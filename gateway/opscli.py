@@ -6,6 +6,9 @@ than asking one daemon's API, so they work with the API role down and see every 
 only a process knows (its AMI sessions, its SSE clients) comes from the local daemon's
 /metrics when one answers. Next to a `make run` they find its private servers through
 ``.trunkline/services.json`` (gateway/devstate.py).
+
+Each command imports the modules it reads with when it runs: the parser is built for every
+`trunkline` invocation (gateway/cli.py), and most invocations run one command.
 """
 
 from __future__ import annotations
@@ -16,21 +19,22 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from gateway import queue
-from gateway.events.model import COLUMNS, TypeFilter, public_event, validate_patterns
-from gateway.ops import overview
 from gateway.ops.reach import run
-from gateway.ops.status import gather_status, print_status
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.events.model import TypeFilter
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.ops.status import gather_status, print_status
+
     async def work(pool: asyncpg.Pool) -> int:
         status = await gather_status(settings, pool)
         if args.json:
@@ -57,6 +61,9 @@ async def tail_events(
 ) -> None:
     """Follow the log in seq order — the order SSE clients see — from `after` (None: the
     head, so only new events)."""
+    from gateway.events.model import COLUMNS, public_event
+    from gateway.ops import overview
+
     if after is None:
         after = (await overview.event_log(pool)).head
     tenants: dict[uuid.UUID, str] = {}
@@ -84,6 +91,9 @@ async def tail_events(
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.events.model import TypeFilter, validate_patterns
+    from gateway.ops import overview
+
     patterns = [p for p in (args.types or "").replace(",", " ").split() if p]
     try:
         types = TypeFilter.parse(validate_patterns(patterns) if patterns else None)
@@ -114,6 +124,8 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway import queue
+
     async def work(pool: asyncpg.Pool) -> int:
         rows = await queue.list_dead(pool, None, limit=args.limit, queue_name=args.queue)
         names = {r["id"]: r["name"] for r in await pool.fetch("SELECT id, name FROM tenants")}
@@ -136,6 +148,8 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway import queue
+
     async def work(pool: asyncpg.Pool) -> int:
         async with pool.acquire() as conn, conn.transaction():
             row = await queue.replay_dead(conn, None, args.job_id)
