@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from gateway import db
 from gateway.devservices import PrivatePostgres, PrivateRedis, short_runtime_dir
 from tests.clock import INSTANTS, MovingClock, real_time_of_day
-from tests.databases import DatabaseClones
+from tests.databases import DatabaseClones, throwaway_durability
 from tests.helpers import free_port, with_database
 
 # --- the time of day: chosen by each test, never the hour the suite runs at ---------------
@@ -119,24 +119,9 @@ def pg_server_url(runtime_dir: str) -> Iterator[str]:
         return
     server = PrivatePostgres(data_dir=pathlib.Path(runtime_dir) / "pg", delete_on_stop=True)
     url = server.start()
-    asyncio.run(_throwaway_durability(url))
+    asyncio.run(throwaway_durability(url))
     yield url
     server.stop()
-
-
-async def _throwaway_durability(url: str) -> None:
-    """The private test server's data is thrown away with it: no fsync (a crash of the
-    server process still keeps every commit — the OS has them — so the outage tests, which
-    stop and kill PostgreSQL, see what a real one would). Each test's CREATE DATABASE from
-    the template then costs no flush to disk (three test files took 41 s with it, 27 s
-    without)."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("ALTER SYSTEM SET fsync = off")
-        await conn.execute("ALTER SYSTEM SET full_page_writes = off")
-        await conn.execute("SELECT pg_reload_conf()")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")

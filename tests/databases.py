@@ -154,3 +154,18 @@ class DatabaseClones:
             self._drops.clear()
             self._ready.clear()
             await self._admin.close()
+
+
+async def throwaway_durability(url: str) -> None:
+    """The private test server's data is thrown away with it: no fsync (a crash of the
+    server process still keeps every commit — the OS has them — so the outage tests, which
+    stop and kill PostgreSQL, see what a real one would). Each test's CREATE DATABASE from
+    the template then costs no flush to disk (three test files took 41 s with it, 27 s
+    without)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER SYSTEM SET fsync = off")
+        await conn.execute("ALTER SYSTEM SET full_page_writes = off")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()

@@ -1,11 +1,14 @@
 """Servers of our own to take down: PostgreSQL and Redis that only this package's tests use.
 
 The suite's session servers serve every other test and must never be stopped, so the outage
-tests start a second PostgreSQL and Redis (the same `trunkline dev` machinery) once per
-module, and each test gets a fresh database cloned from a migrated template and an empty
-Redis. `Outage` stops and starts them as an operator or a crash would: PostgreSQL with
-`pg_ctl stop -m fast` (sessions terminated, the socket gone) and restarted on the same data,
-Redis terminated and started again empty (no persistence), on the same socket.
+tests start a second PostgreSQL and Redis (the same `trunkline dev` machinery) once for all
+the outage tests — each test leaves them running: the `outage` fixture starts what its test
+stopped — and each test gets a fresh database cloned from a migrated template and an empty
+Redis. Like the session's server it runs without fsync (tests/databases.py says why that
+keeps what a crash of the server process would). `Outage` stops and starts them as an
+operator or a crash would: PostgreSQL with `pg_ctl stop -m fast` (sessions terminated, the
+socket gone) and restarted on the same data, Redis terminated and started again empty (no
+persistence), on the same socket.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import redis.asyncio as aioredis
 
 from gateway import db
 from gateway.devservices import PrivatePostgres, PrivateRedis, short_runtime_dir
+from tests.databases import throwaway_durability
 from tests.helpers import with_database
 
 _names = itertools.count()
@@ -37,13 +41,14 @@ class Servers:
     template: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def outage_servers() -> Iterator[Servers]:
     root = short_runtime_dir("tl-out-")
     pg = PrivatePostgres(data_dir=pathlib.Path(root) / "pg", delete_on_stop=True)
     redis = PrivateRedis(data_dir=pathlib.Path(root) / "redis")
     try:
         pg_url = pg.start()
+        asyncio.run(throwaway_durability(pg_url))
         redis_url = redis.start()
         template = "tl_outage_template"
 
