@@ -33,6 +33,20 @@ class SendsThenHangs(SandboxMessaging):
         return result
 
 
+async def work_until(db, settings, dispatcher, condition) -> None:
+    """A dispatch worker of our own runs until `condition` holds, then stops."""
+    stopping = asyncio.Event()
+    worker = queue.Worker(
+        db, settings.database_url(), DISPATCH_QUEUE, dispatcher, lease=5, idle_wait_max=0.2
+    )
+    running = asyncio.create_task(worker.run(stopping))
+    try:
+        await eventually(condition)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(running, 10)
+
+
 async def test_worker_killed_mid_send_loses_nothing_and_sends_once_per_attempt_key(
     aiohttp_client, settings, make_key, pg_pool
 ):
@@ -65,20 +79,13 @@ async def test_worker_killed_mid_send_loses_nothing_and_sends_once_per_attempt_k
     row = await pg_pool.fetchrow("SELECT state, attempts FROM jobs")
     assert (row["state"], row["attempts"]) == ("running", 1)  # still leased to the dead worker
 
-    stopping = asyncio.Event()
-    second = queue.Worker(
-        res.db, settings.database_url(), DISPATCH_QUEUE, dispatcher, lease=5, idle_wait_max=0.2
-    )
-    survivor = asyncio.create_task(second.run(stopping))
     try:
 
         async def delivered():
             return await pg_pool.fetchval("SELECT status = 'delivered' FROM messages")
 
-        await eventually(delivered)
+        await work_until(res.db, settings, dispatcher, delivered)
     finally:
-        stopping.set()
-        await asyncio.wait_for(survivor, 10)
         await flaky.close()
     assert await flaky.sends_for(key) == 1, (
         "the retry reused the attempt key; the provider sent once"
@@ -129,20 +136,11 @@ async def test_receipts_lost_with_a_worker_are_recovered_by_asking_the_sandbox(
     dispatcher = MessageDispatcher(
         res.db, app[CHAIN], registry, ProviderHealth(res.redis, res.db, settings.providers.breaker)
     )
-    stopping = asyncio.Event()
-    worker = queue.Worker(
-        res.db, settings.database_url(), DISPATCH_QUEUE, dispatcher, lease=5, idle_wait_max=0.2
-    )
-    running = asyncio.create_task(worker.run(stopping))
-    try:
 
-        async def handed_on():
-            return await pg_pool.fetchval("SELECT provider_message_id IS NOT NULL FROM messages")
+    async def handed_on():
+        return await pg_pool.fetchval("SELECT provider_message_id IS NOT NULL FROM messages")
 
-        await eventually(handed_on)
-    finally:
-        stopping.set()
-        await asyncio.wait_for(running, 10)
+    await work_until(res.db, settings, dispatcher, handed_on)
     await asyncio.sleep(0.05)  # longer than the receipts' delay: none is coming
     assert await pg_pool.fetchval("SELECT status FROM messages") == "queued"
 
