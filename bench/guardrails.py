@@ -16,7 +16,9 @@
 `--keep DIR` (to iterate on the checks): the private PostgreSQL and Redis keep their data in
 DIR (a short path: Redis' socket lives there) and stay there after the run; a later run with
 the same DIR and --numbers skips generating and importing the list (its figures are then not
-printed) and measures the checks on the list imported before. Remove DIR when done.
+printed) and measures the checks on the list imported before. Remove DIR when done. A run
+migrates the kept database to its own build, so an older checkout (an A/B baseline) then
+refuses it ("database has migration ... that this build does not ship"): give each its own DIR.
 """
 
 from __future__ import annotations
