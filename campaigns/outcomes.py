@@ -184,6 +184,8 @@ async def _progress(conn: asyncpg.Connection, campaign_ids: set[uuid.UUID]) -> N
             data["abandon_rate_30d"] = s.abandon_rate
             data["answered_30d"] = s.answered_30d
             data["abandoned_30d"] = s.abandoned_30d
+            data["recent_dials"] = s.recent_dials  # the live answer rate's window
+            data["recent_answered"] = s.recent_answered
         else:
             data["dial_ratio"] = 1.0
         events.append(NewEvent(r["tenant_id"], "campaign.progress", str(r["id"]), None, data))
