@@ -288,10 +288,18 @@ def _plan(
     number: str, address_state: str | None, channel: Channel, purpose: Purpose, rules: Rules
 ) -> _Plan:
     recipient = resolve_recipient(number, rules=rules, address_state=address_state)
-    return _Plan(
-        recipient,
-        tuple(rules.rules_for(recipient.states, channel, purpose)),
-        tuple(rules.frequency_caps(recipient.states, channel, purpose)),
+    return _Plan(recipient, *_applied(rules, recipient.states, channel, purpose))
+
+
+@lru_cache(maxsize=1024)
+def _applied(
+    rules: Rules, states: tuple[str, ...], channel: Channel, purpose: Purpose
+) -> tuple[tuple[HoursRule, ...], tuple[FrequencyCap, ...]]:
+    """The rules and caps for a recipient's states: a handful of combinations, where each
+    new number (most are) otherwise went through every rule twice (~4 of its ~13 µs)."""
+    return (
+        tuple(rules.rules_for(states, channel, purpose)),
+        tuple(rules.frequency_caps(states, channel, purpose)),
     )
 
 
