@@ -349,13 +349,14 @@ async def record_many(
         """
         UPDATE idempotency_keys k
         SET response_status = a.status, response_body = a.body, locked_until = NULL
-        FROM unnest($1::uuid[], $2::text[], $3::int[], $4::jsonb[]) AS a(tenant_id, key, status, body)
+        FROM ROWS FROM (unnest($1::uuid[]), unnest($2::text[]), unnest($3::int[]),
+                        jsonb_array_elements($4::jsonb)) AS a(tenant_id, key, status, body)
         WHERE k.tenant_id = a.tenant_id AND k.key = a.key
         """,
         list(tenants),
         list(keys),
         list(statuses),
-        list(bodies),
+        list(bodies),  # ONE jsonb array, not a jsonb[] (see gateway/events/outbox.py)
     )
 
 

@@ -107,10 +107,13 @@ async def insert_deliveries(
     return await conn.fetch(
         """
         INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_seq, event_type, trace_id, payload)
-        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[])
+        SELECT * FROM ROWS FROM (unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::uuid[]),
+                                 unnest($4::bigint[]), unnest($5::text[]), unnest($6::text[]),
+                                 jsonb_array_elements($7::jsonb))
         ON CONFLICT (endpoint_id, event_seq) DO NOTHING
         RETURNING id, tenant_id, trace_id
         """,
+        # the payloads as ONE jsonb array, not a jsonb[] (see gateway/events/outbox.py)
         *[list(col) for col in zip(*rows, strict=True)],
     )
 
