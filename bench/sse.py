@@ -46,7 +46,7 @@ from gateway.core import scopes
 from gateway.events import log
 from gateway.tenants.service import create_key, create_tenant
 
-_T = re.compile(rb'"t":([0-9.]+)')
+_T = re.compile(rb'"t": ?([0-9.]+)')  # live: PostgreSQL's text, '"t": 1.5'
 
 
 @dataclass

@@ -37,7 +37,7 @@ SO_TIMESTAMPNS = 35  # Linux (asm-generic); SCM_TIMESTAMPNS has the same value
 _TIMESPEC = struct.Struct("qq")
 _ANC = socket.CMSG_SPACE(_TIMESPEC.size)
 _ID = re.compile(rb"(?m)^id: (\d+)$")
-_T = re.compile(rb'"t":([0-9.]+)')
+_T = re.compile(rb'"t": ?([0-9.]+)')  # a live frame's data is PostgreSQL's text: '"t": 1.5'
 _RECV = 65536
 _SEGS_IN = struct.Struct("I")
 
